@@ -1,0 +1,211 @@
+//! The HTTP API: one route table drives both the router and the OpenAPI description.
+
+mod auth;
+mod builds;
+mod connections;
+mod deploy_hooks;
+mod env_vars;
+pub mod error;
+mod extract;
+mod openapi;
+mod tokens;
+mod triggers;
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::http::Method;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{MethodFilter, MethodRouter, on};
+use schemars::{Schema, SchemaGenerator};
+use tower_http::trace::TraceLayer;
+
+pub use auth::{Access, authenticate};
+use error::ApiError;
+pub use extract::MAX_BODY_BYTES;
+
+use crate::store::Store;
+
+/// Base path of the API.
+pub const BASE: &str = "/client/v4";
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub limits: Limits,
+}
+
+/// Account-level limits reported by `account/limits`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Build minutes per account per calendar month.
+    pub build_minutes_per_month: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            build_minutes_per_month: 3000,
+        }
+    }
+}
+
+/// A query parameter of a route, for the OpenAPI description.
+pub struct QueryDoc {
+    pub name: &'static str,
+    pub required: bool,
+    pub description: &'static str,
+}
+
+/// One API operation.
+pub struct Route {
+    pub method: Method,
+    /// Path below [`BASE`], with `{param}` segments.
+    pub path: &'static str,
+    pub operation_id: &'static str,
+    pub summary: &'static str,
+    pub access: Access,
+    pub query: &'static [QueryDoc],
+    pub body: Option<fn(&mut SchemaGenerator) -> Schema>,
+    pub result: fn(&mut SchemaGenerator) -> Schema,
+    pub paginated: bool,
+    pub handler: fn() -> MethodRouter<AppState>,
+}
+
+macro_rules! route {
+    ($method:ident $path:literal, $op:literal, $access:ident, $handler:path,
+     summary: $summary:literal, result: $result:ty
+     $(, body: $body:ty)? $(, query: $query:expr)? $(, paginated: $paged:literal)?) => {
+        Route {
+            method: Method::$method,
+            path: $path,
+            operation_id: $op,
+            summary: $summary,
+            access: Access::$access,
+            query: { #[allow(unused_variables)] let q: &'static [QueryDoc] = &[]; $(let q = $query;)? q },
+            body: { #[allow(unused_variables)] let b: Option<fn(&mut SchemaGenerator) -> Schema> = None;
+                    $(let b: Option<fn(&mut SchemaGenerator) -> Schema> = Some(|g| g.subschema_for::<$body>());)? b },
+            result: |g| g.subschema_for::<$result>(),
+            paginated: { #[allow(unused_variables)] let p = false; $(let p = $paged;)? p },
+            handler: || on(MethodFilter::$method, $handler),
+        }
+    };
+}
+
+const PAGING: &[QueryDoc] = &[
+    QueryDoc { name: "page", required: false, description: "Page number, from 1 (default 1)" },
+    QueryDoc { name: "per_page", required: false, description: "Items per page, 1-200 (default 50)" },
+];
+
+/// Every operation Kiln serves.
+pub fn routes() -> Vec<Route> {
+    use crate::domain::{Build, BuildToken, DeployHook, DetailedDeployHook, EnvVarMap, RepoConnection, Trigger};
+    vec![
+        route!(GET "/accounts/{account_id}/builds/workers/{external_script_id}/builds", "listBuildsByScript", Read,
+            builds::list_builds, summary: "List a Worker's builds, newest first", result: Vec<Build>,
+            query: PAGING, paginated: true),
+        route!(GET "/accounts/{account_id}/builds/builds/latest", "getLatestBuildsByScripts", Read,
+            builds::get_latest_builds, summary: "Newest build of each given Worker", result: builds::BuildsMap,
+            query: &[QueryDoc { name: "external_script_ids", required: true, description: "Comma-separated Worker ids (at most 20)" }]),
+        route!(GET "/accounts/{account_id}/builds/builds", "getBuildsByVersionIds", Read,
+            builds::get_builds_by_versions, summary: "The builds that produced the given Worker versions", result: builds::BuildsMap,
+            query: &[QueryDoc { name: "version_ids", required: true, description: "Comma-separated version UUIDs (at most 20)" }]),
+        route!(GET "/accounts/{account_id}/builds/builds/{build_uuid}", "getBuildByUuid", Read,
+            builds::get_build, summary: "Get a build", result: Build),
+        route!(PUT "/accounts/{account_id}/builds/builds/{build_uuid}/cancel", "cancelBuildByUuid", Write,
+            builds::cancel_build, summary: "Cancel a queued or running build", result: builds::CancelledBuild),
+        route!(GET "/accounts/{account_id}/builds/builds/{build_uuid}/logs", "getBuildLogs", Read,
+            builds::get_build_logs, summary: "A build's log lines, paged with a cursor", result: builds::LogsPage,
+            query: &[QueryDoc { name: "cursor", required: false, description: "The cursor returned by the previous page" }]),
+        route!(GET "/accounts/{account_id}/builds/account/limits", "getAccountLimits", Read,
+            builds::get_account_limits, summary: "Build-minute usage of the account", result: builds::AccountLimits),
+        route!(GET "/accounts/{account_id}/builds/workers/{external_script_id}/triggers", "listTriggersByScript", Read,
+            triggers::list_triggers, summary: "List a Worker's triggers", result: Vec<Trigger>),
+        route!(POST "/accounts/{account_id}/builds/triggers", "createTrigger", Write,
+            triggers::create_trigger, summary: "Create a trigger", result: Trigger, body: triggers::CreateTriggerRequest),
+        route!(PATCH "/accounts/{account_id}/builds/triggers/{trigger_uuid}", "updateTrigger", Write,
+            triggers::update_trigger, summary: "Update a trigger", result: Trigger, body: triggers::UpdateTriggerRequest),
+        route!(DELETE "/accounts/{account_id}/builds/triggers/{trigger_uuid}", "deleteTrigger", Write,
+            triggers::delete_trigger, summary: "Delete a trigger (its builds stay readable)", result: ()),
+        route!(POST "/accounts/{account_id}/builds/triggers/{trigger_uuid}/purge_build_cache", "purgeBuildCache", Write,
+            triggers::purge_build_cache, summary: "Purge a trigger's build cache", result: ()),
+        route!(POST "/accounts/{account_id}/builds/triggers/{trigger_uuid}/builds", "createManualBuild", Write,
+            builds::create_manual_build, summary: "Queue a build of a branch or commit", result: builds::InsertedBuild,
+            body: builds::CreateBuildRequest),
+        route!(GET "/accounts/{account_id}/builds/triggers/{trigger_uuid}/environment_variables", "listEnvironmentVariables", Read,
+            env_vars::list_env_vars, summary: "List a trigger's environment variables", result: EnvVarMap),
+        route!(PATCH "/accounts/{account_id}/builds/triggers/{trigger_uuid}/environment_variables", "upsertEnvironmentVariables", Write,
+            env_vars::upsert_env_vars, summary: "Create or update environment variables", result: EnvVarMap,
+            body: env_vars::EnvVarsRequest),
+        route!(DELETE "/accounts/{account_id}/builds/triggers/{trigger_uuid}/environment_variables/{environment_variable_key}",
+            "deleteEnvironmentVariable", Write, env_vars::delete_env_var, summary: "Delete an environment variable", result: ()),
+        route!(POST "/accounts/{account_id}/builds/tokens", "createBuildToken", Write,
+            tokens::create_build_token, summary: "Create a build token", result: BuildToken, body: tokens::CreateBuildTokenRequest),
+        route!(GET "/accounts/{account_id}/builds/tokens", "listBuildTokens", Read,
+            tokens::list_build_tokens, summary: "List build tokens, newest first", result: Vec<BuildToken>,
+            query: PAGING, paginated: true),
+        route!(DELETE "/accounts/{account_id}/builds/tokens/{build_token_uuid}", "deleteBuildToken", Write,
+            tokens::delete_build_token, summary: "Delete a build token", result: ()),
+        route!(PUT "/accounts/{account_id}/builds/repos/connections", "upsertRepoConnection", Write,
+            connections::upsert_repo_connection, summary: "Create or update a repository connection", result: RepoConnection,
+            body: connections::UpsertRepoConnectionRequest),
+        route!(DELETE "/accounts/{account_id}/builds/repos/connections/{repo_connection_uuid}", "deleteRepoConnection", Write,
+            connections::delete_repo_connection, summary: "Delete a repository connection no trigger uses", result: ()),
+        route!(GET "/accounts/{account_id}/builds/workers/{external_script_id}/deploy_hooks", "listDeployHooks", Read,
+            deploy_hooks::list_deploy_hooks, summary: "List a Worker's deploy hooks", result: Vec<DetailedDeployHook>),
+        route!(POST "/accounts/{account_id}/builds/workers/{external_script_id}/deploy_hooks", "createDeployHook", Write,
+            deploy_hooks::create_deploy_hook, summary: "Create a deploy hook", result: DeployHook,
+            body: deploy_hooks::DeployHookRequest),
+        route!(GET "/accounts/{account_id}/builds/workers/{external_script_id}/deploy_hooks/{deploy_hook_uuid}", "getDeployHook", Read,
+            deploy_hooks::get_deploy_hook, summary: "Get a deploy hook", result: DeployHook),
+        route!(PUT "/accounts/{account_id}/builds/workers/{external_script_id}/deploy_hooks/{deploy_hook_uuid}", "updateDeployHook", Write,
+            deploy_hooks::update_deploy_hook, summary: "Update a deploy hook", result: DeployHook,
+            body: deploy_hooks::DeployHookRequest),
+        route!(DELETE "/accounts/{account_id}/builds/workers/{external_script_id}/deploy_hooks/{deploy_hook_uuid}", "deleteDeployHook", Write,
+            deploy_hooks::delete_deploy_hook, summary: "Delete a deploy hook and return it", result: DeployHook),
+    ]
+}
+
+/// The router for the whole service.
+pub fn router(state: AppState) -> Router {
+    let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
+    for r in routes() {
+        let gate = auth::Gate {
+            store: state.store.clone(),
+            access: r.access,
+        };
+        let mr = (r.handler)().layer(from_fn_with_state(gate, auth::authorize));
+        let merged = match by_path.remove(r.path) {
+            Some(existing) => existing.merge(mr),
+            None => mr,
+        };
+        by_path.insert(r.path, merged);
+    }
+    let mut api = Router::new();
+    for (path, mr) in by_path {
+        api = api.route(path, mr.fallback(method_not_allowed));
+    }
+    let openapi_doc = std::sync::Arc::new(openapi::document());
+    api = api.route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let doc = openapi_doc.clone();
+            async move { axum::Json((*doc).clone()) }
+        })
+        .fallback(method_not_allowed),
+    );
+    Router::new()
+        .nest(BASE, api.with_state(state))
+        .fallback(no_route)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

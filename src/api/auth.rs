@@ -1,0 +1,95 @@
+//! Authentication and authorisation: Bearer tokens or `X-Auth-Email` + `X-Auth-Key`, permission and
+//! account scope checked before any handler runs.
+
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use crate::crypto::hash_credential;
+use crate::domain::{AccountId, ApiToken, CredentialKind, Permission};
+use crate::store::Store;
+
+/// What a route needs from its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No credentials (the deploy-hook trigger: its id is the secret).
+    Public,
+    /// Workers CI Read or Write.
+    Read,
+    /// Workers CI Write.
+    Write,
+}
+
+/// State of the auth layer of one route.
+#[derive(Clone)]
+pub struct Gate {
+    pub store: Store,
+    pub access: Access,
+}
+
+/// Looks up the caller's credentials; `Unauthenticated` when absent or unknown.
+pub async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<ApiToken, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(auth) = header("authorization") {
+        let (scheme, token) = auth.split_once(' ').ok_or(ApiError::Unauthenticated)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(ApiError::Unauthenticated);
+        }
+        return store
+            .get_api_token_by_hash(CredentialKind::Token, &hash_credential(token.trim()))
+            .await?
+            .ok_or(ApiError::Unauthenticated);
+    }
+    if let (Some(email), Some(key)) = (header("x-auth-email"), header("x-auth-key")) {
+        let found = store
+            .get_api_token_by_hash(CredentialKind::GlobalKey, &hash_credential(key))
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
+        let matches = found
+            .email
+            .as_deref()
+            .is_some_and(|e| e.eq_ignore_ascii_case(email));
+        return if matches { Ok(found) } else { Err(ApiError::Unauthenticated) };
+    }
+    Err(ApiError::Unauthenticated)
+}
+
+/// Middleware: authenticates, then checks permission and account scope, and hands the account to the
+/// handler as a request extension.
+pub async fn authorize(State(gate): State<Gate>, req: Request, next: Next) -> Response {
+    match check(&gate, req).await {
+        Ok(req) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn check(gate: &Gate, req: Request) -> Result<Request, ApiError> {
+    if gate.access == Access::Public {
+        return Ok(req);
+    }
+    let token = authenticate(&gate.store, req.headers()).await?;
+    let (mut parts, body) = req.into_parts();
+    let params = RawPathParams::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("invalid path parameter: {}", e.body_text())))?;
+    let raw_account = params
+        .iter()
+        .find(|(k, _)| *k == "account_id")
+        .map(|(_, v)| v.to_owned())
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("authenticated route without account_id")))?;
+    let account = AccountId::parse(&raw_account)?;
+    let needed = match gate.access {
+        Access::Write => Permission::Write,
+        _ => Permission::Read,
+    };
+    if !token.scope.allows(&account) {
+        return Err(ApiError::Forbidden("the credentials are not valid for this account"));
+    }
+    if !token.permits(&account, needed) {
+        return Err(ApiError::Forbidden("the credentials lack the Workers CI Write permission"));
+    }
+    parts.extensions.insert(account);
+    Ok(Request::from_parts(parts, body))
+}

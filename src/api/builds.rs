@@ -1,0 +1,251 @@
+//! Builds: manual creation, reads, cancel, logs and account limits.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, Success, ok};
+use super::extract::{Account, ApiJson, NoBody, PathParams, QueryParams, id_list};
+use super::triggers::trigger_id;
+use crate::domain::{
+    Build, BuildId, BuildOutcome, Invalid, Timestamp, TriggerSource, VersionId, WorkerId, branch,
+    commit_hash,
+};
+use crate::store::{CancelOutcome, NewBuild};
+
+/// Log lines per page.
+pub const LOG_PAGE_LINES: u32 = 1000;
+
+/// Builds keyed by Worker id or version id.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BuildsMap {
+    pub builds: BTreeMap<String, Build>,
+}
+
+/// Result of `cancelBuildByUuid`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CancelledBuild {
+    pub build_outcome: BuildOutcome,
+    pub build_uuid: BuildId,
+    pub stopped_on: Timestamp,
+}
+
+/// Result of `getBuildLogs`: `[epoch_seconds, message]` lines. `truncated` means more lines follow:
+/// call again with `cursor` while it is true.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct LogsPage {
+    pub cursor: String,
+    pub lines: Vec<(f64, String)>,
+    pub truncated: bool,
+}
+
+/// Result of `getAccountLimits`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AccountLimits {
+    pub build_minutes_refresh_on: Timestamp,
+    pub has_reached_build_minutes_limit: bool,
+}
+
+/// Result of `createManualBuild`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InsertedBuild {
+    pub build_uuid: BuildId,
+    pub created_on: Timestamp,
+}
+
+/// Body of `createManualBuild`: a branch, a commit, or both.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CreateBuildRequest {
+    pub branch: Option<String>,
+    pub commit_hash: Option<String>,
+    /// A template repository to seed an empty repository from (not supported yet).
+    pub seed_repo: Option<serde_json::Value>,
+}
+
+/// The opaque log cursor: URL-safe base64 of `{"line": next line, "timestamp": seconds}`, as in the seeds.
+#[derive(Debug, Serialize, Deserialize)]
+struct LogCursor {
+    line: i64,
+    timestamp: i64,
+}
+
+fn encode_cursor(c: &LogCursor) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(c).unwrap_or_default())
+}
+
+fn decode_cursor(raw: &str) -> Result<LogCursor, Invalid> {
+    let bad = || Invalid::field("cursor", "is not a cursor returned by this endpoint");
+    let bytes = URL_SAFE_NO_PAD.decode(raw.trim()).map_err(|_| bad())?;
+    let c: LogCursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if c.line < 0 {
+        return Err(bad());
+    }
+    Ok(c)
+}
+
+fn build_id(path: &PathParams) -> Result<BuildId, ApiError> {
+    Ok(BuildId::parse("build_uuid", path.get("build_uuid")?)?)
+}
+
+/// `POST /accounts/{account_id}/builds/triggers/{trigger_uuid}/builds`
+pub async fn create_manual_build(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+    ApiJson(body): ApiJson<CreateBuildRequest>,
+) -> ApiResult<InsertedBuild> {
+    let trigger = trigger_id(&path)?;
+    if body.seed_repo.is_some() {
+        return Err(Invalid::field("seed_repo", "seeding a repository is not supported yet").into());
+    }
+    let branch = body.branch.as_deref().map(|b| branch("branch", b)).transpose()?;
+    let commit = body.commit_hash.as_deref().map(commit_hash).transpose()?;
+    if branch.is_none() && commit.is_none() {
+        return Err(Invalid("branch or commit_hash: at least one is required".into()).into());
+    }
+    let new = NewBuild {
+        trigger,
+        source: TriggerSource::Manual,
+        branch,
+        commit_hash: commit,
+        commit_message: None,
+        author: None,
+        pull_request: None,
+        deploy_hook: None,
+    };
+    match app.store.insert_build(&account, &new).await? {
+        Some((build_uuid, created_on)) => ok(InsertedBuild { build_uuid, created_on }),
+        None => Err(ApiError::NotFound),
+    }
+}
+
+/// `GET /accounts/{account_id}/builds/builds/{build_uuid}`
+pub async fn get_build(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+) -> ApiResult<Build> {
+    let id = build_id(&path)?;
+    app.store
+        .get_build(&account, id)
+        .await?
+        .map_or(Err(ApiError::NotFound), ok)
+}
+
+/// `GET /accounts/{account_id}/builds/workers/{external_script_id}/builds`
+pub async fn list_builds(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+    query: QueryParams,
+) -> ApiResult<Vec<Build>> {
+    let worker = WorkerId::parse("external_script_id", path.get("external_script_id")?)?;
+    let paging = query.paging()?;
+    let (builds, total) = app
+        .store
+        .list_builds(&account, &worker, paging.page, paging.per_page)
+        .await?;
+    let info = paging.info(builds.len(), total);
+    Ok(Success(builds, Some(info)))
+}
+
+/// `GET /accounts/{account_id}/builds/builds/latest?external_script_ids=a,b`
+pub async fn get_latest_builds(
+    State(app): State<AppState>,
+    Account(account): Account,
+    query: QueryParams,
+) -> ApiResult<BuildsMap> {
+    let raw = query.require("external_script_ids")?;
+    let workers = id_list("external_script_ids", raw)?
+        .into_iter()
+        .map(|w| WorkerId::parse("external_script_ids", w))
+        .collect::<Result<Vec<_>, _>>()?;
+    ok(BuildsMap {
+        builds: app.store.latest_builds(&account, &workers).await?,
+    })
+}
+
+/// `GET /accounts/{account_id}/builds/builds?version_ids=a,b`
+pub async fn get_builds_by_versions(
+    State(app): State<AppState>,
+    Account(account): Account,
+    query: QueryParams,
+) -> ApiResult<BuildsMap> {
+    let raw = query.require("version_ids")?;
+    let versions = id_list("version_ids", raw)?
+        .into_iter()
+        .map(|v| VersionId::parse("version_ids", v))
+        .collect::<Result<Vec<_>, _>>()?;
+    ok(BuildsMap {
+        builds: app.store.builds_by_versions(&account, &versions).await?,
+    })
+}
+
+/// `PUT /accounts/{account_id}/builds/builds/{build_uuid}/cancel`
+pub async fn cancel_build(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+    _: NoBody,
+) -> ApiResult<CancelledBuild> {
+    let id = build_id(&path)?;
+    match app.store.cancel_build(&account, id).await? {
+        CancelOutcome::Cancelled { stopped_on } => ok(CancelledBuild {
+            build_outcome: BuildOutcome::Cancelled,
+            build_uuid: id,
+            stopped_on,
+        }),
+        CancelOutcome::AlreadyStopped => Err(ApiError::Conflict("the build has already stopped".into())),
+        CancelOutcome::NotFound => Err(ApiError::NotFound),
+    }
+}
+
+/// `GET /accounts/{account_id}/builds/builds/{build_uuid}/logs?cursor=`
+pub async fn get_build_logs(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+    query: QueryParams,
+) -> ApiResult<LogsPage> {
+    let id = build_id(&path)?;
+    let from = match query.get("cursor") {
+        Some(raw) if !raw.trim().is_empty() => decode_cursor(raw)?.line,
+        _ => 0,
+    };
+    let page = app
+        .store
+        .get_build_logs(&account, id, from, LOG_PAGE_LINES)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let last_ts = page.lines.last().map_or(0, |(t, _)| t.millis() / 1000);
+    ok(LogsPage {
+        cursor: encode_cursor(&LogCursor {
+            line: page.next_seq,
+            timestamp: last_ts,
+        }),
+        lines: page
+            .lines
+            .into_iter()
+            .map(|(t, m)| (t.epoch_seconds(), m))
+            .collect(),
+        truncated: page.more,
+    })
+}
+
+/// `GET /accounts/{account_id}/builds/account/limits`
+pub async fn get_account_limits(
+    State(app): State<AppState>,
+    Account(account): Account,
+) -> ApiResult<AccountLimits> {
+    let now = Timestamp::now();
+    let used = app.store.build_minutes_used(&account, now.month_start()).await?;
+    ok(AccountLimits {
+        build_minutes_refresh_on: now.next_month_start(),
+        has_reached_build_minutes_limit: used >= app.limits.build_minutes_per_month,
+    })
+}

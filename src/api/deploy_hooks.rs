@@ -1,0 +1,118 @@
+//! Deploy hooks per Worker: create, list, get, update, delete.
+
+use axum::extract::State;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ok};
+use super::extract::{Account, ApiJson, PathParams};
+use crate::domain::{
+    DeployHook, DeployHookId, DetailedDeployHook, Invalid, MAX_HOOK_NAME_LEN, WorkerId,
+    bounded_text, branch,
+};
+use crate::store::HookWriteError;
+
+/// Body of `createDeployHook` and `updateDeployHook`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DeployHookRequest {
+    /// 1–58 characters, unique among the Worker's hooks.
+    pub deploy_hook_name: String,
+    /// The branch the hook builds.
+    pub branch: String,
+}
+
+impl DeployHookRequest {
+    fn validate(&self) -> Result<(String, String), Invalid> {
+        Ok((
+            bounded_text("deploy_hook_name", &self.deploy_hook_name, 1, MAX_HOOK_NAME_LEN)?,
+            branch("branch", &self.branch)?,
+        ))
+    }
+}
+
+fn worker(path: &PathParams) -> Result<WorkerId, ApiError> {
+    Ok(WorkerId::parse("external_script_id", path.get("external_script_id")?)?)
+}
+
+fn hook_id(path: &PathParams) -> Result<DeployHookId, ApiError> {
+    Ok(DeployHookId::parse("deploy_hook_uuid", path.get("deploy_hook_uuid")?)?)
+}
+
+fn write_error(e: HookWriteError) -> ApiError {
+    match e {
+        HookWriteError::NotFound | HookWriteError::NoTrigger => ApiError::NotFound,
+        HookWriteError::DuplicateName => {
+            ApiError::Conflict("the Worker already has a deploy hook with this name".into())
+        }
+    }
+}
+
+/// `POST /accounts/{account_id}/builds/workers/{script_name}/deploy_hooks` — the Worker needs a trigger.
+pub async fn create_deploy_hook(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+    ApiJson(body): ApiJson<DeployHookRequest>,
+) -> ApiResult<DeployHook> {
+    let worker = worker(&path)?;
+    let (name, branch) = body.validate()?;
+    ok(app
+        .store
+        .insert_deploy_hook(&account, &worker, &name, &branch)
+        .await?
+        .map_err(write_error)?)
+}
+
+/// `GET /accounts/{account_id}/builds/workers/{script_name}/deploy_hooks`
+pub async fn list_deploy_hooks(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+) -> ApiResult<Vec<DetailedDeployHook>> {
+    let worker = worker(&path)?;
+    ok(app.store.list_deploy_hooks(&account, &worker).await?)
+}
+
+/// `GET /accounts/{account_id}/builds/workers/{script_name}/deploy_hooks/{deploy_hook_uuid}`
+pub async fn get_deploy_hook(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+) -> ApiResult<DeployHook> {
+    let (worker, id) = (worker(&path)?, hook_id(&path)?);
+    app.store
+        .get_deploy_hook(&account, &worker, id)
+        .await?
+        .map_or(Err(ApiError::NotFound), ok)
+}
+
+/// `PUT /accounts/{account_id}/builds/workers/{script_name}/deploy_hooks/{deploy_hook_uuid}`
+pub async fn update_deploy_hook(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+    ApiJson(body): ApiJson<DeployHookRequest>,
+) -> ApiResult<DeployHook> {
+    let (worker, id) = (worker(&path)?, hook_id(&path)?);
+    let (name, branch) = body.validate()?;
+    ok(app
+        .store
+        .update_deploy_hook(&account, &worker, id, &name, &branch)
+        .await?
+        .map_err(write_error)?)
+}
+
+/// `DELETE /accounts/{account_id}/builds/workers/{script_name}/deploy_hooks/{deploy_hook_uuid}` — returns
+/// the deleted hook.
+pub async fn delete_deploy_hook(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+) -> ApiResult<DeployHook> {
+    let (worker, id) = (worker(&path)?, hook_id(&path)?);
+    app.store
+        .delete_deploy_hook(&account, &worker, id)
+        .await?
+        .map_or(Err(ApiError::NotFound), ok)
+}

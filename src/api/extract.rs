@@ -1,0 +1,195 @@
+//! Extractors whose rejections are envelope errors instead of axum's plain-text answers.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, ResultInfo};
+use crate::domain::{AccountId, Invalid};
+
+/// Maximum request body size, in bytes (1 MiB).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A JSON body; errors name the offending field.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::BadRequest("request body is required (a JSON object)".into()));
+        }
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let inner_is_syntax = inner.is_syntax() || inner.is_eof();
+            let what = if inner_is_syntax {
+                format!("malformed JSON: {inner}")
+            } else {
+                inner.to_string()
+            };
+            if inner_is_syntax || path == "." || path.is_empty() {
+                ApiError::BadRequest(format!("invalid request body: {what}"))
+            } else {
+                ApiError::BadRequest(format!("{path}: {what}"))
+            }
+        })?;
+        de.end()
+            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+        Ok(ApiJson(value))
+    }
+}
+
+fn body_rejection(r: BytesRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge
+    } else {
+        ApiError::BadRequest(format!("could not read the request body: {}", r.body_text()))
+    }
+}
+
+/// Drains and ignores a body (endpoints without one), still enforcing the size limit.
+pub struct NoBody;
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        Ok(NoBody)
+    }
+}
+
+/// Path parameters as text, keyed by name; handlers parse them into ids.
+pub struct PathParams(HashMap<String, String>);
+
+impl PathParams {
+    /// A parameter that the route declares.
+    pub fn get(&self, name: &str) -> Result<&str, ApiError> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("route has no parameter {name}")))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParams(p.0))
+            .map_err(|e| ApiError::BadRequest(format!("invalid path parameter: {}", e.body_text())))
+    }
+}
+
+/// Query parameters as text (the last value wins); handlers validate the ones they use.
+pub struct QueryParams(HashMap<String, String>);
+
+impl QueryParams {
+    /// An optional parameter.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// A required parameter.
+    pub fn require(&self, name: &str) -> Result<&str, ApiError> {
+        self.get(name)
+            .ok_or_else(|| ApiError::BadRequest(format!("{name}: query parameter is required")))
+    }
+
+    /// `page` and `per_page`, validated.
+    pub fn paging(&self) -> Result<Paging, ApiError> {
+        let page = int_param(self.get("page"), "page", 1, MAX_PAGE, 1)?;
+        let per_page = int_param(self.get("per_page"), "per_page", 1, MAX_PER_PAGE, DEFAULT_PER_PAGE)?;
+        Ok(Paging { page, per_page })
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0.into_iter().collect()))
+            .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))
+    }
+}
+
+/// Largest accepted `page`.
+pub const MAX_PAGE: u32 = 1_000_000;
+/// Largest accepted `per_page`.
+pub const MAX_PER_PAGE: u32 = 200;
+/// `per_page` when none is given.
+pub const DEFAULT_PER_PAGE: u32 = 50;
+
+fn int_param(raw: Option<&str>, name: &str, min: u32, max: u32, default: u32) -> Result<u32, Invalid> {
+    let Some(raw) = raw else { return Ok(default) };
+    match raw.trim().parse::<i64>() {
+        Ok(n) if n >= i64::from(min) && n <= i64::from(max) => Ok(n as u32),
+        _ => Err(Invalid::field(name, format!("must be an integer from {min} to {max}"))),
+    }
+}
+
+/// Page-based paging parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Paging {
+    pub page: u32,
+    pub per_page: u32,
+}
+
+impl Paging {
+    /// `result_info` for a page of `count` items out of `total`.
+    pub fn info(self, count: usize, total: i64) -> ResultInfo {
+        let total_pages = (total + i64::from(self.per_page) - 1) / i64::from(self.per_page);
+        ResultInfo {
+            page: self.page,
+            per_page: self.per_page,
+            count: count as u32,
+            total_count: total,
+            total_pages,
+            next_page: (i64::from(self.page) < total_pages).then_some(self.page + 1),
+        }
+    }
+}
+
+/// The account of the request, checked against the caller's credentials by the auth layer.
+pub struct Account(pub AccountId);
+
+impl<S: Send + Sync> FromRequestParts<S> for Account {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<AccountId>()
+            .cloned()
+            .map(Account)
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("route is not behind the auth layer")))
+    }
+}
+
+/// A comma-separated id list: 1–20 non-empty entries.
+pub fn id_list<'a>(name: &str, raw: &'a str) -> Result<Vec<&'a str>, Invalid> {
+    let ids: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if ids.iter().any(|s| s.is_empty()) {
+        return Err(Invalid::field(name, "must be a comma-separated list without empty entries"));
+    }
+    if ids.len() > crate::domain::MAX_IDS_PER_QUERY {
+        return Err(Invalid::field(
+            name,
+            format!("at most {} ids are allowed", crate::domain::MAX_IDS_PER_QUERY),
+        ));
+    }
+    Ok(ids)
+}

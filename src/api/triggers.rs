@@ -1,0 +1,191 @@
+//! Triggers: create, list by Worker, partial update, soft delete, cache purge.
+
+use axum::extract::State;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ok, ok_empty};
+use super::extract::{Account, ApiJson, NoBody, PathParams};
+use crate::domain::{
+    BuildTokenId, Invalid, MAX_NAME_LEN, MAX_TRIGGERS_PER_WORKER, RepoConnectionId, Trigger,
+    TriggerId, WorkerId, bounded_text, command, patterns, root_directory,
+};
+use crate::store::{NewTrigger, TriggerPatch, TriggerWriteError};
+
+/// Deploy command of a trigger created without one (the hosted product's default).
+pub const DEFAULT_DEPLOY_COMMAND: &str = "npx wrangler deploy";
+
+/// Body of `createTrigger`. Fields after `trigger_name` take the hosted product's defaults when absent.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CreateTriggerRequest {
+    pub external_script_id: String,
+    pub repo_connection_uuid: String,
+    pub build_token_uuid: String,
+    pub trigger_name: String,
+    /// Default: empty (no build step).
+    pub build_command: Option<String>,
+    /// Default: `npx wrangler deploy`.
+    pub deploy_command: Option<String>,
+    /// Default: `/`.
+    pub root_directory: Option<String>,
+    /// Default: `[]`.
+    pub branch_includes: Option<Vec<String>>,
+    /// Default: `[]`.
+    pub branch_excludes: Option<Vec<String>>,
+    /// Default: `["*"]`.
+    pub path_includes: Option<Vec<String>>,
+    /// Default: `[]`.
+    pub path_excludes: Option<Vec<String>>,
+    /// Default: `false`.
+    pub build_caching_enabled: Option<bool>,
+}
+
+/// Body of `updateTrigger`: every field optional; absent fields stay as they are.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct UpdateTriggerRequest {
+    pub trigger_name: Option<String>,
+    pub build_token_uuid: Option<String>,
+    pub build_command: Option<String>,
+    pub deploy_command: Option<String>,
+    pub root_directory: Option<String>,
+    pub branch_includes: Option<Vec<String>>,
+    pub branch_excludes: Option<Vec<String>>,
+    pub path_includes: Option<Vec<String>>,
+    pub path_excludes: Option<Vec<String>>,
+    pub build_caching_enabled: Option<bool>,
+}
+
+fn opt<T>(v: Option<&T>, f: impl FnOnce(&T) -> Result<T, Invalid>) -> Result<Option<T>, Invalid> {
+    v.map(f).transpose()
+}
+
+impl CreateTriggerRequest {
+    fn validate(self) -> Result<NewTrigger, Invalid> {
+        Ok(NewTrigger {
+            external_script_id: WorkerId::parse("external_script_id", &self.external_script_id)?,
+            repo_connection_uuid: RepoConnectionId::parse("repo_connection_uuid", &self.repo_connection_uuid)?,
+            build_token_uuid: BuildTokenId::parse("build_token_uuid", &self.build_token_uuid)?,
+            trigger_name: bounded_text("trigger_name", &self.trigger_name, 1, MAX_NAME_LEN)?,
+            build_command: command("build_command", self.build_command.as_deref().unwrap_or(""))?,
+            deploy_command: command(
+                "deploy_command",
+                self.deploy_command.as_deref().unwrap_or(DEFAULT_DEPLOY_COMMAND),
+            )?,
+            root_directory: root_directory(self.root_directory.as_deref().unwrap_or("/"))?,
+            branch_includes: patterns("branch_includes", &self.branch_includes.unwrap_or_default())?,
+            branch_excludes: patterns("branch_excludes", &self.branch_excludes.unwrap_or_default())?,
+            path_includes: patterns(
+                "path_includes",
+                &self.path_includes.unwrap_or_else(|| vec!["*".to_owned()]),
+            )?,
+            path_excludes: patterns("path_excludes", &self.path_excludes.unwrap_or_default())?,
+            build_caching_enabled: self.build_caching_enabled.unwrap_or(false),
+        })
+    }
+}
+
+impl UpdateTriggerRequest {
+    fn validate(self) -> Result<TriggerPatch, Invalid> {
+        Ok(TriggerPatch {
+            trigger_name: opt(self.trigger_name.as_ref(), |v| bounded_text("trigger_name", v, 1, MAX_NAME_LEN))?,
+            build_token_uuid: self
+                .build_token_uuid
+                .as_deref()
+                .map(|v| BuildTokenId::parse("build_token_uuid", v))
+                .transpose()?,
+            build_command: opt(self.build_command.as_ref(), |v| command("build_command", v))?,
+            deploy_command: opt(self.deploy_command.as_ref(), |v| command("deploy_command", v))?,
+            root_directory: opt(self.root_directory.as_ref(), |v| root_directory(v))?,
+            branch_includes: opt(self.branch_includes.as_ref(), |v| patterns("branch_includes", v))?,
+            branch_excludes: opt(self.branch_excludes.as_ref(), |v| patterns("branch_excludes", v))?,
+            path_includes: opt(self.path_includes.as_ref(), |v| patterns("path_includes", v))?,
+            path_excludes: opt(self.path_excludes.as_ref(), |v| patterns("path_excludes", v))?,
+            build_caching_enabled: self.build_caching_enabled,
+        })
+    }
+}
+
+fn write_error(e: TriggerWriteError) -> ApiError {
+    match e {
+        TriggerWriteError::NotFound => ApiError::NotFound,
+        TriggerWriteError::UnknownConnection => Invalid::field(
+            "repo_connection_uuid",
+            "no such repository connection in this account",
+        )
+        .into(),
+        TriggerWriteError::UnknownBuildToken => {
+            Invalid::field("build_token_uuid", "no such build token in this account").into()
+        }
+        TriggerWriteError::TooManyTriggers => ApiError::Conflict(format!(
+            "a Worker can have at most {MAX_TRIGGERS_PER_WORKER} triggers"
+        )),
+    }
+}
+
+/// The trigger id from the path.
+pub(super) fn trigger_id(path: &PathParams) -> Result<TriggerId, ApiError> {
+    Ok(TriggerId::parse("trigger_uuid", path.get("trigger_uuid")?)?)
+}
+
+/// `POST /accounts/{account_id}/builds/triggers`
+pub async fn create_trigger(
+    State(app): State<AppState>,
+    Account(account): Account,
+    ApiJson(body): ApiJson<CreateTriggerRequest>,
+) -> ApiResult<Trigger> {
+    let new = body.validate()?;
+    ok(app.store.insert_trigger(&account, &new).await?.map_err(write_error)?)
+}
+
+/// `GET /accounts/{account_id}/builds/workers/{external_script_id}/triggers`
+pub async fn list_triggers(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+) -> ApiResult<Vec<Trigger>> {
+    let worker = WorkerId::parse("external_script_id", path.get("external_script_id")?)?;
+    ok(app.store.list_triggers(&account, &worker).await?)
+}
+
+/// `PATCH /accounts/{account_id}/builds/triggers/{trigger_uuid}`
+pub async fn update_trigger(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+    ApiJson(body): ApiJson<UpdateTriggerRequest>,
+) -> ApiResult<Trigger> {
+    let id = trigger_id(&path)?;
+    let patch = body.validate()?;
+    ok(app.store.update_trigger(&account, id, &patch).await?.map_err(write_error)?)
+}
+
+/// `DELETE /accounts/{account_id}/builds/triggers/{trigger_uuid}`
+pub async fn delete_trigger(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+) -> ApiResult<()> {
+    let id = trigger_id(&path)?;
+    if app.store.delete_trigger(&account, id).await? {
+        ok_empty()
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+/// `POST /accounts/{account_id}/builds/triggers/{trigger_uuid}/purge_build_cache`
+///
+/// Accepted for a live trigger. Builds do not cache anything yet, so there is nothing to delete.
+pub async fn purge_build_cache(
+    State(app): State<AppState>,
+    Account(account): Account,
+    path: PathParams,
+    _: NoBody,
+) -> ApiResult<()> {
+    let id = trigger_id(&path)?;
+    match app.store.get_trigger(&account, id).await? {
+        Some(_) => ok_empty(),
+        None => Err(ApiError::NotFound),
+    }
+}

@@ -1,0 +1,26 @@
+//! Pure domain types: identifiers, timestamps, statuses and validation rules. No I/O lives here.
+
+mod ids;
+mod records;
+mod time;
+mod validate;
+
+pub use ids::{
+    AccountId, BuildId, BuildTokenId, DeployHookId, EnvVarKey, RepoConnectionId, TriggerId,
+    VersionId, WorkerId,
+};
+pub use records::*;
+pub use time::Timestamp;
+pub use validate::*;
+
+/// A value a client sent that breaks a rule; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    /// An error about `field` with an explanation.
+    pub fn field(field: &str, why: impl std::fmt::Display) -> Self {
+        Invalid(format!("{field}: {why}"))
+    }
+}

@@ -1,0 +1,395 @@
+//! Builds, their log lines and the versions they produced.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::Store;
+use super::rows::{CONNECTION_COLUMNS, TRIGGER_COLUMNS, build_trigger, opt_text, opt_ts, text, trigger, ts};
+use crate::domain::{
+    AccountId, Build, BuildId, BuildOutcome, BuildStatus, BuildTriggerMetadata, DeployHookId,
+    PullRequest, Timestamp, TriggerId, TriggerSource, VersionId, WorkerId,
+};
+
+/// A build to queue.
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    pub trigger: TriggerId,
+    pub source: TriggerSource,
+    pub branch: Option<String>,
+    pub commit_hash: Option<String>,
+    pub commit_message: Option<String>,
+    pub author: Option<String>,
+    pub pull_request: Option<PullRequest>,
+    pub deploy_hook: Option<DeployHookId>,
+}
+
+/// What cancelling a build did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Cancelled { stopped_on: Timestamp },
+    AlreadyStopped,
+    NotFound,
+}
+
+/// One page of log lines.
+#[derive(Debug, Clone)]
+pub struct LogPage {
+    pub lines: Vec<(Timestamp, String)>,
+    /// Sequence number of the first line after this page.
+    pub next_seq: i64,
+    /// More stored lines follow this page.
+    pub more: bool,
+}
+
+/// Secrets a build runs with, sealed as one value in the build row.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct BuildSecrets {
+    pub build_token: Option<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+const BUILD_COLUMNS: &str = "b.id AS b_id, b.uuid AS b_uuid, b.account_id AS b_account_id, \
+    b.status AS b_status, b.outcome AS b_outcome, b.metadata AS b_metadata, \
+    b.pull_request AS b_pull_request, b.created_on AS b_created_on, b.modified_on AS b_modified_on, \
+    b.initializing_on AS b_initializing_on, b.running_on AS b_running_on, b.stopped_on AS b_stopped_on";
+
+const BUILD_FROM: &str = "builds b \
+    JOIN triggers t ON t.uuid = b.trigger_uuid \
+    JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
+    LEFT JOIN build_tokens k ON k.uuid = t.build_token_uuid AND k.deleted_on IS NULL";
+
+fn select_builds(filter: &str) -> String {
+    format!("SELECT {BUILD_COLUMNS}, {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS} FROM {BUILD_FROM} WHERE {filter}")
+}
+
+fn build_from_row(row: &AnyRow) -> anyhow::Result<Build> {
+    let outcome = opt_text(row, "b_outcome")?
+        .map(|o| BuildOutcome::from_stored(&o))
+        .transpose()?;
+    let pull_request = opt_text(row, "b_pull_request")?
+        .map(|p| serde_json::from_str::<PullRequest>(&p))
+        .transpose()
+        .context("build pull_request column")?;
+    Ok(Build {
+        build_uuid: BuildId::from_stored(&text(row, "b_uuid")?)?,
+        status: BuildStatus::from_stored(&text(row, "b_status")?)?,
+        build_outcome: outcome,
+        created_on: ts(row, "b_created_on")?,
+        modified_on: ts(row, "b_modified_on")?,
+        initializing_on: opt_ts(row, "b_initializing_on")?,
+        running_on: opt_ts(row, "b_running_on")?,
+        stopped_on: opt_ts(row, "b_stopped_on")?,
+        pull_request,
+        trigger: build_trigger(row)?,
+        build_trigger_metadata: serde_json::from_str(&text(row, "b_metadata")?)
+            .context("build metadata column")?,
+        account_id: AccountId::from_stored(text(row, "b_account_id")?),
+    })
+}
+
+impl Store {
+    /// Queues a build of a live trigger, snapshotting the trigger's commands, token and variables.
+    /// `None` when the trigger does not exist in the account.
+    pub async fn insert_build(
+        &self,
+        account: &AccountId,
+        new: &NewBuild,
+    ) -> anyhow::Result<Option<(BuildId, Timestamp)>> {
+        let mut w = self.begin_write().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS}, k.secret_enc AS k_secret \
+             FROM triggers t JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
+             LEFT JOIN build_tokens k ON k.uuid = t.build_token_uuid AND k.deleted_on IS NULL \
+             WHERE t.uuid = $1 AND t.account_id = $2 AND t.deleted_on IS NULL"
+        ))
+        .bind(new.trigger.to_string())
+        .bind(account.as_str())
+        .fetch_optional(&mut *w.tx)
+        .await
+        .context("reading the trigger to build")?;
+        let Some(row) = row else { return Ok(None) };
+        let t = trigger(&row)?;
+        let token_secret = row
+            .try_get::<Option<Vec<u8>>, _>("k_secret")?
+            .map(|s| self.secrets.open_str(&s))
+            .transpose()?;
+        let vars = self.read_env_vars(&mut w, new.trigger).await?;
+        let mut secrets = BuildSecrets {
+            build_token: token_secret,
+            env: BTreeMap::new(),
+        };
+        let mut env_view = BTreeMap::new();
+        for v in vars {
+            env_view.insert(v.key.clone(), v.view());
+            if v.is_secret {
+                secrets.env.insert(v.key, v.value);
+            }
+        }
+        let metadata = BuildTriggerMetadata {
+            build_trigger_source: new.source,
+            branch: new.branch.clone(),
+            commit_hash: new.commit_hash.clone(),
+            commit_message: new.commit_message.clone(),
+            author: new.author.clone(),
+            build_command: t.info.build_command.clone(),
+            deploy_command: t.info.deploy_command.clone(),
+            build_token_name: t.build_token_name.clone(),
+            build_token_uuid: t.build_token_uuid,
+            environment_variables: env_view,
+            provider_type: t.info.repo_connection.provider_type,
+            provider_account_name: t.info.repo_connection.provider_account_name.clone(),
+            repo_name: t.info.repo_connection.repo_name.clone(),
+            root_directory: t.info.root_directory.clone(),
+        };
+        let id = BuildId::new();
+        let now = Timestamp::now();
+        sqlx::query(
+            "INSERT INTO builds (uuid, account_id, trigger_uuid, external_script_id, status, trigger_source, \
+             branch, commit_hash, metadata, secrets_enc, pull_request, deploy_hook_uuid, created_on, modified_on) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+        )
+        .bind(id.to_string())
+        .bind(account.as_str())
+        .bind(new.trigger.to_string())
+        .bind(t.info.external_script_id.as_str())
+        .bind(BuildStatus::Queued.as_str())
+        .bind(new.source.as_str())
+        .bind(new.branch.as_deref())
+        .bind(new.commit_hash.as_deref())
+        .bind(serde_json::to_string(&metadata)?)
+        .bind(self.secrets.seal(&serde_json::to_vec(&secrets)?)?)
+        .bind(new.pull_request.as_ref().map(serde_json::to_string).transpose()?)
+        .bind(new.deploy_hook.map(|h| h.to_string()))
+        .bind(now.millis())
+        .execute(&mut *w.tx)
+        .await
+        .context("inserting a build")?;
+        w.commit().await?;
+        Ok(Some((id, now)))
+    }
+
+    /// One build of this account.
+    pub async fn get_build(&self, account: &AccountId, id: BuildId) -> anyhow::Result<Option<Build>> {
+        let row = sqlx::query(&select_builds("b.uuid = $1 AND b.account_id = $2"))
+            .bind(id.to_string())
+            .bind(account.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading a build")?;
+        row.as_ref().map(build_from_row).transpose()
+    }
+
+    /// One page of a Worker's builds, newest first, and the total count.
+    pub async fn list_builds(
+        &self,
+        account: &AccountId,
+        worker: &WorkerId,
+        page: u32,
+        per_page: u32,
+    ) -> anyhow::Result<(Vec<Build>, i64)> {
+        let total: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM builds WHERE account_id = $1 AND external_script_id = $2",
+        )
+        .bind(account.as_str())
+        .bind(worker.as_str())
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?;
+        let rows = sqlx::query(&format!(
+            "{} ORDER BY b.id DESC LIMIT $3 OFFSET $4",
+            select_builds("b.account_id = $1 AND b.external_script_id = $2")
+        ))
+        .bind(account.as_str())
+        .bind(worker.as_str())
+        .bind(i64::from(per_page))
+        .bind(i64::from(page - 1) * i64::from(per_page))
+        .fetch_all(&self.pool)
+        .await
+        .context("listing builds")?;
+        Ok((rows.iter().map(build_from_row).collect::<anyhow::Result<_>>()?, total))
+    }
+
+    /// The newest build of each Worker that has one.
+    pub async fn latest_builds(
+        &self,
+        account: &AccountId,
+        workers: &[WorkerId],
+    ) -> anyhow::Result<BTreeMap<String, Build>> {
+        let mut out = BTreeMap::new();
+        for worker in workers {
+            let row = sqlx::query(&format!(
+                "{} ORDER BY b.id DESC LIMIT 1",
+                select_builds("b.account_id = $1 AND b.external_script_id = $2")
+            ))
+            .bind(account.as_str())
+            .bind(worker.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading the latest build")?;
+            if let Some(row) = row {
+                out.insert(worker.as_str().to_owned(), build_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The build that produced each known version.
+    pub async fn builds_by_versions(
+        &self,
+        account: &AccountId,
+        versions: &[VersionId],
+    ) -> anyhow::Result<BTreeMap<String, Build>> {
+        let mut out = BTreeMap::new();
+        for version in versions {
+            let row = sqlx::query(&select_builds(
+                "b.uuid = (SELECT v.build_uuid FROM build_versions v WHERE v.account_id = $1 AND v.version_id = $2)",
+            ))
+            .bind(account.as_str())
+            .bind(version.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading a build by version")?;
+            if let Some(row) = row {
+                out.insert(version.to_string(), build_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Links a Worker version to the build that produced it (the first link wins).
+    pub async fn insert_build_version(
+        &self,
+        account: &AccountId,
+        version: VersionId,
+        build: BuildId,
+    ) -> anyhow::Result<()> {
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO build_versions (account_id, version_id, build_uuid, created_on) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (account_id, version_id) DO NOTHING",
+        )
+        .bind(account.as_str())
+        .bind(version.to_string())
+        .bind(build.to_string())
+        .bind(Timestamp::now().millis())
+        .execute(&mut *w.tx)
+        .await
+        .context("recording a build version")?;
+        w.commit().await
+    }
+
+    /// Ends a build that has not stopped yet as `stopped`/`cancelled`.
+    pub async fn cancel_build(&self, account: &AccountId, id: BuildId) -> anyhow::Result<CancelOutcome> {
+        let mut w = self.begin_write().await?;
+        let row = sqlx::query("SELECT status FROM builds WHERE uuid = $1 AND account_id = $2")
+            .bind(id.to_string())
+            .bind(account.as_str())
+            .fetch_optional(&mut *w.tx)
+            .await?;
+        let Some(row) = row else { return Ok(CancelOutcome::NotFound) };
+        if BuildStatus::from_stored(&text(&row, "status")?)? == BuildStatus::Stopped {
+            return Ok(CancelOutcome::AlreadyStopped);
+        }
+        let now = Timestamp::now();
+        sqlx::query(
+            "UPDATE builds SET status = $1, outcome = $2, stopped_on = $3, modified_on = $3 \
+             WHERE uuid = $4 AND status <> $1",
+        )
+        .bind(BuildStatus::Stopped.as_str())
+        .bind(BuildOutcome::Cancelled.as_str())
+        .bind(now.millis())
+        .bind(id.to_string())
+        .execute(&mut *w.tx)
+        .await
+        .context("cancelling a build")?;
+        w.commit().await?;
+        Ok(CancelOutcome::Cancelled { stopped_on: now })
+    }
+
+    /// Appends log lines to a build, numbering them after the ones already stored.
+    pub async fn append_build_logs(&self, id: BuildId, lines: &[(Timestamp, String)]) -> anyhow::Result<()> {
+        let mut w = self.begin_write().await?;
+        let row = sqlx::query(
+            "SELECT b.id AS id, (SELECT COALESCE(MAX(l.seq), -1) FROM build_logs l WHERE l.build_id = b.id) AS last \
+             FROM builds b WHERE b.uuid = $1",
+        )
+        .bind(id.to_string())
+        .fetch_one(&mut *w.tx)
+        .await
+        .context("finding the build to log to")?;
+        let build_id: i64 = row.try_get("id")?;
+        let mut seq: i64 = row.try_get::<i64, _>("last")? + 1;
+        // Multi-row inserts, chunked below SQLite's bind-parameter limit.
+        for chunk in lines.chunks(200) {
+            let mut sql = String::from("INSERT INTO build_logs (build_id, seq, ts, message) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                let p = i * 4;
+                sql.push_str(&format!("(${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4));
+            }
+            let mut q = sqlx::query(&sql);
+            for (t, msg) in chunk {
+                q = q.bind(build_id).bind(seq).bind(t.millis()).bind(msg.as_str());
+                seq += 1;
+            }
+            q.execute(&mut *w.tx).await.context("appending log lines")?;
+        }
+        w.commit().await
+    }
+
+    /// Up to `limit` log lines of a build starting at sequence number `from`; `None` when the build
+    /// is not in the account.
+    pub async fn get_build_logs(
+        &self,
+        account: &AccountId,
+        id: BuildId,
+        from: i64,
+        limit: u32,
+    ) -> anyhow::Result<Option<LogPage>> {
+        let build = sqlx::query("SELECT id FROM builds WHERE uuid = $1 AND account_id = $2")
+            .bind(id.to_string())
+            .bind(account.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .context("finding a build's logs")?;
+        let Some(build) = build else { return Ok(None) };
+        let build_id: i64 = build.try_get("id")?;
+        let rows = sqlx::query(
+            "SELECT seq, ts, message FROM build_logs WHERE build_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(build_id)
+        .bind(from)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading log lines")?;
+        let more = rows.len() > limit as usize;
+        let mut lines = Vec::with_capacity(rows.len().min(limit as usize));
+        let mut next_seq = from;
+        for row in rows.iter().take(limit as usize) {
+            lines.push((ts(row, "ts")?, text(row, "message")?));
+            next_seq = row.try_get::<i64, _>("seq")? + 1;
+        }
+        Ok(Some(LogPage { lines, next_seq, more }))
+    }
+
+    /// Build minutes an account used since `since`: each stopped build counts its rounded-up minutes.
+    pub async fn build_minutes_used(&self, account: &AccountId, since: Timestamp) -> anyhow::Result<i64> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM((stopped_on - initializing_on + 59999) / 60000), 0) AS BIGINT) AS minutes \
+             FROM builds WHERE account_id = $1 AND stopped_on >= $2 AND initializing_on IS NOT NULL",
+        )
+        .bind(account.as_str())
+        .bind(since.millis())
+        .fetch_one(&self.pool)
+        .await
+        .context("summing build minutes")?;
+        Ok(row.try_get("minutes")?)
+    }
+}

@@ -1,0 +1,224 @@
+//! Deploy hooks per Worker; names are unique among a Worker's live hooks.
+
+use anyhow::Context;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::rows::{opt_ts, text, ts};
+use super::{Store, WriteTx};
+use crate::domain::{
+    AccountId, DeployHook, DeployHookId, DetailedDeployHook, LatestHookBuild, Timestamp, WorkerId,
+};
+
+/// Why a hook could not be written.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HookWriteError {
+    /// The hook does not exist.
+    NotFound,
+    /// The Worker has no live trigger to build with.
+    NoTrigger,
+    /// Another live hook of the Worker has this name.
+    DuplicateName,
+}
+
+const COLUMNS: &str = "h.uuid, h.name, h.external_script_id, h.branch, h.created_on, h.modified_on";
+
+fn from_row(row: &AnyRow) -> anyhow::Result<DeployHook> {
+    Ok(DeployHook {
+        deploy_hook_uuid: DeployHookId::from_stored(&text(row, "uuid")?)?,
+        deploy_hook_name: text(row, "name")?,
+        external_script_id: WorkerId::from_stored(text(row, "external_script_id")?),
+        branch: text(row, "branch")?,
+        created_on: ts(row, "created_on")?,
+        modified_on: ts(row, "modified_on")?,
+    })
+}
+
+impl Store {
+    async fn hook_name_taken(
+        &self,
+        w: &mut WriteTx<'_>,
+        account: &AccountId,
+        worker: &WorkerId,
+        name: &str,
+        except: Option<DeployHookId>,
+    ) -> anyhow::Result<bool> {
+        let rows = sqlx::query(
+            "SELECT uuid FROM deploy_hooks WHERE account_id = $1 AND external_script_id = $2 AND name = $3 AND deleted_on IS NULL",
+        )
+        .bind(account.as_str())
+        .bind(worker.as_str())
+        .bind(name)
+        .fetch_all(&mut *w.tx)
+        .await?;
+        let except = except.map(|e| e.to_string());
+        Ok(rows
+            .iter()
+            .any(|r| r.try_get::<String, _>("uuid").ok() != except))
+    }
+
+    async fn read_hook(
+        w: &mut WriteTx<'_>,
+        account: &AccountId,
+        worker: &WorkerId,
+        id: DeployHookId,
+    ) -> anyhow::Result<Option<DeployHook>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM deploy_hooks h WHERE h.uuid = $1 AND h.account_id = $2 \
+             AND h.external_script_id = $3 AND h.deleted_on IS NULL"
+        ))
+        .bind(id.to_string())
+        .bind(account.as_str())
+        .bind(worker.as_str())
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Creates a hook for a Worker that has a live trigger.
+    pub async fn insert_deploy_hook(
+        &self,
+        account: &AccountId,
+        worker: &WorkerId,
+        name: &str,
+        branch: &str,
+    ) -> anyhow::Result<Result<DeployHook, HookWriteError>> {
+        let mut w = self.begin_write().await?;
+        self.lock_key(&mut w, &format!("worker:{account}:{worker}")).await?;
+        let has_trigger = sqlx::query(
+            "SELECT uuid FROM triggers WHERE account_id = $1 AND external_script_id = $2 AND deleted_on IS NULL",
+        )
+        .bind(account.as_str())
+        .bind(worker.as_str())
+        .fetch_optional(&mut *w.tx)
+        .await?
+        .is_some();
+        if !has_trigger {
+            return Ok(Err(HookWriteError::NoTrigger));
+        }
+        if self.hook_name_taken(&mut w, account, worker, name, None).await? {
+            return Ok(Err(HookWriteError::DuplicateName));
+        }
+        let now = Timestamp::now();
+        let hook = DeployHook {
+            deploy_hook_uuid: DeployHookId::new(),
+            deploy_hook_name: name.to_owned(),
+            external_script_id: worker.clone(),
+            branch: branch.to_owned(),
+            created_on: now,
+            modified_on: now,
+        };
+        sqlx::query(
+            "INSERT INTO deploy_hooks (uuid, account_id, external_script_id, name, branch, created_on, modified_on) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(hook.deploy_hook_uuid.to_string())
+        .bind(account.as_str())
+        .bind(worker.as_str())
+        .bind(name)
+        .bind(branch)
+        .bind(now.millis())
+        .execute(&mut *w.tx)
+        .await
+        .context("inserting a deploy hook")?;
+        w.commit().await?;
+        Ok(Ok(hook))
+    }
+
+    /// A Worker's live hooks, oldest first, each with its newest build's time.
+    pub async fn list_deploy_hooks(
+        &self,
+        account: &AccountId,
+        worker: &WorkerId,
+    ) -> anyhow::Result<Vec<DetailedDeployHook>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS}, (SELECT MAX(b.created_on) FROM builds b WHERE b.deploy_hook_uuid = h.uuid) AS latest \
+             FROM deploy_hooks h WHERE h.account_id = $1 AND h.external_script_id = $2 AND h.deleted_on IS NULL \
+             ORDER BY h.created_on, h.uuid"
+        ))
+        .bind(account.as_str())
+        .bind(worker.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .context("listing deploy hooks")?;
+        rows.iter()
+            .map(|r| {
+                Ok(DetailedDeployHook {
+                    hook: from_row(r)?,
+                    latest_build: opt_ts(r, "latest")?.map(|created_on| LatestHookBuild { created_on }),
+                })
+            })
+            .collect()
+    }
+
+    /// One live hook of a Worker.
+    pub async fn get_deploy_hook(
+        &self,
+        account: &AccountId,
+        worker: &WorkerId,
+        id: DeployHookId,
+    ) -> anyhow::Result<Option<DeployHook>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM deploy_hooks h WHERE h.uuid = $1 AND h.account_id = $2 \
+             AND h.external_script_id = $3 AND h.deleted_on IS NULL"
+        ))
+        .bind(id.to_string())
+        .bind(account.as_str())
+        .bind(worker.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading a deploy hook")?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Renames a hook and/or changes its branch.
+    pub async fn update_deploy_hook(
+        &self,
+        account: &AccountId,
+        worker: &WorkerId,
+        id: DeployHookId,
+        name: &str,
+        branch: &str,
+    ) -> anyhow::Result<Result<DeployHook, HookWriteError>> {
+        let mut w = self.begin_write().await?;
+        self.lock_key(&mut w, &format!("worker:{account}:{worker}")).await?;
+        if Self::read_hook(&mut w, account, worker, id).await?.is_none() {
+            return Ok(Err(HookWriteError::NotFound));
+        }
+        if self.hook_name_taken(&mut w, account, worker, name, Some(id)).await? {
+            return Ok(Err(HookWriteError::DuplicateName));
+        }
+        sqlx::query("UPDATE deploy_hooks SET name = $1, branch = $2, modified_on = $3 WHERE uuid = $4")
+            .bind(name)
+            .bind(branch)
+            .bind(Timestamp::now().millis())
+            .bind(id.to_string())
+            .execute(&mut *w.tx)
+            .await
+            .context("updating a deploy hook")?;
+        let hook = Self::read_hook(&mut w, account, worker, id).await?.context("hook vanished")?;
+        w.commit().await?;
+        Ok(Ok(hook))
+    }
+
+    /// Soft-deletes a hook (its URL stops working at once) and returns it.
+    pub async fn delete_deploy_hook(
+        &self,
+        account: &AccountId,
+        worker: &WorkerId,
+        id: DeployHookId,
+    ) -> anyhow::Result<Option<DeployHook>> {
+        let mut w = self.begin_write().await?;
+        let Some(hook) = Self::read_hook(&mut w, account, worker, id).await? else {
+            return Ok(None);
+        };
+        sqlx::query("UPDATE deploy_hooks SET deleted_on = $1 WHERE uuid = $2")
+            .bind(Timestamp::now().millis())
+            .bind(id.to_string())
+            .execute(&mut *w.tx)
+            .await
+            .context("deleting a deploy hook")?;
+        w.commit().await?;
+        Ok(Some(hook))
+    }
+}
