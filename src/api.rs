@@ -94,13 +94,23 @@ macro_rules! route {
 }
 
 const PAGING: &[QueryDoc] = &[
-    QueryDoc { name: "page", required: false, description: "Page number, from 1 (default 1)" },
-    QueryDoc { name: "per_page", required: false, description: "Items per page, 1-200 (default 50)" },
+    QueryDoc {
+        name: "page",
+        required: false,
+        description: "Page number, from 1 (default 1)",
+    },
+    QueryDoc {
+        name: "per_page",
+        required: false,
+        description: "Items per page, 1-200 (default 50)",
+    },
 ];
 
 /// Every operation Kiln serves.
 pub fn routes() -> Vec<Route> {
-    use crate::domain::{Build, BuildToken, DeployHook, DetailedDeployHook, EnvVarMap, RepoConnection, Trigger};
+    use crate::domain::{
+        Build, BuildToken, DeployHook, DetailedDeployHook, EnvVarMap, RepoConnection, Trigger,
+    };
     vec![
         route!(GET "/accounts/{account_id}/builds/workers/{external_script_id}/builds", "listBuildsByScript", Read,
             builds::list_builds, summary: "List a Worker's builds, newest first", result: Vec<Build>,

@@ -46,7 +46,9 @@ impl StoreArgs {
             data_dir: self.data_dir.clone(),
             database_url: self.database_url.clone(),
             // Read from the environment only: a key on the command line would show in `ps`.
-            secret_key: std::env::var("KILN_SECRET_KEY").ok().filter(|k| !k.is_empty()),
+            secret_key: std::env::var("KILN_SECRET_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
         }
     }
 }
@@ -182,9 +184,16 @@ async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
                 revoked_on: None,
                 label: args.label.clone(),
             };
-            store.insert_api_token(&token, &hash_credential(&secret)).await?;
+            store
+                .insert_api_token(&token, &hash_credential(&secret))
+                .await?;
             store.close().await;
-            eprintln!("Created {} {} ({}). It is shown only once:", kind_name(kind), token.id, permission.as_str());
+            eprintln!(
+                "Created {} {} ({}). It is shown only once:",
+                kind_name(kind),
+                token.id,
+                permission.as_str()
+            );
             println!("{secret}");
             Ok(())
         }
@@ -192,11 +201,18 @@ async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
             let store = startup::open_store(&store.config()).await?;
             let tokens = store.list_api_tokens().await?;
             store.close().await;
-            println!("{:<22} {:<10} {:<6} {:<26} {:<25} {:<25} LABEL", "ID", "KIND", "PERM", "ACCOUNTS", "CREATED", "REVOKED");
+            println!(
+                "{:<22} {:<10} {:<6} {:<26} {:<25} {:<25} LABEL",
+                "ID", "KIND", "PERM", "ACCOUNTS", "CREATED", "REVOKED"
+            );
             for t in tokens {
                 let accounts = match &t.scope {
                     AccountScope::All => "*".to_owned(),
-                    AccountScope::Only(ids) => ids.iter().map(AccountId::as_str).collect::<Vec<_>>().join(","),
+                    AccountScope::Only(ids) => ids
+                        .iter()
+                        .map(AccountId::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","),
                 };
                 println!(
                     "{:<22} {:<10} {:<6} {:<26} {:<25} {:<25} {}",
@@ -206,7 +222,11 @@ async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
                     accounts,
                     t.created_on.to_rfc3339(),
                     t.revoked_on.map_or("-".to_owned(), |r| r.to_rfc3339()),
-                    [t.email.as_deref(), t.label.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" "),
+                    [t.email.as_deref(), t.label.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(" "),
                 );
             }
             Ok(())

@@ -31,7 +31,12 @@ pub struct Gate {
 
 /// Looks up the caller's credentials; `Unauthenticated` when absent or unknown.
 pub async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<ApiToken, ApiError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(auth) = header("authorization") {
         let (scheme, token) = auth.split_once(' ').ok_or(ApiError::Unauthenticated)?;
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
@@ -51,7 +56,11 @@ pub async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<ApiToken
             .email
             .as_deref()
             .is_some_and(|e| e.eq_ignore_ascii_case(email));
-        return if matches { Ok(found) } else { Err(ApiError::Unauthenticated) };
+        return if matches {
+            Ok(found)
+        } else {
+            Err(ApiError::Unauthenticated)
+        };
     }
     Err(ApiError::Unauthenticated)
 }
@@ -78,17 +87,23 @@ async fn check(gate: &Gate, req: Request) -> Result<Request, ApiError> {
         .iter()
         .find(|(k, _)| *k == "account_id")
         .map(|(_, v)| v.to_owned())
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("authenticated route without account_id")))?;
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("authenticated route without account_id"))
+        })?;
     let account = AccountId::parse(&raw_account)?;
     let needed = match gate.access {
         Access::Write => Permission::Write,
         _ => Permission::Read,
     };
     if !token.scope.allows(&account) {
-        return Err(ApiError::Forbidden("the credentials are not valid for this account"));
+        return Err(ApiError::Forbidden(
+            "the credentials are not valid for this account",
+        ));
     }
     if !token.permits(&account, needed) {
-        return Err(ApiError::Forbidden("the credentials lack the Workers CI Write permission"));
+        return Err(ApiError::Forbidden(
+            "the credentials lack the Workers CI Write permission",
+        ));
     }
     parts.extensions.insert(account);
     Ok(Request::from_parts(parts, body))

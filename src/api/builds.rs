@@ -101,9 +101,15 @@ pub async fn create_manual_build(
 ) -> ApiResult<InsertedBuild> {
     let trigger = trigger_id(&path)?;
     if body.seed_repo.is_some() {
-        return Err(Invalid::field("seed_repo", "seeding a repository is not supported yet").into());
+        return Err(
+            Invalid::field("seed_repo", "seeding a repository is not supported yet").into(),
+        );
     }
-    let branch = body.branch.as_deref().map(|b| branch("branch", b)).transpose()?;
+    let branch = body
+        .branch
+        .as_deref()
+        .map(|b| branch("branch", b))
+        .transpose()?;
     let commit = body.commit_hash.as_deref().map(commit_hash).transpose()?;
     if branch.is_none() && commit.is_none() {
         return Err(Invalid("branch or commit_hash: at least one is required".into()).into());
@@ -119,7 +125,10 @@ pub async fn create_manual_build(
         deploy_hook: None,
     };
     match app.store.insert_build(&account, &new).await? {
-        Some((build_uuid, created_on)) => ok(InsertedBuild { build_uuid, created_on }),
+        Some((build_uuid, created_on)) => ok(InsertedBuild {
+            build_uuid,
+            created_on,
+        }),
         None => Err(ApiError::NotFound),
     }
 }
@@ -200,7 +209,9 @@ pub async fn cancel_build(
             build_uuid: id,
             stopped_on,
         }),
-        CancelOutcome::AlreadyStopped => Err(ApiError::Conflict("the build has already stopped".into())),
+        CancelOutcome::AlreadyStopped => {
+            Err(ApiError::Conflict("the build has already stopped".into()))
+        }
         CancelOutcome::NotFound => Err(ApiError::NotFound),
     }
 }
@@ -243,7 +254,10 @@ pub async fn get_account_limits(
     Account(account): Account,
 ) -> ApiResult<AccountLimits> {
     let now = Timestamp::now();
-    let used = app.store.build_minutes_used(&account, now.month_start()).await?;
+    let used = app
+        .store
+        .build_minutes_used(&account, now.month_start())
+        .await?;
     ok(AccountLimits {
         build_minutes_refresh_on: now.next_month_start(),
         has_reached_build_minutes_limit: used >= app.limits.build_minutes_per_month,

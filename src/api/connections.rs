@@ -5,7 +5,9 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult, ok, ok_empty};
 use super::extract::{Account, ApiJson, PathParams};
-use crate::domain::{Invalid, MAX_NAME_LEN, ProviderType, RepoConnection, RepoConnectionId, bounded_text};
+use crate::domain::{
+    Invalid, MAX_NAME_LEN, ProviderType, RepoConnection, RepoConnectionId, bounded_text,
+};
 use crate::store::{DeleteConnection, NewConnection};
 use axum::extract::State;
 
@@ -27,8 +29,18 @@ impl UpsertRepoConnectionRequest {
             .ok_or_else(|| Invalid::field("provider_type", "must be \"github\""))?;
         Ok(NewConnection {
             provider_type,
-            provider_account_id: bounded_text("provider_account_id", &self.provider_account_id, 1, MAX_NAME_LEN)?,
-            provider_account_name: bounded_text("provider_account_name", &self.provider_account_name, 1, MAX_NAME_LEN)?,
+            provider_account_id: bounded_text(
+                "provider_account_id",
+                &self.provider_account_id,
+                1,
+                MAX_NAME_LEN,
+            )?,
+            provider_account_name: bounded_text(
+                "provider_account_name",
+                &self.provider_account_name,
+                1,
+                MAX_NAME_LEN,
+            )?,
             repo_id: bounded_text("repo_id", &self.repo_id, 1, MAX_NAME_LEN)?,
             repo_name: bounded_text("repo_name", &self.repo_name, 1, MAX_NAME_LEN)?,
         })

@@ -25,18 +25,29 @@ pub struct DeployHookRequest {
 impl DeployHookRequest {
     fn validate(&self) -> Result<(String, String), Invalid> {
         Ok((
-            bounded_text("deploy_hook_name", &self.deploy_hook_name, 1, MAX_HOOK_NAME_LEN)?,
+            bounded_text(
+                "deploy_hook_name",
+                &self.deploy_hook_name,
+                1,
+                MAX_HOOK_NAME_LEN,
+            )?,
             branch("branch", &self.branch)?,
         ))
     }
 }
 
 fn worker(path: &PathParams) -> Result<WorkerId, ApiError> {
-    Ok(WorkerId::parse("external_script_id", path.get("external_script_id")?)?)
+    Ok(WorkerId::parse(
+        "external_script_id",
+        path.get("external_script_id")?,
+    )?)
 }
 
 fn hook_id(path: &PathParams) -> Result<DeployHookId, ApiError> {
-    Ok(DeployHookId::parse("deploy_hook_uuid", path.get("deploy_hook_uuid")?)?)
+    Ok(DeployHookId::parse(
+        "deploy_hook_uuid",
+        path.get("deploy_hook_uuid")?,
+    )?)
 }
 
 fn write_error(e: HookWriteError) -> ApiError {

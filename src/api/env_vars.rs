@@ -49,7 +49,11 @@ impl EnvVarsRequest {
     }
 }
 
-async fn live_trigger(app: &AppState, account: &AccountId, path: &PathParams) -> Result<TriggerId, ApiError> {
+async fn live_trigger(
+    app: &AppState,
+    account: &AccountId,
+    path: &PathParams,
+) -> Result<TriggerId, ApiError> {
     let id = trigger_id(path)?;
     match app.store.get_trigger(account, id).await? {
         Some(_) => Ok(id),
@@ -58,7 +62,9 @@ async fn live_trigger(app: &AppState, account: &AccountId, path: &PathParams) ->
 }
 
 fn view(vars: Vec<crate::domain::EnvVar>) -> EnvVarMap {
-    vars.into_iter().map(|v| (v.key.clone(), v.view())).collect()
+    vars.into_iter()
+        .map(|v| (v.key.clone(), v.view()))
+        .collect()
 }
 
 /// `GET /accounts/{account_id}/builds/triggers/{trigger_uuid}/environment_variables`

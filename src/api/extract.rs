@@ -22,9 +22,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::BadRequest("request body is required (a JSON object)".into()));
+            return Err(ApiError::BadRequest(
+                "request body is required (a JSON object)".into(),
+            ));
         }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -52,7 +56,10 @@ fn body_rejection(r: BytesRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge
     } else {
-        ApiError::BadRequest(format!("could not read the request body: {}", r.body_text()))
+        ApiError::BadRequest(format!(
+            "could not read the request body: {}",
+            r.body_text()
+        ))
     }
 }
 
@@ -63,7 +70,9 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         Ok(NoBody)
     }
 }
@@ -110,7 +119,13 @@ impl QueryParams {
     /// `page` and `per_page`, validated.
     pub fn paging(&self) -> Result<Paging, ApiError> {
         let page = int_param(self.get("page"), "page", 1, MAX_PAGE, 1)?;
-        let per_page = int_param(self.get("per_page"), "per_page", 1, MAX_PER_PAGE, DEFAULT_PER_PAGE)?;
+        let per_page = int_param(
+            self.get("per_page"),
+            "per_page",
+            1,
+            MAX_PER_PAGE,
+            DEFAULT_PER_PAGE,
+        )?;
         Ok(Paging { page, per_page })
     }
 }
@@ -133,11 +148,20 @@ pub const MAX_PER_PAGE: u32 = 200;
 /// `per_page` when none is given.
 pub const DEFAULT_PER_PAGE: u32 = 50;
 
-fn int_param(raw: Option<&str>, name: &str, min: u32, max: u32, default: u32) -> Result<u32, Invalid> {
+fn int_param(
+    raw: Option<&str>,
+    name: &str,
+    min: u32,
+    max: u32,
+    default: u32,
+) -> Result<u32, Invalid> {
     let Some(raw) = raw else { return Ok(default) };
     match raw.trim().parse::<i64>() {
         Ok(n) if n >= i64::from(min) && n <= i64::from(max) => Ok(n as u32),
-        _ => Err(Invalid::field(name, format!("must be an integer from {min} to {max}"))),
+        _ => Err(Invalid::field(
+            name,
+            format!("must be an integer from {min} to {max}"),
+        )),
     }
 }
 
@@ -175,7 +199,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Account {
             .get::<AccountId>()
             .cloned()
             .map(Account)
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("route is not behind the auth layer")))
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("route is not behind the auth layer"))
+            })
     }
 }
 
@@ -183,12 +209,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Account {
 pub fn id_list<'a>(name: &str, raw: &'a str) -> Result<Vec<&'a str>, Invalid> {
     let ids: Vec<&str> = raw.split(',').map(str::trim).collect();
     if ids.iter().any(|s| s.is_empty()) {
-        return Err(Invalid::field(name, "must be a comma-separated list without empty entries"));
+        return Err(Invalid::field(
+            name,
+            "must be a comma-separated list without empty entries",
+        ));
     }
     if ids.len() > crate::domain::MAX_IDS_PER_QUERY {
         return Err(Invalid::field(
             name,
-            format!("at most {} ids are allowed", crate::domain::MAX_IDS_PER_QUERY),
+            format!(
+                "at most {} ids are allowed",
+                crate::domain::MAX_IDS_PER_QUERY
+            ),
         ));
     }
     Ok(ids)

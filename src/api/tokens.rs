@@ -7,7 +7,9 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::{ApiError, ApiResult, Success, ok, ok_empty};
 use super::extract::{Account, ApiJson, PathParams, QueryParams};
-use crate::domain::{BuildToken, BuildTokenId, Invalid, MAX_NAME_LEN, MAX_TOKEN_SECRET_BYTES, bounded_text};
+use crate::domain::{
+    BuildToken, BuildTokenId, Invalid, MAX_NAME_LEN, MAX_TOKEN_SECRET_BYTES, bounded_text,
+};
 
 /// Body of `createBuildToken`.
 #[derive(Deserialize, JsonSchema)]
@@ -35,7 +37,12 @@ pub async fn create_build_token(
     ApiJson(body): ApiJson<CreateBuildTokenRequest>,
 ) -> ApiResult<BuildToken> {
     let name = bounded_text("build_token_name", &body.build_token_name, 1, MAX_NAME_LEN)?;
-    let cf_id = bounded_text("cloudflare_token_id", &body.cloudflare_token_id, 1, MAX_NAME_LEN)?;
+    let cf_id = bounded_text(
+        "cloudflare_token_id",
+        &body.cloudflare_token_id,
+        1,
+        MAX_NAME_LEN,
+    )?;
     let secret = body.build_token_secret.trim();
     if secret.is_empty() || secret.len() > MAX_TOKEN_SECRET_BYTES {
         return Err(Invalid::field(
@@ -45,9 +52,14 @@ pub async fn create_build_token(
         .into());
     }
     if secret.chars().any(char::is_control) {
-        return Err(Invalid::field("build_token_secret", "must not contain control characters").into());
+        return Err(
+            Invalid::field("build_token_secret", "must not contain control characters").into(),
+        );
     }
-    ok(app.store.insert_build_token(&account, &name, &cf_id, secret).await?)
+    ok(app
+        .store
+        .insert_build_token(&account, &name, &cf_id, secret)
+        .await?)
 }
 
 /// `GET /accounts/{account_id}/builds/tokens`

@@ -64,17 +64,28 @@ impl CreateTriggerRequest {
     fn validate(self) -> Result<NewTrigger, Invalid> {
         Ok(NewTrigger {
             external_script_id: WorkerId::parse("external_script_id", &self.external_script_id)?,
-            repo_connection_uuid: RepoConnectionId::parse("repo_connection_uuid", &self.repo_connection_uuid)?,
+            repo_connection_uuid: RepoConnectionId::parse(
+                "repo_connection_uuid",
+                &self.repo_connection_uuid,
+            )?,
             build_token_uuid: BuildTokenId::parse("build_token_uuid", &self.build_token_uuid)?,
             trigger_name: bounded_text("trigger_name", &self.trigger_name, 1, MAX_NAME_LEN)?,
             build_command: command("build_command", self.build_command.as_deref().unwrap_or(""))?,
             deploy_command: command(
                 "deploy_command",
-                self.deploy_command.as_deref().unwrap_or(DEFAULT_DEPLOY_COMMAND),
+                self.deploy_command
+                    .as_deref()
+                    .unwrap_or(DEFAULT_DEPLOY_COMMAND),
             )?,
             root_directory: root_directory(self.root_directory.as_deref().unwrap_or("/"))?,
-            branch_includes: patterns("branch_includes", &self.branch_includes.unwrap_or_default())?,
-            branch_excludes: patterns("branch_excludes", &self.branch_excludes.unwrap_or_default())?,
+            branch_includes: patterns(
+                "branch_includes",
+                &self.branch_includes.unwrap_or_default(),
+            )?,
+            branch_excludes: patterns(
+                "branch_excludes",
+                &self.branch_excludes.unwrap_or_default(),
+            )?,
             path_includes: patterns(
                 "path_includes",
                 &self.path_includes.unwrap_or_else(|| vec!["*".to_owned()]),
@@ -88,19 +99,31 @@ impl CreateTriggerRequest {
 impl UpdateTriggerRequest {
     fn validate(self) -> Result<TriggerPatch, Invalid> {
         Ok(TriggerPatch {
-            trigger_name: opt(self.trigger_name.as_ref(), |v| bounded_text("trigger_name", v, 1, MAX_NAME_LEN))?,
+            trigger_name: opt(self.trigger_name.as_ref(), |v| {
+                bounded_text("trigger_name", v, 1, MAX_NAME_LEN)
+            })?,
             build_token_uuid: self
                 .build_token_uuid
                 .as_deref()
                 .map(|v| BuildTokenId::parse("build_token_uuid", v))
                 .transpose()?,
             build_command: opt(self.build_command.as_ref(), |v| command("build_command", v))?,
-            deploy_command: opt(self.deploy_command.as_ref(), |v| command("deploy_command", v))?,
+            deploy_command: opt(self.deploy_command.as_ref(), |v| {
+                command("deploy_command", v)
+            })?,
             root_directory: opt(self.root_directory.as_ref(), |v| root_directory(v))?,
-            branch_includes: opt(self.branch_includes.as_ref(), |v| patterns("branch_includes", v))?,
-            branch_excludes: opt(self.branch_excludes.as_ref(), |v| patterns("branch_excludes", v))?,
-            path_includes: opt(self.path_includes.as_ref(), |v| patterns("path_includes", v))?,
-            path_excludes: opt(self.path_excludes.as_ref(), |v| patterns("path_excludes", v))?,
+            branch_includes: opt(self.branch_includes.as_ref(), |v| {
+                patterns("branch_includes", v)
+            })?,
+            branch_excludes: opt(self.branch_excludes.as_ref(), |v| {
+                patterns("branch_excludes", v)
+            })?,
+            path_includes: opt(self.path_includes.as_ref(), |v| {
+                patterns("path_includes", v)
+            })?,
+            path_excludes: opt(self.path_excludes.as_ref(), |v| {
+                patterns("path_excludes", v)
+            })?,
             build_caching_enabled: self.build_caching_enabled,
         })
     }
@@ -135,7 +158,11 @@ pub async fn create_trigger(
     ApiJson(body): ApiJson<CreateTriggerRequest>,
 ) -> ApiResult<Trigger> {
     let new = body.validate()?;
-    ok(app.store.insert_trigger(&account, &new).await?.map_err(write_error)?)
+    ok(app
+        .store
+        .insert_trigger(&account, &new)
+        .await?
+        .map_err(write_error)?)
 }
 
 /// `GET /accounts/{account_id}/builds/workers/{external_script_id}/triggers`
@@ -157,7 +184,11 @@ pub async fn update_trigger(
 ) -> ApiResult<Trigger> {
     let id = trigger_id(&path)?;
     let patch = body.validate()?;
-    ok(app.store.update_trigger(&account, id, &patch).await?.map_err(write_error)?)
+    ok(app
+        .store
+        .update_trigger(&account, id, &patch)
+        .await?
+        .map_err(write_error)?)
 }
 
 /// `DELETE /accounts/{account_id}/builds/triggers/{trigger_uuid}`

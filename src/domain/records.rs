@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AccountId, BuildId, BuildTokenId, DeployHookId, RepoConnectionId, Timestamp,
-    TriggerId, WorkerId,
+    AccountId, BuildId, BuildTokenId, DeployHookId, RepoConnectionId, Timestamp, TriggerId,
+    WorkerId,
 };
 
 macro_rules! string_enum {

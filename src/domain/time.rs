@@ -104,6 +104,9 @@ mod tests {
     fn month_boundaries() {
         let t = Timestamp::from_millis(1_577_470_279_117); // 2019-12-27
         assert_eq!(t.month_start().to_rfc3339(), "2019-12-01T00:00:00.000Z");
-        assert_eq!(t.next_month_start().to_rfc3339(), "2020-01-01T00:00:00.000Z");
+        assert_eq!(
+            t.next_month_start().to_rfc3339(),
+            "2020-01-01T00:00:00.000Z"
+        );
     }
 }

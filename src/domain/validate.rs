@@ -32,7 +32,10 @@ pub fn bounded_text(field: &str, value: &str, min: usize, max: usize) -> Result<
     let trimmed = value.trim();
     let n = trimmed.chars().count();
     if n < min || n > max {
-        return Err(Invalid::field(field, format!("must be {min}-{max} characters")));
+        return Err(Invalid::field(
+            field,
+            format!("must be {min}-{max} characters"),
+        ));
     }
     if trimmed.chars().any(char::is_control) {
         return Err(Invalid::field(field, "must not contain control characters"));
@@ -43,7 +46,10 @@ pub fn bounded_text(field: &str, value: &str, min: usize, max: usize) -> Result<
 /// A shell command: may be empty (the step is then skipped), at most [`MAX_COMMAND_LEN`] characters.
 pub fn command(field: &str, value: &str) -> Result<String, Invalid> {
     if value.chars().count() > MAX_COMMAND_LEN {
-        return Err(Invalid::field(field, format!("must be at most {MAX_COMMAND_LEN} characters")));
+        return Err(Invalid::field(
+            field,
+            format!("must be at most {MAX_COMMAND_LEN} characters"),
+        ));
     }
     if value.contains('\0') {
         return Err(Invalid::field(field, "must not contain NUL characters"));
@@ -56,21 +62,34 @@ pub fn root_directory(value: &str) -> Result<String, Invalid> {
     let field = "root_directory";
     let v = value.trim();
     if v.chars().count() > MAX_ROOT_DIRECTORY_LEN {
-        return Err(Invalid::field(field, format!("must be at most {MAX_ROOT_DIRECTORY_LEN} characters")));
+        return Err(Invalid::field(
+            field,
+            format!("must be at most {MAX_ROOT_DIRECTORY_LEN} characters"),
+        ));
     }
     if v.chars().any(char::is_control) || v.contains('\\') {
-        return Err(Invalid::field(field, "must not contain control characters or '\\'"));
+        return Err(Invalid::field(
+            field,
+            "must not contain control characters or '\\'",
+        ));
     }
     if v.split('/').any(|seg| seg == "..") {
         return Err(Invalid::field(field, "must not contain '..'"));
     }
-    Ok(if v.is_empty() { "/".to_owned() } else { v.to_owned() })
+    Ok(if v.is_empty() {
+        "/".to_owned()
+    } else {
+        v.to_owned()
+    })
 }
 
 /// A list of branch or path patterns.
 pub fn patterns(field: &str, values: &[String]) -> Result<Vec<String>, Invalid> {
     if values.len() > MAX_PATTERNS {
-        return Err(Invalid::field(field, format!("must have at most {MAX_PATTERNS} entries")));
+        return Err(Invalid::field(
+            field,
+            format!("must have at most {MAX_PATTERNS} entries"),
+        ));
     }
     values
         .iter()
@@ -86,7 +105,8 @@ pub fn branch(field: &str, value: &str) -> Result<String, Invalid> {
         || b.contains("@{")
         || b.ends_with('/')
         || b.ends_with(".lock")
-        || b.chars().any(|c| c.is_whitespace() || "~^:?*[\\".contains(c));
+        || b.chars()
+            .any(|c| c.is_whitespace() || "~^:?*[\\".contains(c));
     if bad {
         return Err(Invalid::field(field, "is not a valid git branch name"));
     }
@@ -97,7 +117,10 @@ pub fn branch(field: &str, value: &str) -> Result<String, Invalid> {
 pub fn commit_hash(value: &str) -> Result<String, Invalid> {
     let v = value.trim();
     if v.len() < 4 || v.len() > MAX_COMMIT_HASH_LEN || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Invalid::field("commit_hash", "must be 4-64 hexadecimal characters"));
+        return Err(Invalid::field(
+            "commit_hash",
+            "must be 4-64 hexadecimal characters",
+        ));
     }
     Ok(v.to_ascii_lowercase())
 }
@@ -110,7 +133,9 @@ pub fn env_value(key: &str, value: &str) -> Result<(), Invalid> {
         )));
     }
     if value.contains('\0') {
-        return Err(Invalid(format!("{key}: value must not contain NUL characters")));
+        return Err(Invalid(format!(
+            "{key}: value must not contain NUL characters"
+        )));
     }
     Ok(())
 }

@@ -37,7 +37,11 @@ fn from_row(row: &AnyRow) -> anyhow::Result<ApiToken> {
 impl Store {
     /// Stores a credential by the hash of its secret. Returns false when that hash already exists
     /// (so registering the same bootstrap token at every start is idempotent).
-    pub async fn insert_api_token(&self, token: &ApiToken, secret_hash: &str) -> anyhow::Result<bool> {
+    pub async fn insert_api_token(
+        &self,
+        token: &ApiToken,
+        secret_hash: &str,
+    ) -> anyhow::Result<bool> {
         let (all, accounts) = match &token.scope {
             AccountScope::All => (1i64, "[]".to_owned()),
             AccountScope::Only(ids) => (
@@ -85,22 +89,30 @@ impl Store {
 
     /// Every credential, oldest first, revoked ones included.
     pub async fn list_api_tokens(&self) -> anyhow::Result<Vec<ApiToken>> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM api_tokens ORDER BY created_on, id"))
-            .fetch_all(&self.pool)
-            .await
-            .context("listing API tokens")?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_tokens ORDER BY created_on, id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .context("listing API tokens")?;
         rows.iter().map(from_row).collect()
     }
 
     /// Revokes a credential; false when no live credential has this id.
-    pub async fn revoke_api_token(&self, id: &str, now: crate::domain::Timestamp) -> anyhow::Result<bool> {
+    pub async fn revoke_api_token(
+        &self,
+        id: &str,
+        now: crate::domain::Timestamp,
+    ) -> anyhow::Result<bool> {
         let mut w = self.begin_write().await?;
-        let done = sqlx::query("UPDATE api_tokens SET revoked_on = $1 WHERE id = $2 AND revoked_on IS NULL")
-            .bind(now.millis())
-            .bind(id)
-            .execute(&mut *w.tx)
-            .await
-            .context("revoking an API token")?;
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_on = $1 WHERE id = $2 AND revoked_on IS NULL",
+        )
+        .bind(now.millis())
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await
+        .context("revoking an API token")?;
         w.commit().await?;
         Ok(done.rows_affected() == 1)
     }

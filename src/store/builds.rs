@@ -8,7 +8,9 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::Store;
-use super::rows::{CONNECTION_COLUMNS, TRIGGER_COLUMNS, build_trigger, opt_text, opt_ts, text, trigger, ts};
+use super::rows::{
+    CONNECTION_COLUMNS, TRIGGER_COLUMNS, build_trigger, opt_text, opt_ts, text, trigger, ts,
+};
 use crate::domain::{
     AccountId, Build, BuildId, BuildOutcome, BuildStatus, BuildTriggerMetadata, DeployHookId,
     PullRequest, Timestamp, TriggerId, TriggerSource, VersionId, WorkerId,
@@ -63,7 +65,9 @@ const BUILD_FROM: &str = "builds b \
     LEFT JOIN build_tokens k ON k.uuid = t.build_token_uuid AND k.deleted_on IS NULL";
 
 fn select_builds(filter: &str) -> String {
-    format!("SELECT {BUILD_COLUMNS}, {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS} FROM {BUILD_FROM} WHERE {filter}")
+    format!(
+        "SELECT {BUILD_COLUMNS}, {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS} FROM {BUILD_FROM} WHERE {filter}"
+    )
 }
 
 fn build_from_row(row: &AnyRow) -> anyhow::Result<Build> {
@@ -117,7 +121,7 @@ impl Store {
             .try_get::<Option<Vec<u8>>, _>("k_secret")?
             .map(|s| self.secrets.open_str(&s))
             .transpose()?;
-        let vars = self.read_env_vars(&mut w, new.trigger).await?;
+        let vars = self.read_env_vars(&mut *w.tx, new.trigger).await?;
         let mut secrets = BuildSecrets {
             build_token: token_secret,
             env: BTreeMap::new(),
@@ -173,7 +177,11 @@ impl Store {
     }
 
     /// One build of this account.
-    pub async fn get_build(&self, account: &AccountId, id: BuildId) -> anyhow::Result<Option<Build>> {
+    pub async fn get_build(
+        &self,
+        account: &AccountId,
+        id: BuildId,
+    ) -> anyhow::Result<Option<Build>> {
         let row = sqlx::query(&select_builds("b.uuid = $1 AND b.account_id = $2"))
             .bind(id.to_string())
             .bind(account.as_str())
@@ -210,7 +218,12 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .context("listing builds")?;
-        Ok((rows.iter().map(build_from_row).collect::<anyhow::Result<_>>()?, total))
+        Ok((
+            rows.iter()
+                .map(build_from_row)
+                .collect::<anyhow::Result<_>>()?,
+            total,
+        ))
     }
 
     /// The newest build of each Worker that has one.
@@ -283,14 +296,20 @@ impl Store {
     }
 
     /// Ends a build that has not stopped yet as `stopped`/`cancelled`.
-    pub async fn cancel_build(&self, account: &AccountId, id: BuildId) -> anyhow::Result<CancelOutcome> {
+    pub async fn cancel_build(
+        &self,
+        account: &AccountId,
+        id: BuildId,
+    ) -> anyhow::Result<CancelOutcome> {
         let mut w = self.begin_write().await?;
         let row = sqlx::query("SELECT status FROM builds WHERE uuid = $1 AND account_id = $2")
             .bind(id.to_string())
             .bind(account.as_str())
             .fetch_optional(&mut *w.tx)
             .await?;
-        let Some(row) = row else { return Ok(CancelOutcome::NotFound) };
+        let Some(row) = row else {
+            return Ok(CancelOutcome::NotFound);
+        };
         if BuildStatus::from_stored(&text(&row, "status")?)? == BuildStatus::Stopped {
             return Ok(CancelOutcome::AlreadyStopped);
         }
@@ -311,7 +330,11 @@ impl Store {
     }
 
     /// Appends log lines to a build, numbering them after the ones already stored.
-    pub async fn append_build_logs(&self, id: BuildId, lines: &[(Timestamp, String)]) -> anyhow::Result<()> {
+    pub async fn append_build_logs(
+        &self,
+        id: BuildId,
+        lines: &[(Timestamp, String)],
+    ) -> anyhow::Result<()> {
         let mut w = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT b.id AS id, (SELECT COALESCE(MAX(l.seq), -1) FROM build_logs l WHERE l.build_id = b.id) AS last \
@@ -325,7 +348,8 @@ impl Store {
         let mut seq: i64 = row.try_get::<i64, _>("last")? + 1;
         // Multi-row inserts, chunked below SQLite's bind-parameter limit.
         for chunk in lines.chunks(200) {
-            let mut sql = String::from("INSERT INTO build_logs (build_id, seq, ts, message) VALUES ");
+            let mut sql =
+                String::from("INSERT INTO build_logs (build_id, seq, ts, message) VALUES ");
             for i in 0..chunk.len() {
                 if i > 0 {
                     sql.push(',');
@@ -335,7 +359,11 @@ impl Store {
             }
             let mut q = sqlx::query(&sql);
             for (t, msg) in chunk {
-                q = q.bind(build_id).bind(seq).bind(t.millis()).bind(msg.as_str());
+                q = q
+                    .bind(build_id)
+                    .bind(seq)
+                    .bind(t.millis())
+                    .bind(msg.as_str());
                 seq += 1;
             }
             q.execute(&mut *w.tx).await.context("appending log lines")?;
@@ -376,11 +404,19 @@ impl Store {
             lines.push((ts(row, "ts")?, text(row, "message")?));
             next_seq = row.try_get::<i64, _>("seq")? + 1;
         }
-        Ok(Some(LogPage { lines, next_seq, more }))
+        Ok(Some(LogPage {
+            lines,
+            next_seq,
+            more,
+        }))
     }
 
     /// Build minutes an account used since `since`: each stopped build counts its rounded-up minutes.
-    pub async fn build_minutes_used(&self, account: &AccountId, since: Timestamp) -> anyhow::Result<i64> {
+    pub async fn build_minutes_used(
+        &self,
+        account: &AccountId,
+        since: Timestamp,
+    ) -> anyhow::Result<i64> {
         let row = sqlx::query(
             "SELECT CAST(COALESCE(SUM((stopped_on - initializing_on + 59999) / 60000), 0) AS BIGINT) AS minutes \
              FROM builds WHERE account_id = $1 AND stopped_on >= $2 AND initializing_on IS NOT NULL",

@@ -115,12 +115,14 @@ impl Store {
         if users > 0 {
             return Ok(DeleteConnection::InUse(users));
         }
-        sqlx::query("UPDATE repo_connections SET deleted_on = $1, modified_on = $1 WHERE uuid = $2")
-            .bind(Timestamp::now().millis())
-            .bind(id.to_string())
-            .execute(&mut *w.tx)
-            .await
-            .context("deleting a repository connection")?;
+        sqlx::query(
+            "UPDATE repo_connections SET deleted_on = $1, modified_on = $1 WHERE uuid = $2",
+        )
+        .bind(Timestamp::now().millis())
+        .bind(id.to_string())
+        .execute(&mut *w.tx)
+        .await
+        .context("deleting a repository connection")?;
         w.commit().await?;
         Ok(DeleteConnection::Deleted)
     }

@@ -57,24 +57,6 @@ impl Store {
             .any(|r| r.try_get::<String, _>("uuid").ok() != except))
     }
 
-    async fn read_hook(
-        w: &mut WriteTx<'_>,
-        account: &AccountId,
-        worker: &WorkerId,
-        id: DeployHookId,
-    ) -> anyhow::Result<Option<DeployHook>> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM deploy_hooks h WHERE h.uuid = $1 AND h.account_id = $2 \
-             AND h.external_script_id = $3 AND h.deleted_on IS NULL"
-        ))
-        .bind(id.to_string())
-        .bind(account.as_str())
-        .bind(worker.as_str())
-        .fetch_optional(&mut *w.tx)
-        .await?;
-        row.as_ref().map(from_row).transpose()
-    }
-
     /// Creates a hook for a Worker that has a live trigger.
     pub async fn insert_deploy_hook(
         &self,
@@ -84,7 +66,8 @@ impl Store {
         branch: &str,
     ) -> anyhow::Result<Result<DeployHook, HookWriteError>> {
         let mut w = self.begin_write().await?;
-        self.lock_key(&mut w, &format!("worker:{account}:{worker}")).await?;
+        self.lock_key(&mut w, &format!("worker:{account}:{worker}"))
+            .await?;
         let has_trigger = sqlx::query(
             "SELECT uuid FROM triggers WHERE account_id = $1 AND external_script_id = $2 AND deleted_on IS NULL",
         )
@@ -96,7 +79,10 @@ impl Store {
         if !has_trigger {
             return Ok(Err(HookWriteError::NoTrigger));
         }
-        if self.hook_name_taken(&mut w, account, worker, name, None).await? {
+        if self
+            .hook_name_taken(&mut w, account, worker, name, None)
+            .await?
+        {
             return Ok(Err(HookWriteError::DuplicateName));
         }
         let now = Timestamp::now();
@@ -145,7 +131,8 @@ impl Store {
             .map(|r| {
                 Ok(DetailedDeployHook {
                     hook: from_row(r)?,
-                    latest_build: opt_ts(r, "latest")?.map(|created_on| LatestHookBuild { created_on }),
+                    latest_build: opt_ts(r, "latest")?
+                        .map(|created_on| LatestHookBuild { created_on }),
                 })
             })
             .collect()
@@ -158,17 +145,7 @@ impl Store {
         worker: &WorkerId,
         id: DeployHookId,
     ) -> anyhow::Result<Option<DeployHook>> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM deploy_hooks h WHERE h.uuid = $1 AND h.account_id = $2 \
-             AND h.external_script_id = $3 AND h.deleted_on IS NULL"
-        ))
-        .bind(id.to_string())
-        .bind(account.as_str())
-        .bind(worker.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .context("reading a deploy hook")?;
-        row.as_ref().map(from_row).transpose()
+        fetch_hook(&self.pool, account, worker, id).await
     }
 
     /// Renames a hook and/or changes its branch.
@@ -181,22 +158,30 @@ impl Store {
         branch: &str,
     ) -> anyhow::Result<Result<DeployHook, HookWriteError>> {
         let mut w = self.begin_write().await?;
-        self.lock_key(&mut w, &format!("worker:{account}:{worker}")).await?;
-        if Self::read_hook(&mut w, account, worker, id).await?.is_none() {
+        self.lock_key(&mut w, &format!("worker:{account}:{worker}"))
+            .await?;
+        if fetch_hook(&mut *w.tx, account, worker, id).await?.is_none() {
             return Ok(Err(HookWriteError::NotFound));
         }
-        if self.hook_name_taken(&mut w, account, worker, name, Some(id)).await? {
+        if self
+            .hook_name_taken(&mut w, account, worker, name, Some(id))
+            .await?
+        {
             return Ok(Err(HookWriteError::DuplicateName));
         }
-        sqlx::query("UPDATE deploy_hooks SET name = $1, branch = $2, modified_on = $3 WHERE uuid = $4")
-            .bind(name)
-            .bind(branch)
-            .bind(Timestamp::now().millis())
-            .bind(id.to_string())
-            .execute(&mut *w.tx)
-            .await
-            .context("updating a deploy hook")?;
-        let hook = Self::read_hook(&mut w, account, worker, id).await?.context("hook vanished")?;
+        sqlx::query(
+            "UPDATE deploy_hooks SET name = $1, branch = $2, modified_on = $3 WHERE uuid = $4",
+        )
+        .bind(name)
+        .bind(branch)
+        .bind(Timestamp::now().millis())
+        .bind(id.to_string())
+        .execute(&mut *w.tx)
+        .await
+        .context("updating a deploy hook")?;
+        let hook = fetch_hook(&mut *w.tx, account, worker, id)
+            .await?
+            .context("hook vanished")?;
         w.commit().await?;
         Ok(Ok(hook))
     }
@@ -209,7 +194,7 @@ impl Store {
         id: DeployHookId,
     ) -> anyhow::Result<Option<DeployHook>> {
         let mut w = self.begin_write().await?;
-        let Some(hook) = Self::read_hook(&mut w, account, worker, id).await? else {
+        let Some(hook) = fetch_hook(&mut *w.tx, account, worker, id).await? else {
             return Ok(None);
         };
         sqlx::query("UPDATE deploy_hooks SET deleted_on = $1 WHERE uuid = $2")
@@ -221,4 +206,23 @@ impl Store {
         w.commit().await?;
         Ok(Some(hook))
     }
+}
+
+async fn fetch_hook<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    executor: E,
+    account: &AccountId,
+    worker: &WorkerId,
+    id: DeployHookId,
+) -> anyhow::Result<Option<DeployHook>> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM deploy_hooks h WHERE h.uuid = $1 AND h.account_id = $2 \
+         AND h.external_script_id = $3 AND h.deleted_on IS NULL"
+    ))
+    .bind(id.to_string())
+    .bind(account.as_str())
+    .bind(worker.as_str())
+    .fetch_optional(executor)
+    .await
+    .context("reading a deploy hook")?;
+    row.as_ref().map(from_row).transpose()
 }

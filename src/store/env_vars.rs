@@ -3,8 +3,8 @@
 use anyhow::Context;
 use sqlx::any::AnyRow;
 
+use super::Store;
 use super::rows::{flag, opt_text, text, ts};
-use super::{Store, WriteTx};
 use crate::domain::{EnvVar, Invalid, MAX_ENV_VARS, Timestamp, TriggerId};
 
 /// One requested change: set `key`, keeping the stored value when `value` is `None`.
@@ -32,12 +32,16 @@ impl Store {
         })
     }
 
-    pub(super) async fn read_env_vars(&self, w: &mut WriteTx<'_>, trigger: TriggerId) -> anyhow::Result<Vec<EnvVar>> {
+    pub(super) async fn read_env_vars<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+        &self,
+        executor: E,
+        trigger: TriggerId,
+    ) -> anyhow::Result<Vec<EnvVar>> {
         let rows = sqlx::query(
             "SELECT key, is_secret, value_plain, value_enc, created_on FROM env_vars WHERE trigger_uuid = $1 ORDER BY key",
         )
         .bind(trigger.to_string())
-        .fetch_all(&mut *w.tx)
+        .fetch_all(executor)
         .await
         .context("reading environment variables")?;
         rows.iter().map(|r| self.env_var_from_row(r)).collect()
@@ -45,14 +49,7 @@ impl Store {
 
     /// A trigger's variables by name, secrets decrypted (callers show them only through [`EnvVar::view`]).
     pub async fn list_env_vars(&self, trigger: TriggerId) -> anyhow::Result<Vec<EnvVar>> {
-        let rows = sqlx::query(
-            "SELECT key, is_secret, value_plain, value_enc, created_on FROM env_vars WHERE trigger_uuid = $1 ORDER BY key",
-        )
-        .bind(trigger.to_string())
-        .fetch_all(&self.pool)
-        .await
-        .context("listing environment variables")?;
-        rows.iter().map(|r| self.env_var_from_row(r)).collect()
+        self.read_env_vars(&self.pool, trigger).await
     }
 
     /// Sets variables in one transaction, enforcing the per-trigger count; returns the full map after.
@@ -64,7 +61,7 @@ impl Store {
     ) -> anyhow::Result<Result<Vec<EnvVar>, Invalid>> {
         let mut w = self.begin_write().await?;
         self.lock_key(&mut w, &format!("env:{trigger}")).await?;
-        let existing = self.read_env_vars(&mut w, trigger).await?;
+        let existing = self.read_env_vars(&mut *w.tx, trigger).await?;
         let now = Timestamp::now().millis();
         for change in changes {
             let old = existing.iter().find(|v| v.key == change.key);
@@ -99,7 +96,7 @@ impl Store {
             .await
             .context("upserting an environment variable")?;
         }
-        let after = self.read_env_vars(&mut w, trigger).await?;
+        let after = self.read_env_vars(&mut *w.tx, trigger).await?;
         if after.len() > MAX_ENV_VARS {
             return Ok(Err(Invalid(format!(
                 "a trigger can have at most {MAX_ENV_VARS} environment variables (this request would make {})",

@@ -33,7 +33,8 @@ pub const TRIGGER_FROM: &str = "triggers t \
 
 pub fn ts(row: &AnyRow, col: &str) -> anyhow::Result<Timestamp> {
     Ok(Timestamp::from_millis(
-        row.try_get::<i64, _>(col).with_context(|| format!("column {col}"))?,
+        row.try_get::<i64, _>(col)
+            .with_context(|| format!("column {col}"))?,
     ))
 }
 
@@ -45,19 +46,25 @@ pub fn opt_ts(row: &AnyRow, col: &str) -> anyhow::Result<Option<Timestamp>> {
 }
 
 pub fn text(row: &AnyRow, col: &str) -> anyhow::Result<String> {
-    row.try_get::<String, _>(col).with_context(|| format!("column {col}"))
+    row.try_get::<String, _>(col)
+        .with_context(|| format!("column {col}"))
 }
 
 pub fn opt_text(row: &AnyRow, col: &str) -> anyhow::Result<Option<String>> {
-    row.try_get::<Option<String>, _>(col).with_context(|| format!("column {col}"))
+    row.try_get::<Option<String>, _>(col)
+        .with_context(|| format!("column {col}"))
 }
 
 pub fn flag(row: &AnyRow, col: &str) -> anyhow::Result<bool> {
-    Ok(row.try_get::<i64, _>(col).with_context(|| format!("column {col}"))? != 0)
+    Ok(row
+        .try_get::<i64, _>(col)
+        .with_context(|| format!("column {col}"))?
+        != 0)
 }
 
 pub fn list(row: &AnyRow, col: &str) -> anyhow::Result<Vec<String>> {
-    serde_json::from_str(&text(row, col)?).with_context(|| format!("column {col} is not a JSON list"))
+    serde_json::from_str(&text(row, col)?)
+        .with_context(|| format!("column {col} is not a JSON list"))
 }
 
 pub fn to_json_list(items: &[String]) -> String {

@@ -81,7 +81,10 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .context("listing build tokens")?;
-        Ok((rows.iter().map(from_row).collect::<anyhow::Result<_>>()?, total))
+        Ok((
+            rows.iter().map(from_row).collect::<anyhow::Result<_>>()?,
+            total,
+        ))
     }
 
     /// The live build token with this id in this account.
@@ -102,7 +105,11 @@ impl Store {
     }
 
     /// Soft-deletes a build token; false when there is no live token with this id.
-    pub async fn delete_build_token(&self, account: &AccountId, id: BuildTokenId) -> anyhow::Result<bool> {
+    pub async fn delete_build_token(
+        &self,
+        account: &AccountId,
+        id: BuildTokenId,
+    ) -> anyhow::Result<bool> {
         let mut w = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE build_tokens SET deleted_on = $1 WHERE uuid = $2 AND account_id = $3 AND deleted_on IS NULL",

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use sqlx::Row;
 
-use super::rows::{TRIGGER_COLUMNS, CONNECTION_COLUMNS, TRIGGER_FROM, to_json_list, trigger};
+use super::rows::{CONNECTION_COLUMNS, TRIGGER_COLUMNS, TRIGGER_FROM, to_json_list, trigger};
 use super::{Store, WriteTx};
 use crate::domain::{
     AccountId, BuildTokenId, MAX_TRIGGERS_PER_WORKER, RepoConnectionId, Timestamp, Trigger,
@@ -75,8 +75,11 @@ impl Store {
         new: &NewTrigger,
     ) -> anyhow::Result<Result<Trigger, TriggerWriteError>> {
         let mut w = self.begin_write().await?;
-        self.lock_key(&mut w, &format!("worker:{account}:{}", new.external_script_id))
-            .await?;
+        self.lock_key(
+            &mut w,
+            &format!("worker:{account}:{}", new.external_script_id),
+        )
+        .await?;
         let conn = sqlx::query(
             "SELECT uuid FROM repo_connections WHERE uuid = $1 AND account_id = $2 AND deleted_on IS NULL",
         )
@@ -87,7 +90,10 @@ impl Store {
         if conn.is_none() {
             return Ok(Err(TriggerWriteError::UnknownConnection));
         }
-        if !self.build_token_is_live(&mut w, account, new.build_token_uuid).await? {
+        if !self
+            .build_token_is_live(&mut w, account, new.build_token_uuid)
+            .await?
+        {
             return Ok(Err(TriggerWriteError::UnknownBuildToken));
         }
         let live: i64 = sqlx::query(
@@ -127,43 +133,28 @@ impl Store {
         .execute(&mut *w.tx)
         .await
         .context("inserting a trigger")?;
-        let t = Self::read_trigger(&mut w, account, id).await?.context("trigger vanished")?;
+        let t = fetch_trigger(&mut *w.tx, account, id)
+            .await?
+            .context("trigger vanished")?;
         w.commit().await?;
         Ok(Ok(t))
     }
 
-    async fn read_trigger(
-        w: &mut WriteTx<'_>,
+    /// The live trigger with this id in this account.
+    pub async fn get_trigger(
+        &self,
         account: &AccountId,
         id: TriggerId,
     ) -> anyhow::Result<Option<Trigger>> {
-        let row = sqlx::query(&format!(
-            "SELECT {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS} FROM {TRIGGER_FROM} \
-             WHERE t.uuid = $1 AND t.account_id = $2 AND t.deleted_on IS NULL"
-        ))
-        .bind(id.to_string())
-        .bind(account.as_str())
-        .fetch_optional(&mut *w.tx)
-        .await?;
-        row.as_ref().map(trigger).transpose()
-    }
-
-    /// The live trigger with this id in this account.
-    pub async fn get_trigger(&self, account: &AccountId, id: TriggerId) -> anyhow::Result<Option<Trigger>> {
-        let row = sqlx::query(&format!(
-            "SELECT {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS} FROM {TRIGGER_FROM} \
-             WHERE t.uuid = $1 AND t.account_id = $2 AND t.deleted_on IS NULL"
-        ))
-        .bind(id.to_string())
-        .bind(account.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .context("reading a trigger")?;
-        row.as_ref().map(trigger).transpose()
+        fetch_trigger(&self.pool, account, id).await
     }
 
     /// A Worker's live triggers, oldest first.
-    pub async fn list_triggers(&self, account: &AccountId, worker: &WorkerId) -> anyhow::Result<Vec<Trigger>> {
+    pub async fn list_triggers(
+        &self,
+        account: &AccountId,
+        worker: &WorkerId,
+    ) -> anyhow::Result<Vec<Trigger>> {
         let rows = sqlx::query(&format!(
             "SELECT {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS} FROM {TRIGGER_FROM} \
              WHERE t.account_id = $1 AND t.external_script_id = $2 AND t.deleted_on IS NULL \
@@ -185,7 +176,7 @@ impl Store {
         patch: &TriggerPatch,
     ) -> anyhow::Result<Result<Trigger, TriggerWriteError>> {
         let mut w = self.begin_write().await?;
-        let Some(mut t) = Self::read_trigger(&mut w, account, id).await? else {
+        let Some(mut t) = fetch_trigger(&mut *w.tx, account, id).await? else {
             return Ok(Err(TriggerWriteError::NotFound));
         };
         if let Some(token) = patch.build_token_uuid {
@@ -199,8 +190,15 @@ impl Store {
             ($($f:ident),*) => { $(if let Some(v) = &patch.$f { i.$f = v.clone(); })* };
         }
         apply!(
-            trigger_name, build_command, deploy_command, root_directory, branch_includes,
-            branch_excludes, path_includes, path_excludes, build_caching_enabled
+            trigger_name,
+            build_command,
+            deploy_command,
+            root_directory,
+            branch_includes,
+            branch_excludes,
+            path_includes,
+            path_excludes,
+            build_caching_enabled
         );
         sqlx::query(
             "UPDATE triggers SET trigger_name = $1, build_token_uuid = $2, build_command = $3, deploy_command = $4, \
@@ -222,7 +220,9 @@ impl Store {
         .execute(&mut *w.tx)
         .await
         .context("updating a trigger")?;
-        let t = Self::read_trigger(&mut w, account, id).await?.context("trigger vanished")?;
+        let t = fetch_trigger(&mut *w.tx, account, id)
+            .await?
+            .context("trigger vanished")?;
         w.commit().await?;
         Ok(Ok(t))
     }
@@ -243,4 +243,21 @@ impl Store {
         w.commit().await?;
         Ok(done.rows_affected() == 1)
     }
+}
+
+async fn fetch_trigger<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    executor: E,
+    account: &AccountId,
+    id: TriggerId,
+) -> anyhow::Result<Option<Trigger>> {
+    let row = sqlx::query(&format!(
+        "SELECT {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS} FROM {TRIGGER_FROM} \
+         WHERE t.uuid = $1 AND t.account_id = $2 AND t.deleted_on IS NULL"
+    ))
+    .bind(id.to_string())
+    .bind(account.as_str())
+    .fetch_optional(executor)
+    .await
+    .context("reading a trigger")?;
+    row.as_ref().map(trigger).transpose()
 }

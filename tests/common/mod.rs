@@ -40,16 +40,23 @@ pub async fn fresh_database_url() -> Option<String> {
         Backend::Sqlite => None,
         Backend::Postgres => {
             use sqlx::Connection;
-            let admin = std::env::var("KILN_TEST_POSTGRES_URL")
-                .expect("KILN_TEST_BACKEND=postgres needs KILN_TEST_POSTGRES_URL (scripts/test sets it)");
+            let admin = std::env::var("KILN_TEST_POSTGRES_URL").expect(
+                "KILN_TEST_BACKEND=postgres needs KILN_TEST_POSTGRES_URL (scripts/test sets it)",
+            );
             let name = format!("kiln_test_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to PostgreSQL");
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("connect to PostgreSQL");
             sqlx::query(&format!("CREATE DATABASE {name}"))
                 .execute(&mut conn)
                 .await
                 .expect("create test database");
             conn.close().await.ok();
-            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin).to_owned();
+            let base = admin
+                .rsplit_once('/')
+                .map(|(b, _)| b)
+                .unwrap_or(&admin)
+                .to_owned();
             Some(format!("{base}/{name}"))
         }
     }
@@ -114,19 +121,36 @@ impl TestApp {
 
     /// Mints an API token directly in the store.
     pub async fn mint_token(&self, accounts: Option<&[&str]>, permission: Permission) -> String {
-        self.mint(CredentialKind::Token, None, accounts, permission).await
+        self.mint(CredentialKind::Token, None, accounts, permission)
+            .await
     }
 
     /// Mints a global key for `email`.
-    pub async fn mint_global_key(&self, email: &str, accounts: Option<&[&str]>, permission: Permission) -> String {
-        self.mint(CredentialKind::GlobalKey, Some(email), accounts, permission).await
+    pub async fn mint_global_key(
+        &self,
+        email: &str,
+        accounts: Option<&[&str]>,
+        permission: Permission,
+    ) -> String {
+        self.mint(CredentialKind::GlobalKey, Some(email), accounts, permission)
+            .await
     }
 
-    async fn mint(&self, kind: CredentialKind, email: Option<&str>, accounts: Option<&[&str]>, permission: Permission) -> String {
+    async fn mint(
+        &self,
+        kind: CredentialKind,
+        email: Option<&str>,
+        accounts: Option<&[&str]>,
+        permission: Permission,
+    ) -> String {
         let secret = new_credential("kiln_");
         let scope = match accounts {
             None => AccountScope::All,
-            Some(ids) => AccountScope::Only(ids.iter().map(|a| AccountId::parse(a).expect("account id")).collect()),
+            Some(ids) => AccountScope::Only(
+                ids.iter()
+                    .map(|a| AccountId::parse(a).expect("account id"))
+                    .collect(),
+            ),
         };
         let token = ApiToken {
             id: format!("t_{}", uuid::Uuid::new_v4().simple()),
@@ -138,7 +162,12 @@ impl TestApp {
             revoked_on: None,
             label: None,
         };
-        assert!(self.store().insert_api_token(&token, &hash_credential(&secret)).await.expect("insert token"));
+        assert!(
+            self.store()
+                .insert_api_token(&token, &hash_credential(&secret))
+                .await
+                .expect("insert token")
+        );
         secret
     }
 
@@ -153,7 +182,13 @@ impl TestApp {
     }
 
     /// Sends a request with a Bearer token (or none) and an optional JSON body; returns status and JSON.
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.client.request(method, self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -184,12 +219,15 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(ADMIN_TOKEN), Some(body)).await
+        self.call(Method::POST, path, Some(ADMIN_TOKEN), Some(body))
+            .await
     }
 
     /// Calls and asserts a 200 success envelope; returns `result`.
     pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method.clone(), path, Some(ADMIN_TOKEN), body).await;
+        let (status, v) = self
+            .call(method.clone(), path, Some(ADMIN_TOKEN), body)
+            .await;
         assert_eq!(status, StatusCode::OK, "{method} {path}: {v}");
         assert_eq!(v["success"], json!(true), "{method} {path}: {v}");
         assert_eq!(v["errors"], json!([]), "{method} {path}: {v}");
@@ -235,13 +273,16 @@ pub struct Fixture {
 }
 
 pub fn s(v: &Value) -> String {
-    v.as_str().unwrap_or_else(|| panic!("expected a string, got {v}")).to_owned()
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v}"))
+        .to_owned()
 }
 
 async fn read(resp: reqwest::Response) -> (StatusCode, Value) {
     let status = resp.status();
     let text = resp.text().await.expect("read body");
-    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text}"));
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text}"));
     (status, v)
 }
 
@@ -252,7 +293,12 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_cod
     assert_eq!(body["result"], Value::Null, "{body}");
     assert_eq!(body["messages"], json!([]), "{body}");
     assert_eq!(body["errors"][0]["code"], json!(want_code), "{body}");
-    assert!(body["errors"][0]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 /// Replaces UUIDs and timestamps so that snapshots are stable.
@@ -264,7 +310,11 @@ pub fn redact(v: &Value) -> Value {
         Value::Object(o) => Value::Object(
             o.iter()
                 .map(|(k, v)| {
-                    let key = if uuid::Uuid::try_parse(k).is_ok() && k.len() == 36 { "[uuid]".to_owned() } else { k.clone() };
+                    let key = if uuid::Uuid::try_parse(k).is_ok() && k.len() == 36 {
+                        "[uuid]".to_owned()
+                    } else {
+                        k.clone()
+                    };
                     (key, redact(v))
                 })
                 .collect(),

@@ -1,0 +1,486 @@
+//! Every endpoint's response shape, over real HTTP, as insta snapshots with ids and times redacted.
+//! The same snapshot files serve both backends, so SQLite and PostgreSQL must answer identically.
+
+mod common;
+
+use common::*;
+use kiln::domain::{BuildId, Timestamp, VersionId};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn snap(name: &str, v: &Value) {
+    insta::assert_json_snapshot!(name, redact(v));
+}
+
+async fn full(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> Value {
+    let (status, v) = app
+        .call(method.clone(), path, Some(ADMIN_TOKEN), body)
+        .await;
+    assert_eq!(status, 200, "{method} {path}: {v}");
+    v
+}
+
+#[tokio::test]
+async fn every_endpoint_returns_the_documented_shape() {
+    let app = TestApp::spawn().await;
+    let a = |p: &str| app.acct(p);
+
+    // Repository connection (seed body).
+    let conn_body = json!({ "provider_account_id": "cloudflare", "provider_account_name": "Cloudflare",
+        "provider_type": "github", "repo_id": "workers-sdk", "repo_name": "workers-sdk" });
+    let v = full(
+        &app,
+        Method::PUT,
+        &a("/repos/connections"),
+        Some(conn_body.clone()),
+    )
+    .await;
+    snap("upsert_repo_connection", &v);
+    let conn = s(&v["result"]["repo_connection_uuid"]);
+    let again = full(&app, Method::PUT, &a("/repos/connections"), Some(conn_body)).await;
+    assert_eq!(
+        s(&again["result"]["repo_connection_uuid"]),
+        conn,
+        "upsert is idempotent"
+    );
+
+    // Build tokens.
+    let v = full(
+        &app,
+        Method::POST,
+        &a("/tokens"),
+        Some(json!({ "build_token_name": "My Build Token",
+        "build_token_secret": "super-secret-token", "cloudflare_token_id": "cf-token-123" })),
+    )
+    .await;
+    snap("create_build_token", &v);
+    let token = s(&v["result"]["build_token_uuid"]);
+    snap(
+        "list_build_tokens",
+        &full(&app, Method::GET, &a("/tokens?per_page=10"), None).await,
+    );
+
+    // Triggers (seed body, with real ids).
+    let v = full(&app, Method::POST, &a("/triggers"), Some(json!({ "branch_excludes": ["string"],
+        "branch_includes": ["main"], "build_command": "npm run build", "build_token_uuid": token,
+        "deploy_command": "npx wrangler deploy", "external_script_id": "my-worker", "path_excludes": ["*.md"],
+        "path_includes": ["*"], "repo_connection_uuid": conn, "root_directory": "/",
+        "trigger_name": "Production Deploy" }))).await;
+    snap("create_trigger", &v);
+    let trigger = s(&v["result"]["trigger_uuid"]);
+    let v = full(&app, Method::POST, &a("/triggers"), Some(json!({ "build_token_uuid": token,
+        "external_script_id": "my-worker", "repo_connection_uuid": conn, "trigger_name": "Previews" }))).await;
+    snap("create_trigger_with_defaults", &v);
+    let preview_trigger = s(&v["result"]["trigger_uuid"]);
+    let v = full(
+        &app,
+        Method::PATCH,
+        &a(&format!("/triggers/{trigger}")),
+        Some(json!({ "branch_excludes": [],
+        "build_command": "npm run build:prod", "build_caching_enabled": true })),
+    )
+    .await;
+    snap("update_trigger", &v);
+    snap(
+        "list_triggers",
+        &full(&app, Method::GET, &a("/workers/my-worker/triggers"), None).await,
+    );
+
+    // Environment variables (seed body).
+    let ev = a(&format!("/triggers/{trigger}/environment_variables"));
+    let v = full(
+        &app,
+        Method::PATCH,
+        &ev,
+        Some(
+            json!({ "API_KEY": { "is_secret": true, "value": "secret-key" },
+        "NODE_ENV": { "is_secret": false, "value": "production" } }),
+        ),
+    )
+    .await;
+    snap("upsert_environment_variables", &v);
+    snap(
+        "list_environment_variables",
+        &full(&app, Method::GET, &ev, None).await,
+    );
+
+    // Manual builds.
+    let v = full(
+        &app,
+        Method::POST,
+        &a(&format!("/triggers/{trigger}/builds")),
+        Some(json!({ "branch": "main", "commit_hash": "abc123def456" })),
+    )
+    .await;
+    snap("create_manual_build", &v);
+    let build = s(&v["result"]["build_uuid"]);
+    let v = full(
+        &app,
+        Method::POST,
+        &a(&format!("/triggers/{preview_trigger}/builds")),
+        Some(json!({ "commit_hash": "0123456789abcdef0123456789abcdef01234567" })),
+    )
+    .await;
+    let commit_only = s(&v["result"]["build_uuid"]);
+    snap(
+        "get_build",
+        &full(&app, Method::GET, &a(&format!("/builds/{build}")), None).await,
+    );
+    snap(
+        "get_build_commit_only",
+        &full(
+            &app,
+            Method::GET,
+            &a(&format!("/builds/{commit_only}")),
+            None,
+        )
+        .await,
+    );
+    snap(
+        "list_builds",
+        &full(
+            &app,
+            Method::GET,
+            &a("/workers/my-worker/builds?page=1&per_page=1"),
+            None,
+        )
+        .await,
+    );
+    snap(
+        "latest_builds",
+        &full(
+            &app,
+            Method::GET,
+            &a("/builds/latest?external_script_ids=my-worker,no-builds-worker"),
+            None,
+        )
+        .await,
+    );
+
+    // Version ids map to the build that produced them (recorded by the runner; here through the store).
+    let version = VersionId::new();
+    let account = kiln::domain::AccountId::parse(ACCOUNT).unwrap();
+    app.store()
+        .insert_build_version(&account, version, BuildId::parse("b", &build).unwrap())
+        .await
+        .unwrap();
+    let v = full(
+        &app,
+        Method::GET,
+        &a(&format!(
+            "/builds?version_ids={version},{}",
+            VersionId::new()
+        )),
+        None,
+    )
+    .await;
+    assert_eq!(
+        s(&v["result"]["builds"][version.to_string()]["build_uuid"]),
+        build
+    );
+    snap("builds_by_version_ids", &v);
+
+    // Logs: stored lines, paged with the cursor.
+    let t0 = Timestamp::from_millis(1_636_472_400_117);
+    app.store()
+        .append_build_logs(
+            BuildId::parse("b", &build).unwrap(),
+            &[
+                (t0, "Initializing build environment...".into()),
+                (
+                    Timestamp::from_millis(t0.millis() + 5),
+                    "Success: Finished initializing build environment".into(),
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    let v = full(
+        &app,
+        Method::GET,
+        &a(&format!("/builds/{build}/logs")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        v["result"]["lines"][0],
+        json!([1_636_472_400.117, "Initializing build environment..."])
+    );
+    snap("get_build_logs", &v);
+
+    snap(
+        "account_limits",
+        &full(&app, Method::GET, &a("/account/limits"), None).await,
+    );
+
+    // Deploy hooks.
+    let hooks = a("/workers/my-worker/deploy_hooks");
+    let v = full(
+        &app,
+        Method::POST,
+        &hooks,
+        Some(json!({ "deploy_hook_name": "CMS publish", "branch": "main" })),
+    )
+    .await;
+    snap("create_deploy_hook", &v);
+    let hook = s(&v["result"]["deploy_hook_uuid"]);
+    assert_eq!(
+        uuid::Uuid::parse_str(&hook).unwrap().get_version_num(),
+        4,
+        "hook ids are random v4 UUIDs"
+    );
+    snap(
+        "list_deploy_hooks",
+        &full(&app, Method::GET, &hooks, None).await,
+    );
+    snap(
+        "get_deploy_hook",
+        &full(&app, Method::GET, &format!("{hooks}/{hook}"), None).await,
+    );
+    snap(
+        "update_deploy_hook",
+        &full(
+            &app,
+            Method::PUT,
+            &format!("{hooks}/{hook}"),
+            Some(json!({ "deploy_hook_name": "CMS publish (staging)", "branch": "staging" })),
+        )
+        .await,
+    );
+    snap(
+        "delete_deploy_hook",
+        &full(&app, Method::DELETE, &format!("{hooks}/{hook}"), None).await,
+    );
+
+    // Cancel, purge, deletes.
+    snap(
+        "cancel_build",
+        &full(
+            &app,
+            Method::PUT,
+            &a(&format!("/builds/{build}/cancel")),
+            None,
+        )
+        .await,
+    );
+    snap(
+        "purge_build_cache",
+        &full(
+            &app,
+            Method::POST,
+            &a(&format!("/triggers/{trigger}/purge_build_cache")),
+            None,
+        )
+        .await,
+    );
+    snap(
+        "delete_environment_variable",
+        &full(&app, Method::DELETE, &format!("{ev}/NODE_ENV"), None).await,
+    );
+    snap(
+        "delete_trigger",
+        &full(
+            &app,
+            Method::DELETE,
+            &a(&format!("/triggers/{trigger}")),
+            None,
+        )
+        .await,
+    );
+    // The build of a deleted trigger stays readable and shows the deletion.
+    let v = full(&app, Method::GET, &a(&format!("/builds/{build}")), None).await;
+    assert!(v["result"]["trigger"]["deleted_on"].is_string(), "{v}");
+    assert_eq!(v["result"]["status"], "stopped");
+    assert_eq!(v["result"]["build_outcome"], "cancelled");
+    snap(
+        "delete_build_token",
+        &full(&app, Method::DELETE, &a(&format!("/tokens/{token}")), None).await,
+    );
+    full(
+        &app,
+        Method::DELETE,
+        &a(&format!("/triggers/{preview_trigger}")),
+        None,
+    )
+    .await;
+    snap(
+        "delete_repo_connection",
+        &full(
+            &app,
+            Method::DELETE,
+            &a(&format!("/repos/connections/{conn}")),
+            None,
+        )
+        .await,
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn error_envelopes_have_the_documented_shape() {
+    let app = TestApp::spawn().await;
+    let (_, v) = app
+        .get(&app.acct(&format!("/builds/{}", uuid::Uuid::new_v4())))
+        .await;
+    snap("error_not_found", &v);
+    let (_, v) = app
+        .call(Method::GET, &app.acct("/tokens"), None, None)
+        .await;
+    snap("error_unauthenticated", &v);
+    let (_, v) = app.get("/nope").await;
+    snap("error_no_route", &v);
+    let (_, v) = app
+        .post(&app.acct("/triggers"), json!({"trigger_name": 5}))
+        .await;
+    snap("error_invalid_field", &v);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn log_cursor_pages_through_every_stored_line_in_order() {
+    let app = TestApp::spawn().await;
+    let f = app.fixture("logs-worker").await;
+    let b = app
+        .ok(
+            Method::POST,
+            &app.acct(&format!("/triggers/{}/builds", f.trigger)),
+            Some(json!({"branch": "main"})),
+        )
+        .await;
+    let build = s(&b["build_uuid"]);
+    let id = BuildId::parse("b", &build).unwrap();
+    let n = 2_500;
+    let lines: Vec<(Timestamp, String)> = (0..n)
+        .map(|i| {
+            (
+                Timestamp::from_millis(1_700_000_000_000 + i),
+                format!("line {i}"),
+            )
+        })
+        .collect();
+    // Appended in two batches, as a runner would.
+    app.store()
+        .append_build_logs(id, &lines[..1_200])
+        .await
+        .unwrap();
+    app.store()
+        .append_build_logs(id, &lines[1_200..])
+        .await
+        .unwrap();
+
+    let mut got = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => app.acct(&format!("/builds/{build}/logs?cursor={c}")),
+            None => app.acct(&format!("/builds/{build}/logs")),
+        };
+        let r = app.ok(Method::GET, &path, None).await;
+        pages += 1;
+        for l in r["lines"].as_array().unwrap() {
+            got.push(s(&l[1]));
+        }
+        cursor = Some(s(&r["cursor"]));
+        if r["truncated"] == json!(false) {
+            break;
+        }
+        assert!(pages < 10, "cursor does not advance");
+    }
+    assert_eq!(pages, 3, "1,000 lines per page");
+    let want: Vec<String> = lines.iter().map(|(_, m)| m.clone()).collect();
+    assert_eq!(got, want);
+    // The last cursor returns only lines appended later.
+    let c = cursor.unwrap();
+    let r = app
+        .ok(
+            Method::GET,
+            &app.acct(&format!("/builds/{build}/logs?cursor={c}")),
+            None,
+        )
+        .await;
+    assert_eq!(r["lines"], json!([]));
+    app.store()
+        .append_build_logs(id, &[(Timestamp::now(), "late line".into())])
+        .await
+        .unwrap();
+    let r = app
+        .ok(
+            Method::GET,
+            &app.acct(&format!("/builds/{build}/logs?cursor={c}")),
+            None,
+        )
+        .await;
+    assert_eq!(r["lines"][0][1], "late line");
+    assert_eq!(r["lines"].as_array().unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn builds_list_newest_first_with_paging_info() {
+    let app = TestApp::spawn().await;
+    let f = app.fixture("paged-worker").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let b = app
+            .ok(
+                Method::POST,
+                &app.acct(&format!("/triggers/{}/builds", f.trigger)),
+                Some(json!({"branch": format!("b{i}")})),
+            )
+            .await;
+        ids.push(s(&b["build_uuid"]));
+    }
+    ids.reverse();
+    let (_, v) = app
+        .get(&app.acct("/workers/paged-worker/builds?per_page=2&page=2"))
+        .await;
+    let page: Vec<String> = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| s(&b["build_uuid"]))
+        .collect();
+    assert_eq!(page, ids[2..4].to_vec());
+    assert_eq!(
+        v["result_info"],
+        json!({"page": 2, "per_page": 2, "count": 2, "total_count": 5, "total_pages": 3, "next_page": 3})
+    );
+    let (_, v) = app
+        .get(&app.acct("/workers/paged-worker/builds?per_page=2&page=3"))
+        .await;
+    assert_eq!(v["result_info"]["next_page"], Value::Null);
+    assert_eq!(v["result_info"]["count"], 1);
+    let (_, v) = app
+        .get(&app.acct("/builds/latest?external_script_ids=paged-worker"))
+        .await;
+    assert_eq!(
+        s(&v["result"]["builds"]["paged-worker"]["build_uuid"]),
+        ids[0]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let app = TestApp::spawn().await;
+    let (status, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    for r in kiln::api::routes() {
+        let op =
+            &doc["paths"][format!("/client/v4{}", r.path)][r.method.as_str().to_ascii_lowercase()];
+        assert_eq!(op["operationId"], r.operation_id, "{} {}", r.method, r.path);
+        assert!(op["responses"]["200"].is_object());
+    }
+    // Every $ref resolves.
+    let text = doc.to_string();
+    for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = part.split('"').next().unwrap();
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "dangling $ref {name}"
+        );
+    }
+    app.stop().await;
+}
