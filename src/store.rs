@@ -10,6 +10,7 @@ mod builds;
 mod connections;
 mod deploy_hooks;
 mod env_vars;
+mod logs;
 mod rows;
 mod tokens;
 mod triggers;
@@ -25,10 +26,11 @@ use sqlx::{AnyPool, Executor};
 
 use crate::crypto::SecretBox;
 
-pub use builds::{CancelOutcome, LogPage, NewBuild};
+pub use builds::{CancelOutcome, NewBuild};
 pub use connections::{DeleteConnection, NewConnection};
 pub use deploy_hooks::HookWriteError;
 pub use env_vars::EnvVarChange;
+pub use logs::LogPage;
 pub use triggers::{NewTrigger, TriggerPatch, TriggerWriteError};
 
 /// Which database a [`Store`] talks to.

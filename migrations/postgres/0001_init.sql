@@ -103,7 +103,10 @@ CREATE TABLE builds (
     modified_on        BIGINT NOT NULL,
     initializing_on    BIGINT,
     running_on         BIGINT,
-    stopped_on         BIGINT
+    stopped_on         BIGINT,
+    -- The runner that owns a claimed build, and until when (epoch ms); renewed while it runs.
+    lease_owner        TEXT,
+    lease_expires      BIGINT
 );
 CREATE INDEX builds_worker ON builds (account_id, external_script_id, id);
 CREATE INDEX builds_status ON builds (status, id);
@@ -117,10 +120,19 @@ CREATE TABLE build_versions (
     PRIMARY KEY (account_id, version_id)
 );
 
-CREATE TABLE build_logs (
-    build_id BIGINT NOT NULL REFERENCES builds (id),
-    seq      BIGINT NOT NULL,
-    ts       BIGINT NOT NULL,
-    message  TEXT NOT NULL,
-    PRIMARY KEY (build_id, seq)
+-- Log lines in chunks: `body` holds `line_count` lines, each `<epoch ms>\t<message>\n`.
+CREATE TABLE build_log_chunks (
+    build_id   BIGINT NOT NULL REFERENCES builds (id),
+    first_seq  BIGINT NOT NULL,
+    line_count BIGINT NOT NULL,
+    body       TEXT NOT NULL,
+    PRIMARY KEY (build_id, first_seq)
+);
+
+-- Per-account settings; absent rows and NULL columns take the server's defaults.
+CREATE TABLE accounts (
+    account_id    TEXT PRIMARY KEY,
+    concurrency   BIGINT,
+    build_minutes BIGINT,
+    modified_on   BIGINT NOT NULL
 );

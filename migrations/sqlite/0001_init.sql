@@ -103,7 +103,10 @@ CREATE TABLE builds (
     modified_on        INTEGER NOT NULL,
     initializing_on    INTEGER,
     running_on         INTEGER,
-    stopped_on         INTEGER
+    stopped_on         INTEGER,
+    -- The runner that owns a claimed build, and until when (epoch ms); renewed while it runs.
+    lease_owner        TEXT,
+    lease_expires      INTEGER
 );
 CREATE INDEX builds_worker ON builds (account_id, external_script_id, id);
 CREATE INDEX builds_status ON builds (status, id);
@@ -117,10 +120,19 @@ CREATE TABLE build_versions (
     PRIMARY KEY (account_id, version_id)
 );
 
-CREATE TABLE build_logs (
-    build_id INTEGER NOT NULL REFERENCES builds (id),
-    seq      INTEGER NOT NULL,
-    ts       INTEGER NOT NULL,
-    message  TEXT NOT NULL,
-    PRIMARY KEY (build_id, seq)
+-- Log lines in chunks: `body` holds `line_count` lines, each `<epoch ms>\t<message>\n`.
+CREATE TABLE build_log_chunks (
+    build_id   INTEGER NOT NULL REFERENCES builds (id),
+    first_seq  INTEGER NOT NULL,
+    line_count INTEGER NOT NULL,
+    body       TEXT NOT NULL,
+    PRIMARY KEY (build_id, first_seq)
+);
+
+-- Per-account settings; absent rows and NULL columns take the server's defaults.
+CREATE TABLE accounts (
+    account_id    TEXT PRIMARY KEY,
+    concurrency   INTEGER,
+    build_minutes INTEGER,
+    modified_on   INTEGER NOT NULL
 );

@@ -37,16 +37,6 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// One page of log lines.
-#[derive(Debug, Clone)]
-pub struct LogPage {
-    pub lines: Vec<(Timestamp, String)>,
-    /// Sequence number of the first line after this page.
-    pub next_seq: i64,
-    /// More stored lines follow this page.
-    pub more: bool,
-}
-
 /// Secrets a build runs with, sealed as one value in the build row.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct BuildSecrets {
@@ -327,88 +317,6 @@ impl Store {
         .context("cancelling a build")?;
         w.commit().await?;
         Ok(CancelOutcome::Cancelled { stopped_on: now })
-    }
-
-    /// Appends log lines to a build, numbering them after the ones already stored.
-    pub async fn append_build_logs(
-        &self,
-        id: BuildId,
-        lines: &[(Timestamp, String)],
-    ) -> anyhow::Result<()> {
-        let mut w = self.begin_write().await?;
-        let row = sqlx::query(
-            "SELECT b.id AS id, (SELECT COALESCE(MAX(l.seq), -1) FROM build_logs l WHERE l.build_id = b.id) AS last \
-             FROM builds b WHERE b.uuid = $1",
-        )
-        .bind(id.to_string())
-        .fetch_one(&mut *w.tx)
-        .await
-        .context("finding the build to log to")?;
-        let build_id: i64 = row.try_get("id")?;
-        let mut seq: i64 = row.try_get::<i64, _>("last")? + 1;
-        // Multi-row inserts, chunked below SQLite's bind-parameter limit.
-        for chunk in lines.chunks(200) {
-            let mut sql =
-                String::from("INSERT INTO build_logs (build_id, seq, ts, message) VALUES ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                let p = i * 4;
-                sql.push_str(&format!("(${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4));
-            }
-            let mut q = sqlx::query(&sql);
-            for (t, msg) in chunk {
-                q = q
-                    .bind(build_id)
-                    .bind(seq)
-                    .bind(t.millis())
-                    .bind(msg.as_str());
-                seq += 1;
-            }
-            q.execute(&mut *w.tx).await.context("appending log lines")?;
-        }
-        w.commit().await
-    }
-
-    /// Up to `limit` log lines of a build starting at sequence number `from`; `None` when the build
-    /// is not in the account.
-    pub async fn get_build_logs(
-        &self,
-        account: &AccountId,
-        id: BuildId,
-        from: i64,
-        limit: u32,
-    ) -> anyhow::Result<Option<LogPage>> {
-        let build = sqlx::query("SELECT id FROM builds WHERE uuid = $1 AND account_id = $2")
-            .bind(id.to_string())
-            .bind(account.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .context("finding a build's logs")?;
-        let Some(build) = build else { return Ok(None) };
-        let build_id: i64 = build.try_get("id")?;
-        let rows = sqlx::query(
-            "SELECT seq, ts, message FROM build_logs WHERE build_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(build_id)
-        .bind(from)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await
-        .context("reading log lines")?;
-        let more = rows.len() > limit as usize;
-        let mut lines = Vec::with_capacity(rows.len().min(limit as usize));
-        let mut next_seq = from;
-        for row in rows.iter().take(limit as usize) {
-            lines.push((ts(row, "ts")?, text(row, "message")?));
-            next_seq = row.try_get::<i64, _>("seq")? + 1;
-        }
-        Ok(Some(LogPage {
-            lines,
-            next_seq,
-            more,
-        }))
     }
 
     /// Build minutes an account used since `since`: each stopped build counts its rounded-up minutes.
