@@ -30,6 +30,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "request body is required (a JSON object)".into(),
             ));
         }
+        // JSON text is UTF-8 (RFC 8259); serde_json skips unknown fields without checking their bytes.
+        if let Err(e) = std::str::from_utf8(&bytes) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid request body: malformed JSON: {e}"
+            )));
+        }
+        // Every body is an object; serde would also take a struct as an array of its field values.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::BadRequest(
+                "invalid request body: must be a JSON object".into(),
+            ));
+        }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
