@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -73,6 +74,10 @@ pub async fn register_bootstrap_token(store: &Store, token: &str) -> anyhow::Res
     Ok(())
 }
 
+/// How long [`Server::stop`] waits for the connections in flight. A client that never finishes
+/// sending its request would otherwise keep the server from stopping at all.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
@@ -113,12 +118,23 @@ impl Server {
         })
     }
 
-    /// Stops accepting requests, finishes the ones in flight and closes the store.
+    /// Stops accepting requests, finishes the ones in flight (for at most [`SHUTDOWN_GRACE`]) and
+    /// closes the store.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let result = (&mut self.task).await.context("server task panicked")?;
+        let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
+            Ok(joined) => joined.context("server task panicked")?,
+            Err(_) => {
+                tracing::warn!(
+                    grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                    "connections still open after the grace period: closing them"
+                );
+                self.task.abort();
+                Ok(())
+            }
+        };
         self.store.close().await;
         result
     }
