@@ -1081,7 +1081,8 @@ const PLACEHOLDER_UUID: &str = "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e";
 /// `METHOD /path-with-$VARS` (the path below `/client/v4`).
 fn seed_examples() -> HashMap<String, String> {
     // A verbatim copy of the seed's ```http blocks, so that CI does not need ../shared.
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed-curl-examples.md");
+    let file =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed-curl-examples.md");
     let text = std::fs::read_to_string(&file).expect("read seed");
     let mut examples = HashMap::new();
     let mut rest = text.as_str();
