@@ -1,6 +1,7 @@
 //! The HTTP API: one route table drives both the router and the OpenAPI description.
 
 mod auth;
+mod autofill;
 mod builds;
 mod connections;
 mod deploy_hooks;
@@ -34,6 +35,10 @@ pub const BASE: &str = "/client/v4";
 pub struct AppState {
     pub store: Store,
     pub limits: Limits,
+    /// The git mirror cache (config autofill reads repositories through it).
+    pub git: std::sync::Arc<crate::git::GitCache>,
+    /// Wakes the local scheduler when a build is queued and relays cancels to local runners.
+    pub scheduler: crate::scheduler::SchedulerHandle,
 }
 
 /// Account-level limits reported by `account/limits`.
@@ -162,6 +167,11 @@ pub fn routes() -> Vec<Route> {
             body: connections::UpsertRepoConnectionRequest),
         route!(DELETE "/accounts/{account_id}/builds/repos/connections/{repo_connection_uuid}", "deleteRepoConnection", Write,
             connections::delete_repo_connection, summary: "Delete a repository connection no trigger uses", result: ()),
+        route!(GET "/accounts/{account_id}/builds/repos/{provider_type}/{provider_account_id}/{repo_id}/config_autofill",
+            "getWorkerConfigAutofill", Read, autofill::get_config_autofill,
+            summary: "Suggest a build configuration from a branch of a connected repository", result: autofill::ConfigAutofill,
+            query: &[QueryDoc { name: "branch", required: true, description: "Git branch to analyze" },
+                     QueryDoc { name: "root_directory", required: false, description: "Directory to inspect, relative to the repository root (default /)" }]),
         route!(GET "/accounts/{account_id}/builds/workers/{external_script_id}/deploy_hooks", "listDeployHooks", Read,
             deploy_hooks::list_deploy_hooks, summary: "List a Worker's deploy hooks", result: Vec<DetailedDeployHook>),
         route!(POST "/accounts/{account_id}/builds/workers/{external_script_id}/deploy_hooks", "createDeployHook", Write,

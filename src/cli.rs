@@ -5,9 +5,14 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use std::time::Duration;
+
 use crate::api::Limits;
 use crate::crypto::{hash_credential, new_credential};
 use crate::domain::{AccountId, AccountScope, ApiToken, CredentialKind, Permission, Timestamp};
+use crate::runner::RunnerConfig;
+use crate::sandbox::SandboxMode;
+use crate::scheduler::SchedulerConfig;
 use crate::startup::{self, ServeConfig, Server, StoreConfig};
 
 /// Kiln: a self-hosted build service speaking the Cloudflare Workers Builds API.
@@ -26,6 +31,33 @@ pub enum Command {
     Tokens {
         #[command(subcommand)]
         command: TokensCommand,
+    },
+    /// Per-account build limits.
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Set an account's concurrent builds and/or monthly build minutes.
+    Set {
+        /// The account id.
+        account: String,
+        /// Builds of this account that may run at once.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Build minutes per calendar month.
+        #[arg(long)]
+        build_minutes: Option<u32>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Show the accounts with their own limits.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -63,9 +95,34 @@ pub struct ServeArgs {
     /// An API token accepted with write permission on all accounts (stored hashed).
     #[arg(long, env = "KILN_BOOTSTRAP_TOKEN", hide_env_values = true)]
     pub bootstrap_token: Option<String>,
-    /// Build minutes per account per month.
+    /// Build minutes per account per month (unless `kiln accounts set` says otherwise).
     #[arg(long, env = "KILN_BUILD_MINUTES", default_value_t = 3000)]
     pub build_minutes: i64,
+    /// Build slots on this node (0: API only).
+    #[arg(long, env = "KILN_RUNNERS", default_value_t = 2)]
+    pub runners: usize,
+    /// Concurrent builds per account (unless `kiln accounts set` says otherwise).
+    #[arg(long, env = "KILN_DEFAULT_CONCURRENCY", default_value_t = 2)]
+    pub default_concurrency: u32,
+    /// How build commands run: `bwrap` (bubblewrap sandbox) or `none` (directly on the host).
+    #[arg(long, env = "KILN_SANDBOX", default_value = "bwrap")]
+    pub sandbox: SandboxMode,
+    /// Longest a build may take, e.g. `20m`, `90s`, `1h`.
+    #[arg(long, env = "KILN_BUILD_TIMEOUT", default_value = "20m", value_parser = parse_duration)]
+    pub build_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL when a build is cancelled or times out.
+    #[arg(long, env = "KILN_CANCEL_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub cancel_grace: Duration,
+    /// Stored log size per build in MiB; the head and the tail are kept.
+    #[arg(long, env = "KILN_LOG_CAP_MIB", default_value_t = 50)]
+    pub log_cap_mib: u64,
+    /// How long a runner's claim on a build lasts without renewal (other nodes recover it after).
+    #[arg(long, env = "KILN_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Clone URL of connected repositories; `{owner}` is the connection's `provider_account_name` and
+    /// `{repo}` its `repo_name`.
+    #[arg(long, env = "KILN_GIT_URL_TEMPLATE", default_value = crate::git::DEFAULT_URL_TEMPLATE)]
+    pub git_url_template: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +172,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Tokens { command } => tokens(command).await,
+        Command::Accounts { command } => accounts(command).await,
     }
 }
 
@@ -125,6 +183,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bootstrap_token: args.bootstrap_token,
         limits: Limits {
             build_minutes_per_month: args.build_minutes,
+        },
+        git_url_template: args.git_url_template,
+        scheduler: SchedulerConfig {
+            runners: args.runners,
+            default_concurrency: i64::from(args.default_concurrency),
+            lease: args.lease,
+            ..SchedulerConfig::default()
+        },
+        runner: RunnerConfig {
+            sandbox: args.sandbox,
+            build_timeout: args.build_timeout,
+            cancel_grace: args.cancel_grace,
+            log_cap_bytes: args.log_cap_mib.saturating_mul(1024 * 1024),
         },
     };
     let mut server = Server::start(&config).await?;
@@ -240,6 +311,68 @@ async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
+    match command {
+        AccountsCommand::Set {
+            account,
+            concurrency,
+            build_minutes,
+            store,
+        } => {
+            let account =
+                AccountId::parse(&account).map_err(|e| anyhow::anyhow!("account: {e}"))?;
+            anyhow::ensure!(
+                concurrency.is_some() || build_minutes.is_some(),
+                "nothing to set: give --concurrency and/or --build-minutes"
+            );
+            let store = startup::open_store(&store.config()).await?;
+            store
+                .set_account_limits(
+                    &account,
+                    concurrency.map(i64::from),
+                    build_minutes.map(i64::from),
+                )
+                .await?;
+            store.close().await;
+            eprintln!("Updated account {account}");
+            Ok(())
+        }
+        AccountsCommand::List { store } => {
+            let store = startup::open_store(&store.config()).await?;
+            let accounts = store.list_account_limits().await?;
+            store.close().await;
+            println!("{:<34} {:<12} BUILD MINUTES", "ACCOUNT", "CONCURRENCY");
+            let show = |v: Option<i64>| v.map_or("default".to_owned(), |n| n.to_string());
+            for (account, (concurrency, minutes)) in accounts {
+                println!("{account:<34} {:<12} {}", show(concurrency), show(minutes));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Parses `90`, `90s`, `20m`, `1h` or `500ms`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 20m or 1h"))?;
+    let ms = match unit.trim() {
+        "" | "s" => n.checked_mul(1000),
+        "ms" => Some(n),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("{text:?}: unit must be ms, s, m or h")),
+    }
+    .ok_or_else(|| format!("{text:?} is too long"))?;
+    if ms == 0 {
+        return Err("must be more than zero".to_owned());
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn kind_name(kind: CredentialKind) -> &'static str {

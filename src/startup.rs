@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +14,10 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState, Limits};
 use crate::crypto::{SecretBox, hash_credential};
 use crate::domain::{AccountScope, ApiToken, CredentialKind, Permission, Timestamp};
+use crate::git::GitCache;
+use crate::runner::{RunnerConfig, RunnerContext};
+use crate::sandbox::{SandboxMode, bwrap_available};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
 use crate::store::Store;
 
 /// Where the store lives and how secrets are sealed.
@@ -32,6 +37,13 @@ pub struct ServeConfig {
     pub store: StoreConfig,
     pub bootstrap_token: Option<String>,
     pub limits: Limits,
+    /// Clone URL of a connected repository; `{owner}` and `{repo}` are substituted
+    /// ([`crate::git::DEFAULT_URL_TEMPLATE`] for GitHub).
+    pub git_url_template: String,
+    /// Build slots, account concurrency and leases.
+    pub scheduler: SchedulerConfig,
+    /// How builds run: sandbox, timeout, cancel grace, log cap.
+    pub runner: RunnerConfig,
 }
 
 /// Opens (creating if needed) the data dir and the store, running migrations.
@@ -78,28 +90,113 @@ pub async fn register_bootstrap_token(store: &Store, token: &str) -> anyhow::Res
 /// sending its request would otherwise keep the server from stopping at all.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Name of the lock file that keeps two servers off one data dir.
+const LOCK_FILE: &str = "kiln.lock";
+/// Name of the file holding this node's stable id.
+const NODE_ID_FILE: &str = "node-id";
+
+/// Takes the data dir's lock: one `kiln serve` per data dir (its workspaces and its node id).
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another kiln serve is using the data dir {}; give each server its own --data-dir",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+/// This node's id, created on first start: builds it leased are recognised as orphans after a restart.
+fn node_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Ok(_) => anyhow::bail!("{} is empty", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
     pub store: Store,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
+    scheduler: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
+    _lock: std::fs::File,
 }
 
 impl Server {
-    /// Opens the store, binds `config.listen` and serves in the background.
+    /// Opens the store, binds `config.listen`, and serves and schedules builds in the background.
     pub async fn start(config: &ServeConfig) -> anyhow::Result<Server> {
         let store = open_store(&config.store).await?;
+        let data_dir = &config.store.data_dir;
+        let lock = lock_data_dir(data_dir)?;
         if let Some(token) = config.bootstrap_token.as_deref().filter(|t| !t.is_empty()) {
             register_bootstrap_token(&store, token).await?;
+        }
+        if config.scheduler.runners > 0
+            && config.runner.sandbox == SandboxMode::Bwrap
+            && !bwrap_available()
+        {
+            anyhow::bail!(
+                "the bwrap sandbox is not available on this host: install bubblewrap, or run builds unsandboxed with --sandbox none"
+            );
         }
         let listener = TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let git = Arc::new(GitCache::new(
+            data_dir.join("git"),
+            config.git_url_template.clone(),
+        ));
+        let handle = SchedulerHandle::default();
+        let scheduler = if config.scheduler.runners > 0 {
+            tracing::info!(
+                runners = config.scheduler.runners,
+                sandbox = %config.runner.sandbox,
+                "running builds on this node"
+            );
+            let runner = RunnerContext {
+                store: store.clone(),
+                git: git.clone(),
+                data_dir: data_dir.clone(),
+                config: config.runner.clone(),
+            };
+            let scheduler = Scheduler::new(
+                store.clone(),
+                config.scheduler.clone(),
+                runner,
+                node_id(data_dir)?,
+                handle.clone(),
+            );
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            Some((stop_tx, tokio::spawn(scheduler.run(stop_rx))))
+        } else {
+            tracing::info!("no build runners on this node (--runners 0)");
+            None
+        };
         let app = api::router(AppState {
             store: store.clone(),
             limits: config.limits,
+            git,
+            scheduler: handle,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -115,11 +212,13 @@ impl Server {
             store,
             shutdown: Some(tx),
             task,
+            scheduler,
+            _lock: lock,
         })
     }
 
-    /// Stops accepting requests, finishes the ones in flight (for at most [`SHUTDOWN_GRACE`]) and
-    /// closes the store.
+    /// Stops accepting requests, finishes the ones in flight (for at most [`SHUTDOWN_GRACE`]), stops
+    /// the builds running here (they end `terminated`), and closes the store.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -135,6 +234,12 @@ impl Server {
                 Ok(())
             }
         };
+        if let Some((stop, task)) = self.scheduler.take() {
+            let _ = stop.send(true);
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the scheduler task panicked");
+            }
+        }
         self.store.close().await;
         result
     }

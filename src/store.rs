@@ -12,6 +12,7 @@ mod deploy_hooks;
 mod env_vars;
 mod logs;
 mod rows;
+mod scheduling;
 mod tokens;
 mod triggers;
 
@@ -26,11 +27,13 @@ use sqlx::{AnyPool, Executor};
 
 use crate::crypto::SecretBox;
 
+pub use builds::BuildSecrets;
 pub use builds::{CancelOutcome, NewBuild};
 pub use connections::{DeleteConnection, NewConnection};
 pub use deploy_hooks::HookWriteError;
 pub use env_vars::EnvVarChange;
 pub use logs::LogPage;
+pub use scheduling::{ClaimedBuild, LostBuild};
 pub use triggers::{NewTrigger, TriggerPatch, TriggerWriteError};
 
 /// Which database a [`Store`] talks to.

@@ -31,6 +31,14 @@ const KILN_VARS: &[&str] = &[
     "KILN_BUILD_MINUTES",
     "KILN_SECRET_KEY",
     "KILN_LOG",
+    "KILN_RUNNERS",
+    "KILN_SANDBOX",
+    "KILN_DEFAULT_CONCURRENCY",
+    "KILN_BUILD_TIMEOUT",
+    "KILN_CANCEL_GRACE",
+    "KILN_LOG_CAP_MIB",
+    "KILN_LEASE",
+    "KILN_GIT_URL_TEMPLATE",
 ];
 
 // ---------------------------------------------------------------------------------------------------
@@ -147,6 +155,9 @@ impl Site {
         for var in KILN_VARS {
             cmd.env_remove(var);
         }
+        // These tests are about the API and the CLI: builds stay queued (tests/execution.rs and
+        // tests/recovery.rs run them).
+        cmd.env("KILN_RUNNERS", "0");
         cmd
     }
 
@@ -1234,7 +1245,39 @@ async fn the_curl_examples_of_the_api_reference_work_against_the_binary() {
     // 004 (`POST /workers/builds/deploy_hooks/{uuid}`, the public deploy-hook trigger) is not
     // implemented yet, so only 002 is exercised here.
     let site = Site::new().await;
-    let kiln = site.serve(&[]).await;
+    // The seed's connection names the GitHub repository Cloudflare/workers-sdk: a local copy stands in.
+    let remotes = site.dir.path().join("remotes");
+    let repo = remotes.join("Cloudflare").join("workers-sdk");
+    std::fs::create_dir_all(&repo).expect("repo dir");
+    std::fs::write(repo.join("wrangler.toml"), "name = \"my-worker\"\n").expect("write");
+    std::fs::write(
+        repo.join("package.json"),
+        r#"{"scripts":{"build":"vite build"}}"#,
+    )
+    .expect("write");
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "init",
+        ],
+    ] {
+        let ok = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .status()
+            .expect("git");
+        assert!(ok.success(), "git {args:?}");
+    }
+    let template = format!("file://{}/{{owner}}/{{repo}}", remotes.display());
+    let kiln = site.serve(&["--git-url-template", &template]).await;
     let api_token = site
         .create_token(&["--account", ACCOUNT, "--permission", "write"])
         .await;
@@ -1366,10 +1409,16 @@ async fn the_curl_examples_of_the_api_reference_work_against_the_binary() {
     let got = c.ok_command("getBuildsByVersionIds", &by_version).await;
     assert_eq!(got["builds"], json!({}), "{got}");
 
-    // config_autofill is not implemented yet: an unknown route.
+    // config_autofill: the example omits the required `branch` query parameter.
     let autofill = c.take("GET /accounts/$ACCOUNT_ID/builds/repos/$PROVIDER_TYPE/$PROVIDER_ACCOUNT_ID/$REPO_ID/config_autofill");
     let (status, body) = c.curl(&autofill).await;
-    assert_error(status, &body, 404, 7003);
+    assert_error(status, &body, 400, 12002);
+    assert!(body.to_string().contains("branch"), "{body}");
+    let autofill = CurlRunner::with_query(&autofill, "branch=main");
+    let got = c.ok_command("getWorkerConfigAutofill", &autofill).await;
+    assert_eq!(got["config_file"], json!("wrangler.toml"), "{got}");
+    assert_eq!(got["default_worker_name"], json!("my-worker"), "{got}");
+    assert_eq!(got["scripts"], json!({"build": "vite build"}), "{got}");
 
     // Writes on the build and the trigger, then the deletes, last.
     c.ok("POST /accounts/$ACCOUNT_ID/builds/triggers/$TRIGGER_UUID/purge_build_cache")

@@ -51,6 +51,7 @@ impl Ids {
 /// deploy hook and a spare connection.
 async fn seed(app: &TestApp, worker: &str) -> Ids {
     let f = app.fixture(worker).await;
+    git_remote(app, worker);
     app.ok(
         Method::PATCH,
         &app.acct(&format!("/triggers/{}/environment_variables", f.trigger)),
@@ -92,9 +93,40 @@ async fn seed(app: &TestApp, worker: &str) -> Ids {
     }
 }
 
+/// A git repository with one commit on `main` where the test server clones the fixture connection
+/// of `worker` from (`octo-org/<worker>-repo`), for config autofill.
+fn git_remote(app: &TestApp, worker: &str) {
+    let dir = app
+        .git_remotes()
+        .join("octo-org")
+        .join(format!("{worker}-repo"));
+    std::fs::create_dir_all(&dir).expect("create remote dir");
+    std::fs::write(dir.join("package.json"), "{}").expect("write package.json");
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &["commit", "-q", "-m", "init"],
+    ] {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&dir)
+            .args(args)
+            .env("HOME", &dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Ada")
+            .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+            .env("GIT_COMMITTER_NAME", "Ada")
+            .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+            .output()
+            .expect("run git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+}
+
 /// The route's path below the API base with every `{param}` replaced, plus its required query parameters.
 /// Panics on a parameter it does not know, so that a new route cannot slip past the matrix.
 fn fill(route: &Route, account: &str, ids: &Ids) -> String {
+    let repo_id = format!("repo-{}", ids.worker);
     let mut out = String::new();
     for seg in route.path.split('/').skip(1) {
         out.push('/');
@@ -108,6 +140,10 @@ fn fill(route: &Route, account: &str, ids: &Ids) -> String {
             Some("repo_connection_uuid") => &ids.connection,
             Some("deploy_hook_uuid") => &ids.hook,
             Some("environment_variable_key") => ENV_KEY,
+            // The fixture connection (`TestApp::fixture`).
+            Some("provider_type") => "github",
+            Some("provider_account_id") => "1001",
+            Some("repo_id") => &repo_id,
             Some(other) => panic!(
                 "{} {}: no fixture for path parameter {{{other}}}; teach tests/permissions.rs fill() about it",
                 route.method, route.path
@@ -123,6 +159,7 @@ fn fill(route: &Route, account: &str, ids: &Ids) -> String {
             let value = match q.name {
                 "external_script_ids" => ids.worker.as_str(),
                 "version_ids" => VERSION_ID,
+                "branch" => "main",
                 other => panic!(
                     "{} {}: no value for required query parameter {other}; teach tests/permissions.rs fill() about it",
                     route.method, route.path
@@ -700,6 +737,8 @@ async fn resources_of_one_account_are_not_found_under_another() {
             (_, "createTrigger") => expect_error(&what, status, &v, 400, 12002),
             // The Worker has no trigger in OTHER_ACCOUNT.
             (_, "createDeployHook") => expect_error(&what, status, &v, 404, 12000),
+            // ACCOUNT's repository connection does not exist in OTHER_ACCOUNT.
+            (_, "getWorkerConfigAutofill") => expect_error(&what, status, &v, 404, 12000),
             // Lists and lookups succeed but are empty (checked above: none of ACCOUNT's ids appear).
             (Access::Read, _) => expect_ok(&what, status, &v),
             _ => {}

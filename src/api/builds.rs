@@ -13,8 +13,8 @@ use super::error::{ApiError, ApiResult, Success, ok};
 use super::extract::{Account, ApiJson, NoBody, PathParams, QueryParams, id_list};
 use super::triggers::trigger_id;
 use crate::domain::{
-    Build, BuildId, BuildOutcome, Invalid, Timestamp, TriggerSource, VersionId, WorkerId, branch,
-    commit_hash,
+    AccountId, Build, BuildId, BuildOutcome, Invalid, Timestamp, TriggerSource, VersionId,
+    WorkerId, branch, commit_hash,
 };
 use crate::store::{CancelOutcome, NewBuild};
 
@@ -124,13 +124,53 @@ pub async fn create_manual_build(
         pull_request: None,
         deploy_hook: None,
     };
-    match app.store.insert_build(&account, &new).await? {
-        Some((build_uuid, created_on)) => ok(InsertedBuild {
-            build_uuid,
-            created_on,
-        }),
-        None => Err(ApiError::NotFound),
+    let trigger_exists = app.store.get_trigger(&account, trigger).await?.is_some();
+    if !trigger_exists {
+        return Err(ApiError::NotFound);
     }
+    refuse_over_build_minutes(&app, &account).await?;
+    let Some((build_uuid, created_on)) = app.store.insert_build(&account, &new).await? else {
+        return Err(ApiError::NotFound);
+    };
+    if let Some(branch) = &new.branch {
+        app.store
+            .supersede_queued_builds(trigger, branch, build_uuid)
+            .await?;
+    }
+    app.scheduler.wake();
+    ok(InsertedBuild {
+        build_uuid,
+        created_on,
+    })
+}
+
+/// The account's monthly build minutes: its own setting, else the server default.
+async fn build_minutes_allowance(app: &AppState, account: &AccountId) -> Result<i64, ApiError> {
+    Ok(app
+        .store
+        .get_account_build_minutes(account)
+        .await?
+        .unwrap_or(app.limits.build_minutes_per_month))
+}
+
+/// 429 when the account has used up this month's build minutes.
+async fn refuse_over_build_minutes(app: &AppState, account: &AccountId) -> Result<(), ApiError> {
+    let now = Timestamp::now();
+    let used = app
+        .store
+        .build_minutes_used(account, now.month_start())
+        .await?;
+    if used >= build_minutes_allowance(app, account).await? {
+        let refresh = now.next_month_start();
+        return Err(ApiError::QuotaExceeded {
+            message: format!(
+                "Build minutes limit reached for this month ({used} minutes used); it refreshes on {}",
+                refresh.to_rfc3339()
+            ),
+            retry_after_secs: ((refresh.millis() - now.millis()) / 1000).max(1) as u64,
+        });
+    }
+    Ok(())
 }
 
 /// `GET /accounts/{account_id}/builds/builds/{build_uuid}`
@@ -204,11 +244,14 @@ pub async fn cancel_build(
 ) -> ApiResult<CancelledBuild> {
     let id = build_id(&path)?;
     match app.store.cancel_build(&account, id).await? {
-        CancelOutcome::Cancelled { stopped_on } => ok(CancelledBuild {
-            build_outcome: BuildOutcome::Cancelled,
-            build_uuid: id,
-            stopped_on,
-        }),
+        CancelOutcome::Cancelled { stopped_on } => {
+            app.scheduler.cancel(id);
+            ok(CancelledBuild {
+                build_outcome: BuildOutcome::Cancelled,
+                build_uuid: id,
+                stopped_on,
+            })
+        }
         CancelOutcome::AlreadyStopped => {
             Err(ApiError::Conflict("the build has already stopped".into()))
         }
@@ -260,6 +303,6 @@ pub async fn get_account_limits(
         .await?;
     ok(AccountLimits {
         build_minutes_refresh_on: now.next_month_start(),
-        has_reached_build_minutes_limit: used >= app.limits.build_minutes_per_month,
+        has_reached_build_minutes_limit: used >= build_minutes_allowance(&app, &account).await?,
     })
 }

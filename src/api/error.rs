@@ -99,6 +99,12 @@ pub enum ApiError {
     Conflict(String),
     #[error("Rate limit exceeded")]
     RateLimited { retry_after_secs: u64 },
+    /// A quota (such as build minutes) is used up until a known time.
+    #[error("{message}")]
+    QuotaExceeded {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("No route for the URI")]
     NoRoute,
     #[error("Method not allowed for this route")]
@@ -122,7 +128,9 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, CODE_AUTH),
             ApiError::NotFound => (StatusCode::NOT_FOUND, CODE_NOT_FOUND),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, CODE_CONFLICT),
-            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, CODE_RATE_LIMITED),
+            ApiError::RateLimited { .. } | ApiError::QuotaExceeded { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, CODE_RATE_LIMITED)
+            }
             ApiError::NoRoute => (StatusCode::NOT_FOUND, CODE_NO_ROUTE),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, CODE_METHOD),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, CODE_INTERNAL),
@@ -148,7 +156,11 @@ impl IntoResponse for ApiError {
             result_info: None,
         };
         let mut resp = (status, axum::Json(body)).into_response();
-        if let ApiError::RateLimited { retry_after_secs } = self {
+        if let ApiError::RateLimited { retry_after_secs }
+        | ApiError::QuotaExceeded {
+            retry_after_secs, ..
+        } = self
+        {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs.max(1)),

@@ -38,7 +38,7 @@ pub enum CancelOutcome {
 }
 
 /// Secrets a build runs with, sealed as one value in the build row.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct BuildSecrets {
     pub build_token: Option<String>,
     pub env: BTreeMap<String, String>,

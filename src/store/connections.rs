@@ -88,6 +88,30 @@ impl Store {
         row.as_ref().map(connection).transpose()
     }
 
+    /// The live connection of this account to this repository (`provider_type`, `provider_account_id`,
+    /// `repo_id`), as named in the repository routes.
+    pub async fn get_repo_connection_by_repo(
+        &self,
+        account: &AccountId,
+        provider_type: ProviderType,
+        provider_account_id: &str,
+        repo_id: &str,
+    ) -> anyhow::Result<Option<RepoConnection>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM repo_connections c \
+             WHERE c.account_id = $1 AND c.provider_type = $2 AND c.provider_account_id = $3 \
+             AND c.repo_id = $4 AND c.deleted_on IS NULL"
+        ))
+        .bind(account.as_str())
+        .bind(provider_type.as_str())
+        .bind(provider_account_id)
+        .bind(repo_id)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading a repository connection by repository")?;
+        row.as_ref().map(connection).transpose()
+    }
+
     /// Soft-deletes a connection that no live trigger uses.
     pub async fn delete_repo_connection(
         &self,

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use kiln::api::Limits;
 use kiln::crypto::{hash_credential, new_credential};
 use kiln::domain::{AccountId, AccountScope, ApiToken, CredentialKind, Permission, Timestamp};
+use kiln::runner::RunnerConfig;
+use kiln::scheduler::SchedulerConfig;
 use kiln::startup::{ServeConfig, Server, StoreConfig};
 use kiln::store::Store;
 use reqwest::{Method, StatusCode};
@@ -72,8 +74,13 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Starts a server on a fresh database.
+    /// Starts a server on a fresh database, without build runners (builds stay queued).
     pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(|_| {}).await
+    }
+
+    /// Starts a server on a fresh database after `configure` adjusted the configuration.
+    pub async fn spawn_with(configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = ServeConfig {
             listen: "127.0.0.1:0".to_owned(),
@@ -84,7 +91,18 @@ impl TestApp {
             },
             bootstrap_token: Some(ADMIN_TOKEN.to_owned()),
             limits: Limits::default(),
+            git_url_template: format!(
+                "file://{}/{{owner}}/{{repo}}",
+                dir.path().join("remotes").display()
+            ),
+            scheduler: SchedulerConfig {
+                runners: 0,
+                ..SchedulerConfig::default()
+            },
+            runner: RunnerConfig::default(),
         };
+        let mut config = config;
+        configure(&mut config);
         let server = Server::start(&config).await.expect("start server");
         TestApp {
             base: format!("http://{}", server.addr),
@@ -101,6 +119,11 @@ impl TestApp {
 
     pub fn data_dir(&self) -> PathBuf {
         self.config.store.data_dir.clone()
+    }
+
+    /// Where the test server clones repositories from: `<git_remotes>/<owner>/<repo>`.
+    pub fn git_remotes(&self) -> PathBuf {
+        self.dir.path().join("remotes")
     }
 
     /// Stops the server and starts a new one on the same data (a new port).

@@ -1,0 +1,331 @@
+//! The git mirror cache: one bare mirror per repository under `<data_dir>/git`, created on first use
+//! and fetched incrementally afterwards, from which builds check out commits and the API reads files.
+//!
+//! Everything goes through the `git` CLI (what most CI systems use) with a cleared environment, a time
+//! limit per command, and errors that carry git's stderr without credentials. Only branches and tags
+//! are fetched. Clone URLs are never stored on disk: each fetch passes the URL on the command line, so
+//! that credentials in it (a future app token) do not persist in a mirror's config.
+//!
+//! Layout under the root: `mirrors/<owner>/<repo>.git` (bare repositories), `mirrors/<owner>/<repo>.lock`
+//! (the cross-process fetch lock), `tmp/` (mirrors being created, renamed into place once complete) and
+//! `home/` (git's `HOME`, empty, so no user configuration applies).
+
+mod mirror;
+mod names;
+mod run;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+pub use mirror::{CommitInfo, Mirror, Resolved};
+pub use names::{check_branch, valid_refname};
+pub use run::redact_url;
+use run::{Cmd, Git};
+
+/// Clone URL of a repository when nothing else is configured.
+pub const DEFAULT_URL_TEMPLATE: &str = "https://github.com/{owner}/{repo}.git";
+/// Time limit of a fetch (or the first clone) of one repository.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+/// Time limit of a local git command (reading objects, checking out a workspace).
+pub const DEFAULT_LOCAL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A failure callers branch on (the API maps these to 4xx answers, a build to a `fail` outcome).
+/// Anything else from this module is an internal error. Find one in an `anyhow::Error` with
+/// [`GitError::find`].
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// A name that cannot be passed to git safely (option-like, a revision expression, a bad path).
+    #[error("invalid {what}: {value:?}")]
+    InvalidName { what: &'static str, value: String },
+    /// The repository has no such branch.
+    #[error("no branch named {0:?}")]
+    UnknownBranch(String),
+    /// The repository has no commit with this id.
+    #[error("no commit {0:?} in the repository")]
+    UnknownCommit(String),
+    /// The abbreviated commit id matches several commits.
+    #[error("the abbreviated commit id {0:?} matches several commits")]
+    AmbiguousCommit(String),
+    /// The remote could not be fetched (unknown repository, no access, network failure).
+    #[error("could not fetch {url}: {stderr}")]
+    Fetch { url: String, stderr: String },
+    /// A git command failed.
+    #[error("`git {args}` failed (exit code {code:?}): {stderr}")]
+    Command {
+        args: String,
+        code: Option<i32>,
+        stderr: String,
+    },
+    /// A git command ran past its time limit and was killed.
+    #[error("`git {args}` did not finish within {secs} s")]
+    Timeout { args: String, secs: u64 },
+    /// A git command printed more than allowed.
+    #[error("`git {args}` printed more than {limit} bytes")]
+    TooMuchOutput { args: String, limit: usize },
+}
+
+impl GitError {
+    /// The [`GitError`] in an error's chain, if any.
+    pub fn find(err: &anyhow::Error) -> Option<&GitError> {
+        err.chain().find_map(|e| e.downcast_ref::<GitError>())
+    }
+}
+
+/// The mirror cache. Cheap to share behind an `Arc`; safe to use from many tasks and processes.
+#[derive(Debug)]
+pub struct GitCache {
+    root: PathBuf,
+    url_template: String,
+    git: Git,
+    fetch_timeout: Duration,
+    local_timeout: Duration,
+    /// Per mirror path: when its last successful fetch started. Holding the mutex = fetching it.
+    fetches: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+}
+
+impl GitCache {
+    /// A cache under `root` (usually `<data_dir>/git`) cloning from `url_template`, in which `{owner}`
+    /// and `{repo}` stand for the repository's owner and name.
+    pub fn new(root: impl Into<PathBuf>, url_template: impl Into<String>) -> GitCache {
+        let root = root.into();
+        GitCache {
+            git: Git::new(root.join("home")),
+            root,
+            url_template: url_template.into(),
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            local_timeout: DEFAULT_LOCAL_TIMEOUT,
+            fetches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same cache with other time limits for fetches and for local commands.
+    pub fn with_timeouts(mut self, fetch: Duration, local: Duration) -> GitCache {
+        self.fetch_timeout = fetch;
+        self.local_timeout = local;
+        self
+    }
+
+    /// The directory the cache lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The clone URL of `owner/repo` (the connection's `provider_account_name` and `repo_name`).
+    pub fn clone_url(&self, owner: &str, repo: &str) -> String {
+        self.url_template
+            .replace("{owner}", owner)
+            .replace("{repo}", repo)
+    }
+
+    /// Where the mirror of `owner/repo` lives (whether or not it exists yet).
+    fn mirror_path(&self, owner: &str, repo: &str) -> PathBuf {
+        self.root
+            .join("mirrors")
+            .join(owner)
+            .join(format!("{repo}.git"))
+    }
+
+    /// The up-to-date mirror of `owner/repo`: cloned on first use, fetched (branches and tags, with
+    /// pruning) on every later call. One fetch per repository runs at a time, across tasks (an async
+    /// mutex) and processes (a file lock); a caller that waited for a fetch which started after its
+    /// own call reuses that fetch. A failed first clone leaves nothing behind.
+    pub async fn mirror(&self, owner: &str, repo: &str) -> anyhow::Result<Mirror> {
+        names::check_slug("repository owner", owner)?;
+        names::check_slug("repository name", repo)?;
+        let path = self.mirror_path(owner, repo);
+        let url = self.clone_url(owner, repo);
+        let slot = {
+            let mut map = self
+                .fetches
+                .lock()
+                .map_err(|_| anyhow::anyhow!("git fetch table poisoned"))?;
+            map.entry(path.clone()).or_default().clone()
+        };
+        let asked = Instant::now();
+        let mut last_fetch = slot.lock().await;
+        if !last_fetch.is_some_and(|started| started >= asked) {
+            let started = Instant::now();
+            let _file_lock = lock_file(path.with_extension("lock")).await?;
+            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                self.fetch(&path, &url).await?;
+            } else {
+                self.create(&path, &url).await?;
+            }
+            *last_fetch = Some(started);
+        }
+        Ok(Mirror::new(
+            path,
+            redact_url(&url),
+            self.git.clone(),
+            self.local_timeout,
+        ))
+    }
+
+    /// Creates the mirror in `tmp/` and renames it into place once complete.
+    async fn create(&self, path: &Path, url: &str) -> anyhow::Result<()> {
+        let tmp_root = self.root.join("tmp");
+        tokio::fs::create_dir_all(&tmp_root)
+            .await
+            .with_context(|| format!("creating {}", tmp_root.display()))?;
+        let tmp = TempDir(Some(
+            tmp_root.join(format!("mirror-{}", uuid::Uuid::new_v4().simple())),
+        ));
+        let tmp_path = tmp.path().to_path_buf();
+        self.git
+            .ok(Cmd::new(self.local_timeout)
+                .args(["init", "--quiet", "--bare", "--template="])
+                .arg(&tmp_path))
+            .await
+            .context("creating a bare repository")?;
+        self.update_head(&tmp_path, url).await?;
+        self.fetch(&tmp_path, url).await?;
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        match tokio::fs::rename(&tmp_path, path).await {
+            Ok(()) => {
+                tmp.keep();
+                tracing::info!(url = %redact_url(url), mirror = %path.display(), "created git mirror");
+                Ok(())
+            }
+            // Someone else completed the same mirror meanwhile (the file lock makes this rare): use it.
+            Err(_)
+                if tokio::fs::try_exists(path.join("HEAD"))
+                    .await
+                    .unwrap_or(false) =>
+            {
+                Ok(())
+            }
+            Err(e) => {
+                Err(e).with_context(|| format!("moving the new mirror to {}", path.display()))
+            }
+        }
+    }
+
+    /// Fetches branches and tags into the mirror at `path`, pruning deleted ones.
+    async fn fetch(&self, path: &Path, url: &str) -> anyhow::Result<()> {
+        let out = self
+            .git
+            .output(Cmd::new(self.fetch_timeout).dir(path).args([
+                "fetch",
+                "--quiet",
+                "--prune",
+                "--no-write-fetch-head",
+                "--end-of-options",
+                url,
+                "+refs/heads/*:refs/heads/*",
+                "+refs/tags/*:refs/tags/*",
+            ]))
+            .await?;
+        if !out.success {
+            return Err(GitError::Fetch {
+                url: redact_url(url),
+                stderr: out.stderr,
+            }
+            .into());
+        }
+        // The default branch: set at creation, refreshed when the branch HEAD names is gone.
+        let head = self
+            .git
+            .output(Cmd::new(self.local_timeout).dir(path).args([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "HEAD",
+            ]))
+            .await?;
+        if !head.success {
+            self.update_head(path, url).await?;
+        }
+        Ok(())
+    }
+
+    /// Points the mirror's `HEAD` at the remote's default branch (left alone for an empty remote).
+    async fn update_head(&self, path: &Path, url: &str) -> anyhow::Result<()> {
+        let out = self
+            .git
+            .output(Cmd::new(self.fetch_timeout).dir(path).args([
+                "ls-remote",
+                "--symref",
+                "--end-of-options",
+                url,
+                "HEAD",
+            ]))
+            .await?;
+        if !out.success {
+            return Err(GitError::Fetch {
+                url: redact_url(url),
+                stderr: out.stderr,
+            }
+            .into());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let target = text.lines().find_map(|line| {
+            let (target, name) = line.strip_prefix("ref: ")?.split_once('\t')?;
+            (name == "HEAD" && target.starts_with("refs/heads/") && valid_refname(target))
+                .then(|| target.to_owned())
+        });
+        if let Some(target) = target {
+            self.git
+                .ok(Cmd::new(self.local_timeout)
+                    .dir(path)
+                    .args(["symbolic-ref", "HEAD"])
+                    .arg(target))
+                .await
+                .context("setting the mirror's default branch")?;
+        }
+        Ok(())
+    }
+}
+
+/// Takes an exclusive `flock` on `path` (created if missing), released when the file is dropped.
+async fn lock_file(path: PathBuf) -> anyhow::Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(file)
+    })
+    .await
+    .context("lock task failed")?
+}
+
+/// A directory removed on drop unless kept: a mirror whose creation failed or was cancelled leaves
+/// nothing behind.
+struct TempDir(Option<PathBuf>);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take()
+            && let Err(e) = std::fs::remove_dir_all(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, dir = %path.display(), "could not remove a partial git mirror");
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! Reading a mirror: resolving branches and commits, commit metadata, files and trees, changed paths,
+//! and checking a commit out into a build workspace.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::GitError;
+use super::names::{check_branch, check_hex, check_rev, check_tree_path, is_full_oid};
+use super::run::{Cmd, Git};
+
+/// A bare mirror of one repository, as returned (freshly fetched) by
+/// [`GitCache::mirror`](super::GitCache::mirror).
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// The bare repository.
+    pub path: PathBuf,
+    /// The clone URL without credentials (recorded as `origin` in checkouts).
+    pub url: String,
+    git: Git,
+    timeout: Duration,
+}
+
+/// A commit to build and the branch it is reported under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Full object id (40 hex digits, or 64 for SHA-256 repositories), lower case.
+    pub sha: String,
+    /// The branch: the one asked for, else one containing the commit (the default branch first).
+    /// `None` when the commit is on no branch (e.g. only tagged).
+    pub branch: Option<String>,
+}
+
+/// What a build records about its commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// The full commit message, trimmed.
+    pub message: String,
+    /// The author's e-mail address.
+    pub author: String,
+    /// The author's name.
+    pub author_name: String,
+}
+
+impl Mirror {
+    pub(super) fn new(path: PathBuf, url: String, git: Git, timeout: Duration) -> Mirror {
+        Mirror {
+            path,
+            url,
+            git,
+            timeout,
+        }
+    }
+
+    fn cmd(&self) -> Cmd {
+        Cmd::new(self.timeout).dir(&self.path)
+    }
+
+    /// The commit to build from a branch, a commit id (full or abbreviated), both, or neither:
+    ///
+    /// * branch only: the head of that branch ([`GitError::UnknownBranch`] if there is none);
+    /// * commit only: that commit ([`GitError::UnknownCommit`] / [`GitError::AmbiguousCommit`]), reported
+    ///   under a branch that contains it, the default branch first, else the first by name;
+    /// * both: that commit, reported under that branch. Whether the branch contains the commit is not
+    ///   checked: the pair is the caller's statement (a commit may have left its branch by a force push
+    ///   since), and the branch need not exist any more;
+    /// * neither: the head of the default branch.
+    ///
+    /// Branch names and commit ids are checked first ([`GitError::InvalidName`]), so nothing reaches
+    /// git as an option or a revision expression.
+    pub async fn resolve(
+        &self,
+        branch: Option<&str>,
+        commit: Option<&str>,
+    ) -> anyhow::Result<Resolved> {
+        if let Some(b) = branch {
+            check_branch(b)?;
+        }
+        let commit = commit.map(|c| check_hex("commit", c)).transpose()?;
+        match (branch, commit) {
+            (_, Some(commit)) => {
+                let sha = self.find_commit(&commit).await?;
+                let branch = match branch {
+                    Some(b) => Some(b.to_owned()),
+                    None => self.branch_containing(&sha).await?,
+                };
+                Ok(Resolved { sha, branch })
+            }
+            (Some(b), None) => {
+                let sha = self
+                    .rev_parse(&format!("refs/heads/{b}^{{commit}}"))
+                    .await?
+                    .ok_or_else(|| GitError::UnknownBranch(b.to_owned()))?;
+                Ok(Resolved {
+                    sha,
+                    branch: Some(b.to_owned()),
+                })
+            }
+            (None, None) => {
+                let b = self
+                    .default_branch()
+                    .await?
+                    .ok_or_else(|| GitError::UnknownBranch("HEAD".to_owned()))?;
+                let sha = self
+                    .rev_parse(&format!("refs/heads/{b}^{{commit}}"))
+                    .await?
+                    .ok_or_else(|| GitError::UnknownBranch(b.clone()))?;
+                Ok(Resolved {
+                    sha,
+                    branch: Some(b),
+                })
+            }
+        }
+    }
+
+    /// The remote's default branch, if the mirror has it.
+    pub async fn default_branch(&self) -> anyhow::Result<Option<String>> {
+        let out = self
+            .git
+            .output(self.cmd().args(["symbolic-ref", "--quiet", "HEAD"]))
+            .await?;
+        let head = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let Some(name) = head.strip_prefix("refs/heads/").filter(|_| out.success) else {
+            return Ok(None);
+        };
+        let exists = self.rev_parse(&format!("{head}^{{commit}}")).await?;
+        Ok(exists.map(|_| name.to_owned()))
+    }
+
+    /// `git rev-parse --verify` of a checked spec: `None` when it names nothing.
+    async fn rev_parse(&self, spec: &str) -> anyhow::Result<Option<String>> {
+        let out = self
+            .git
+            .output(
+                self.cmd()
+                    .args(["rev-parse", "--verify", "--quiet", "--end-of-options", spec]),
+            )
+            .await?;
+        match (out.success, out.code) {
+            (true, _) => Ok(Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())),
+            (false, Some(1)) => Ok(None),
+            (false, code) => Err(GitError::Command {
+                args: format!("rev-parse {spec}"),
+                code,
+                stderr: out.stderr,
+            }
+            .into()),
+        }
+    }
+
+    /// The full id of the commit `hex` names. An abbreviation is matched against objects only (a
+    /// branch that happens to be called `abc123` does not shadow commit `abc123…`).
+    async fn find_commit(&self, hex: &str) -> anyhow::Result<String> {
+        if is_full_oid(hex) {
+            return self
+                .rev_parse(&format!("{hex}^{{commit}}"))
+                .await?
+                .filter(|sha| sha == hex)
+                .ok_or_else(|| GitError::UnknownCommit(hex.to_owned()).into());
+        }
+        let candidates = self
+            .git
+            .ok(self
+                .cmd()
+                .arg("rev-parse")
+                .arg(format!("--disambiguate={hex}")))
+            .await
+            .context("looking up an abbreviated commit id")?;
+        let mut input = candidates;
+        input.push(b'\n');
+        let typed = self
+            .git
+            .ok(self.cmd().args(["cat-file", "--batch-check"]).stdin(input))
+            .await
+            .context("reading object types")?;
+        let commits: Vec<String> = String::from_utf8_lossy(&typed)
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.split(' ');
+                let oid = parts.next()?;
+                (parts.next() == Some("commit")).then(|| oid.to_owned())
+            })
+            .collect();
+        match commits.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(GitError::UnknownCommit(hex.to_owned()).into()),
+            _ => Err(GitError::AmbiguousCommit(hex.to_owned()).into()),
+        }
+    }
+
+    /// A branch containing `sha`: the default branch if it does, else the first by name.
+    async fn branch_containing(&self, sha: &str) -> anyhow::Result<Option<String>> {
+        let out = self
+            .git
+            .ok(self.cmd().args([
+                "for-each-ref",
+                "--format=%(refname)",
+                "--contains",
+                sha,
+                "refs/heads/",
+            ]))
+            .await
+            .context("finding the branches that contain a commit")?;
+        let text = String::from_utf8_lossy(&out);
+        let branches: Vec<&str> = text
+            .lines()
+            .filter_map(|r| r.strip_prefix("refs/heads/"))
+            .collect();
+        if branches.is_empty() {
+            return Ok(None);
+        }
+        if let Some(default) = self.default_branch().await?
+            && branches.contains(&default.as_str())
+        {
+            return Ok(Some(default));
+        }
+        Ok(branches.first().map(|b| (*b).to_owned()))
+    }
+
+    /// Message and author of a commit (`sha`: a full object id).
+    pub async fn commit_info(&self, sha: &str) -> anyhow::Result<CommitInfo> {
+        let sha = full_oid(sha)?;
+        let out = self
+            .git
+            .ok(self.cmd().args([
+                "log",
+                "-1",
+                "--no-show-signature",
+                "--format=%ae%x00%an%x00%B",
+                "--end-of-options",
+                &format!("{sha}^{{commit}}"),
+                "--",
+            ]))
+            .await
+            .context("reading a commit")?;
+        let text = String::from_utf8_lossy(&out);
+        let mut parts = text.splitn(3, '\0');
+        let author = parts.next().unwrap_or_default().trim().to_owned();
+        let author_name = parts.next().unwrap_or_default().trim().to_owned();
+        let message = parts.next().unwrap_or_default().trim().to_owned();
+        Ok(CommitInfo {
+            message,
+            author,
+            author_name,
+        })
+    }
+
+    /// Checks `sha` (a full object id) out into `dest`, which must not exist or be empty, leaving a
+    /// usable repository there: a detached `HEAD` at `sha`, a clean work tree, and `origin` pointing at
+    /// the clone URL. Objects are borrowed from the mirror (`objects/info/alternates`), so nothing is
+    /// copied; the workspace must not outlive the mirror's objects (builds are short; git only prunes
+    /// unreachable objects after two weeks).
+    ///
+    /// The `.git` skeleton is written directly and one `git checkout` fills the work tree: measured
+    /// fastest among `clone --shared` + checkout, `init` + alternates + checkout, and `read-tree -u`.
+    pub async fn checkout(&self, sha: &str, dest: &Path) -> anyhow::Result<()> {
+        let sha = full_oid(sha)?;
+        let objects = tokio::fs::canonicalize(self.path.join("objects"))
+            .await
+            .with_context(|| format!("locating the objects of {}", self.path.display()))?;
+        write_skeleton(dest, &objects, &self.url, sha.len() == 64)
+            .await
+            .with_context(|| format!("preparing the workspace {}", dest.display()))?;
+        self.git
+            .ok(Cmd::new(self.timeout)
+                .dir(dest)
+                .args(["checkout", "--quiet", "--detach", &sha, "--"]))
+            .await
+            .with_context(|| format!("checking out {sha}"))?;
+        Ok(())
+    }
+
+    /// The contents of the file at `path` in `rev` (an object id, `HEAD` or `refs/…`); `None` when
+    /// there is no such file (missing, or a directory).
+    pub async fn read_file(&self, rev: &str, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.read_files(rev, &[path]).await?.pop().flatten())
+    }
+
+    /// Several files of one revision with one git process; same rules as [`Mirror::read_file`].
+    pub async fn read_files(
+        &self,
+        rev: &str,
+        paths: &[&str],
+    ) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        let rev = check_rev(rev)?;
+        let mut input = Vec::new();
+        for p in paths {
+            let p = check_tree_path(p)?;
+            input.extend_from_slice(format!("{rev}:{p}\n").as_bytes());
+        }
+        let out = self
+            .git
+            .ok(self.cmd().args(["cat-file", "--batch"]).stdin(input))
+            .await
+            .context("reading files")?;
+        parse_batch(&out, paths.len())
+    }
+
+    /// The names in the directory `dir` of `rev` (files and subdirectories, sorted as git stores them);
+    /// empty when there is no such directory.
+    pub async fn list_dir(&self, rev: &str, dir: &str) -> anyhow::Result<Vec<String>> {
+        let rev = check_rev(rev)?;
+        let dir = check_tree_path(dir)?;
+        let out = self
+            .git
+            .output(self.cmd().args([
+                "ls-tree",
+                "-z",
+                "--name-only",
+                "--end-of-options",
+                &format!("{rev}:{dir}"),
+            ]))
+            .await?;
+        if !out.success {
+            if out.stderr.contains("Not a valid object name")
+                || out.stderr.contains("not a tree object")
+            {
+                return Ok(Vec::new());
+            }
+            return Err(GitError::Command {
+                args: format!("ls-tree {rev}:{dir}"),
+                code: out.code,
+                stderr: out.stderr,
+            }
+            .into());
+        }
+        Ok(split_nul(&out.stdout))
+    }
+
+    /// Paths that differ between two revisions (`git diff --name-only`, renames as delete + add).
+    pub async fn changed_paths(&self, from: &str, to: &str) -> anyhow::Result<Vec<String>> {
+        let from = check_rev(from)?;
+        let to = check_rev(to)?;
+        let out = self
+            .git
+            .ok(self.cmd().args([
+                "diff",
+                "--name-only",
+                "-z",
+                "--no-renames",
+                "--no-ext-diff",
+                "--end-of-options",
+                &from,
+                &to,
+                "--",
+            ]))
+            .await
+            .context("listing changed paths")?;
+        Ok(split_nul(&out))
+    }
+}
+
+fn full_oid(sha: &str) -> Result<String, GitError> {
+    let sha = check_hex("commit", sha)?;
+    if is_full_oid(&sha) {
+        Ok(sha)
+    } else {
+        Err(GitError::InvalidName {
+            what: "full commit id",
+            value: sha,
+        })
+    }
+}
+
+fn split_nul(bytes: &[u8]) -> Vec<String> {
+    bytes
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// Parses `git cat-file --batch` output for `n` requests: blobs become `Some(contents)`, anything
+/// else (missing, tree, submodule) `None`.
+fn parse_batch(out: &[u8], n: usize) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+    let mut results = Vec::with_capacity(n);
+    let mut rest = out;
+    for _ in 0..n {
+        let eol = rest
+            .iter()
+            .position(|b| *b == b'\n')
+            .context("truncated cat-file output")?;
+        let header = String::from_utf8_lossy(&rest[..eol]).into_owned();
+        rest = &rest[eol + 1..];
+        let fields: Vec<&str> = header.split(' ').collect();
+        match fields.as_slice() {
+            [_, kind, size] if size.parse::<usize>().is_ok() => {
+                let size: usize = size.parse()?;
+                anyhow::ensure!(rest.len() > size, "truncated cat-file output");
+                let body = &rest[..size];
+                rest = &rest[size + 1..];
+                results.push((*kind == "blob").then(|| body.to_vec()));
+            }
+            // "<name> missing" / "<name> ambiguous" (the name may contain spaces).
+            _ => results.push(None),
+        }
+    }
+    Ok(results)
+}
+
+/// Writes `dest/.git` for a checkout that borrows `objects` from a mirror, with an unborn `HEAD`.
+async fn write_skeleton(
+    dest: &Path,
+    objects: &Path,
+    url: &str,
+    sha256: bool,
+) -> anyhow::Result<()> {
+    if tokio::fs::try_exists(dest).await? {
+        let mut entries = tokio::fs::read_dir(dest).await?;
+        anyhow::ensure!(
+            entries.next_entry().await?.is_none(),
+            "{} is not empty",
+            dest.display()
+        );
+    }
+    let dot_git = dest.join(".git");
+    for dir in ["objects/info", "objects/pack", "refs/heads", "refs/tags"] {
+        tokio::fs::create_dir_all(dot_git.join(dir)).await?;
+    }
+    let mut alternates = objects.as_os_str().as_encoded_bytes().to_vec();
+    alternates.push(b'\n');
+    tokio::fs::write(dot_git.join("objects/info/alternates"), alternates).await?;
+    tokio::fs::write(dot_git.join("HEAD"), "ref: refs/heads/main\n").await?;
+    let (version, extensions) = if sha256 {
+        ("1", "[extensions]\n\tobjectformat = sha256\n")
+    } else {
+        ("0", "")
+    };
+    let quoted = url.replace('\\', "\\\\").replace('"', "\\\"");
+    let config = format!(
+        "[core]\n\trepositoryformatversion = {version}\n\tfilemode = true\n\tbare = false\n\
+         \tlogallrefupdates = true\n{extensions}[remote \"origin\"]\n\turl = \"{quoted}\"\n\
+         \tfetch = +refs/heads/*:refs/remotes/origin/*\n"
+    );
+    tokio::fs::write(dot_git.join("config"), config).await?;
+    Ok(())
+}

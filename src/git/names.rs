@@ -1,0 +1,176 @@
+//! Checks on every name that reaches a git command line: branch names, object ids, revisions, paths
+//! inside a tree and repository owner/name slugs. Nothing that passes can be read as an option or as
+//! a revision expression (`main~1`, `a..b`, `@{-1}`).
+
+use super::GitError;
+
+/// Longest branch name accepted, in bytes.
+pub const MAX_BRANCH_LEN: usize = 255;
+/// Shortest abbreviated object id accepted (git's own minimum).
+pub const MIN_ABBREV: usize = 4;
+/// Length of a full SHA-256 object id; SHA-1 ids have 40.
+pub const MAX_OID_LEN: usize = 64;
+
+fn invalid(what: &'static str, value: &str) -> GitError {
+    GitError::InvalidName {
+        what,
+        value: value.chars().take(300).collect(),
+    }
+}
+
+/// A branch name usable as `refs/heads/<name>`: git's `check-ref-format --branch` rules (which also
+/// refuse `HEAD` and a leading `-`).
+pub fn check_branch(name: &str) -> Result<(), GitError> {
+    if name.is_empty()
+        || name.len() > MAX_BRANCH_LEN
+        || name.starts_with('-')
+        || name == "HEAD"
+        || !valid_refname(&format!("refs/heads/{name}"))
+    {
+        return Err(invalid("branch name", name));
+    }
+    Ok(())
+}
+
+/// Git's rules for a full reference name (`git check-ref-format`).
+pub fn valid_refname(name: &str) -> bool {
+    if name.is_empty()
+        || name == "@"
+        || name.ends_with('/')
+        || name.ends_with('.')
+        || name.contains("..")
+        || name.contains("@{")
+        || name.contains("//")
+    {
+        return false;
+    }
+    let bad_char = |c: char| {
+        c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+    };
+    if name.chars().any(bad_char) {
+        return false;
+    }
+    name.split('/')
+        .all(|part| !part.is_empty() && !part.starts_with('.') && !part.ends_with(".lock"))
+}
+
+/// A hexadecimal object id, full or abbreviated (4–64 digits); returned in lower case.
+pub fn check_hex(what: &'static str, id: &str) -> Result<String, GitError> {
+    if (MIN_ABBREV..=MAX_OID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(id.to_ascii_lowercase())
+    } else {
+        Err(invalid(what, id))
+    }
+}
+
+/// Whether `id` is a full SHA-1 or SHA-256 object id.
+pub fn is_full_oid(id: &str) -> bool {
+    (id.len() == 40 || id.len() == 64) && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A revision to read trees from: an object id, `HEAD`, or a full reference name (`refs/heads/main`).
+pub fn check_rev(rev: &str) -> Result<String, GitError> {
+    if rev == "HEAD" {
+        return Ok(rev.to_owned());
+    }
+    if rev.starts_with("refs/") && valid_refname(rev) {
+        return Ok(rev.to_owned());
+    }
+    check_hex("revision", rev)
+}
+
+/// A path inside a tree, relative to its root: `/`, `.` and empty components are dropped, `..` is
+/// refused. Returns the normalised path (`""` = the root).
+pub fn check_tree_path(path: &str) -> Result<String, GitError> {
+    if path.chars().any(|c| c.is_ascii_control()) {
+        return Err(invalid("path", path));
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(invalid("path", path)),
+            p => parts.push(p),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// A repository owner or name as substituted into the clone URL and used as a directory name:
+/// GitHub's alphabet (`A-Z a-z 0-9 . _ -`), at most 100 characters, not `.` or `..`.
+pub fn check_slug(what: &'static str, slug: &str) -> Result<(), GitError> {
+    let ok = !slug.is_empty()
+        && slug.len() <= 100
+        && slug != "."
+        && slug != ".."
+        && !slug.starts_with('-')
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok { Ok(()) } else { Err(invalid(what, slug)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_names_follow_git_rules() {
+        for good in [
+            "main",
+            "feature/x",
+            "release-1.2",
+            "dependabot/npm/a-1.0",
+            "ünïcode",
+        ] {
+            assert!(check_branch(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "--upload-pack=x",
+            "-x",
+            "main~1",
+            "a..b",
+            "main^",
+            "x:y",
+            "@{-1}",
+            "a b",
+            "a/",
+            "/a",
+            "a//b",
+            ".hidden",
+            "a/.b",
+            "x.lock",
+            "x.",
+            "a*",
+            "a?",
+            "a[",
+            "a\\b",
+            "a\nb",
+            "HEAD",
+        ] {
+            assert!(check_branch(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_branch(&"a".repeat(MAX_BRANCH_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn hex_ids_revisions_paths_and_slugs() {
+        assert_eq!(check_hex("commit", "ABCD").unwrap(), "abcd");
+        assert!(check_hex("commit", "abc").is_err());
+        assert!(check_hex("commit", "abcg").is_err());
+        assert!(check_hex("commit", &"a".repeat(65)).is_err());
+        assert!(is_full_oid(&"a".repeat(40)) && is_full_oid(&"a".repeat(64)));
+        assert!(!is_full_oid(&"a".repeat(41)));
+        assert!(check_rev("HEAD").is_ok() && check_rev("refs/heads/main").is_ok());
+        assert!(check_rev("main").is_err() && check_rev("refs/heads/a..b").is_err());
+        assert!(check_rev("--output=/tmp/x").is_err());
+        assert_eq!(check_tree_path("/").unwrap(), "");
+        assert_eq!(check_tree_path("./a//b/").unwrap(), "a/b");
+        assert!(check_tree_path("a/../b").is_err());
+        assert!(check_slug("repo", ".github").is_ok() && check_slug("repo", "my_repo-1.x").is_ok());
+        for bad in ["", ".", "..", "a/b", "-x", "a b", "a%2f", "a@b"] {
+            assert!(check_slug("repo", bad).is_err(), "{bad:?}");
+        }
+    }
+}

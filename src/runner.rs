@@ -1,0 +1,446 @@
+//! One build from checkout to outcome: workspace, git checkout from the mirror, dependency install,
+//! build and deploy commands in the sandbox, streamed and masked logs, version capture, outcome.
+
+mod env;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::domain::{BuildId, BuildOutcome, Timestamp, VersionId};
+use crate::git::GitCache;
+use crate::logs::{LogSink, LogSinkConfig, Masker, pump};
+use crate::sandbox::{SandboxMode, Step, StepSpec};
+use crate::scheduler::Stop;
+use crate::store::{ClaimedBuild, Store};
+
+/// Runner settings.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub sandbox: SandboxMode,
+    /// Whole-build limit; the build then ends `terminated` with `Build was timed out`.
+    pub build_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL when a build is cancelled or times out.
+    pub cancel_grace: Duration,
+    /// Stored log bytes per build (head and tail are kept).
+    pub log_cap_bytes: u64,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            sandbox: SandboxMode::Bwrap,
+            build_timeout: Duration::from_secs(20 * 60),
+            cancel_grace: Duration::from_secs(10),
+            log_cap_bytes: crate::logs::DEFAULT_LOG_CAP_BYTES,
+        }
+    }
+}
+
+/// What every build on this node shares.
+pub struct RunnerContext {
+    pub store: Store,
+    pub git: Arc<GitCache>,
+    /// Kiln's data dir: workspaces live under it and it is hidden from builds.
+    pub data_dir: PathBuf,
+    pub config: RunnerConfig,
+}
+
+/// The hosted product's message for a deleted or rolled build token.
+pub const STALE_TOKEN_LINE: &str = "Failed: The build token selected for this build has been deleted or rolled and cannot be used for this build. Please update your build token in the Worker Builds settings and retry the build.";
+
+/// Why the steps ended before completing.
+enum Interrupted {
+    Stopped(Stop),
+    TimedOut,
+}
+
+/// Runs a claimed build to its end and records the outcome. Never panics on build errors: every
+/// failure becomes a log line and an outcome.
+pub async fn run_build(
+    ctx: &RunnerContext,
+    build: ClaimedBuild,
+    owner: &str,
+    lease: Duration,
+    stop_tx: watch::Sender<Stop>,
+    stop_rx: watch::Receiver<Stop>,
+) {
+    let id = build.id;
+    let span = tracing::info_span!("build", build.uuid = %id, account = %build.account);
+    async move {
+        let renewal = tokio::spawn(renew_lease(ctx.store.clone(), id, owner.to_owned(), lease, stop_tx));
+        let workspace = ctx.data_dir.join("workspaces").join(id.to_string());
+        let masker = Masker::new(secret_values(&build)).map(Arc::new);
+        let sink = LogSink::with_config(
+            (ctx.store.clone(), id),
+            LogSinkConfig { cap_bytes: ctx.config.log_cap_bytes, ..LogSinkConfig::default() },
+        );
+        let mut run = Run {
+            ctx,
+            build: &build,
+            owner,
+            workspace: &workspace,
+            masker: masker.as_ref().map_or_else(|_| Arc::new(Masker::disabled()), Arc::clone),
+            sink: &sink,
+            stop: stop_rx,
+            deadline: Instant::now() + ctx.config.build_timeout,
+        };
+        let result = match &masker {
+            Ok(_) => run.execute().await,
+            Err(e) => {
+                // Without masking no output may be stored: fail before running anything.
+                tracing::error!(error = format!("{e:#}"), "building the secret masker failed");
+                run.system("Failed: could not prepare secret masking for this build").await;
+                Ok(BuildOutcome::Fail)
+            }
+        };
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(Interrupted::TimedOut) => {
+                run.system("Build was timed out").await;
+                BuildOutcome::Terminated
+            }
+            Err(Interrupted::Stopped(Stop::Cancel)) => {
+                run.system("Build was cancelled").await;
+                BuildOutcome::Cancelled
+            }
+            Err(Interrupted::Stopped(_)) => {
+                run.system("Build terminated: the Kiln server stopped while the build was running. Retry the build.").await;
+                BuildOutcome::Terminated
+            }
+        };
+        renewal.abort();
+        drop(run);
+        let printed_version = match sink.finish().await {
+            Ok(summary) => summary.version_id,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "finishing the build log failed");
+                None
+            }
+        };
+        record_version(ctx, &build, &workspace, printed_version.as_deref()).await;
+        match ctx.store.finish_build(id, owner, outcome).await {
+            Ok(true) => tracing::info!(outcome = outcome.as_str(), "build finished"),
+            Ok(false) => tracing::info!("build had already been stopped"),
+            Err(e) => tracing::error!(error = format!("{e:#}"), "recording the build outcome failed"),
+        }
+        let ws = workspace.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&ws)).await {
+            tracing::warn!(error = %e, "removing the workspace failed");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// The values to mask, by name: secret variables and the build token.
+fn secret_values(build: &ClaimedBuild) -> Vec<(String, String)> {
+    build
+        .secrets
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(
+            build
+                .secrets
+                .build_token
+                .clone()
+                .map(|t| ("the build token".to_owned(), t)),
+        )
+        .collect()
+}
+
+struct Run<'a> {
+    ctx: &'a RunnerContext,
+    build: &'a ClaimedBuild,
+    owner: &'a str,
+    workspace: &'a Path,
+    masker: Arc<Masker>,
+    sink: &'a LogSink,
+    stop: watch::Receiver<Stop>,
+    deadline: Instant,
+}
+
+/// A step's end: its exit code, or `None` when it was killed by a signal.
+type ExitCode = Option<i32>;
+
+impl Run<'_> {
+    /// A system line, masked like user output.
+    async fn system(&self, line: &str) {
+        let masked = self.masker.mask_str(line).into_owned();
+        if let Err(e) = self.sink.push(Timestamp::now(), masked).await {
+            tracing::error!(error = format!("{e:#}"), "logging a system line failed");
+        }
+    }
+
+    /// Waits for `fut` unless the build is stopped or times out first.
+    async fn guard<T>(
+        &mut self,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, Interrupted> {
+        let current = *self.stop.borrow();
+        if current != Stop::No {
+            return Err(Interrupted::Stopped(current));
+        }
+        tokio::select! {
+            v = fut => Ok(v),
+            _ = tokio::time::sleep_until(self.deadline) => Err(Interrupted::TimedOut),
+            why = wait_stop(&mut self.stop) => Err(Interrupted::Stopped(why)),
+        }
+    }
+
+    async fn execute(&mut self) -> Result<BuildOutcome, Interrupted> {
+        let id = self.build.id;
+        let meta = &self.build.metadata;
+        self.system("Initializing build environment...").await;
+        if let Err(e) = prepare_workspace(self.workspace).await {
+            tracing::error!(error = format!("{e:#}"), "preparing the workspace failed");
+            self.system("Failed: could not prepare the build environment")
+                .await;
+            return Ok(BuildOutcome::Fail);
+        }
+        let Some(token) = self.build.secrets.build_token.clone() else {
+            self.system(STALE_TOKEN_LINE).await;
+            return Ok(BuildOutcome::Fail);
+        };
+        for skipped in self.masker.skipped() {
+            self.system(&format!(
+                "Warning: the value of secret {skipped} is too short to be masked in logs"
+            ))
+            .await;
+        }
+        self.system("Success: Finished initializing build environment")
+            .await;
+        if let Err(e) = self.ctx.store.set_build_running(id, self.owner).await {
+            tracing::error!(error = format!("{e:#}"), "marking the build running failed");
+        }
+
+        self.system("Cloning repository...").await;
+        let repo = self.workspace.join("repo");
+        let git = self.ctx.git.clone();
+        let (owner_name, repo_name) = (meta.provider_account_name.clone(), meta.repo_name.clone());
+        let (branch, commit) = (meta.branch.clone(), meta.commit_hash.clone());
+        let checkout = self
+            .guard(async {
+                let mirror = git.mirror(&owner_name, &repo_name).await?;
+                let resolved = mirror.resolve(branch.as_deref(), commit.as_deref()).await?;
+                let info = mirror.commit_info(&resolved.sha).await?;
+                mirror.checkout(&resolved.sha, &repo).await?;
+                anyhow::Ok((mirror, resolved, info))
+            })
+            .await?;
+        let (mirror, resolved, info) = match checkout {
+            Ok(v) => v,
+            Err(e) => {
+                self.system(&format!(
+                    "Failed: error occurred while cloning the repository: {e:#}"
+                ))
+                .await;
+                return Ok(BuildOutcome::Fail);
+            }
+        };
+        if let Err(e) = self
+            .ctx
+            .store
+            .set_build_commit(
+                id,
+                resolved.branch.as_deref(),
+                &resolved.sha,
+                &info.message,
+                &info.author,
+            )
+            .await
+        {
+            tracing::error!(error = format!("{e:#}"), "recording the commit failed");
+        }
+        let subject = info.message.lines().next().unwrap_or_default().to_owned();
+        self.system(&format!(
+            "HEAD is now at {} {subject}",
+            &resolved.sha[..resolved.sha.len().min(7)]
+        ))
+        .await;
+
+        let root = meta.root_directory.trim_matches('/');
+        let cwd = if root.is_empty() {
+            repo.clone()
+        } else {
+            repo.join(root)
+        };
+        if !tokio::fs::metadata(&cwd).await.is_ok_and(|m| m.is_dir()) {
+            self.system(&format!(
+                "Failed: root directory {} does not exist in the repository",
+                meta.root_directory
+            ))
+            .await;
+            return Ok(BuildOutcome::Fail);
+        }
+        let env = env::build_env(
+            self.build,
+            self.workspace,
+            &token,
+            resolved.branch.as_deref(),
+            &resolved.sha,
+            self.ctx.config.sandbox,
+        );
+        let spec = |command: &str| StepSpec {
+            mode: self.ctx.config.sandbox,
+            command: command.to_owned(),
+            cwd: cwd.clone(),
+            env: env.clone(),
+            workspace: self.workspace.to_path_buf(),
+            hidden: vec![self.ctx.data_dir.clone()],
+            read_only: vec![mirror.path.clone()],
+        };
+
+        if let Some(install) = env::install_command(&cwd, &env).await {
+            self.system(&format!("Installing project dependencies: {install}"))
+                .await;
+            if self.run_step(spec(&install)).await? != Some(0) {
+                self.system("Failed: error occurred while installing tools or dependencies")
+                    .await;
+                return Ok(BuildOutcome::Fail);
+            }
+        }
+        for (kind, command) in [
+            ("build", &meta.build_command),
+            ("deploy", &meta.deploy_command),
+        ] {
+            if command.trim().is_empty() {
+                continue;
+            }
+            self.system(&format!("Executing user {kind} command: {command}"))
+                .await;
+            if self.run_step(spec(command)).await? != Some(0) {
+                self.system(&format!(
+                    "Failed: error occurred while running {kind} command"
+                ))
+                .await;
+                return Ok(BuildOutcome::Fail);
+            }
+            let done = if kind == "build" { "Build" } else { "Deploy" };
+            self.system(&format!("Success: {done} command completed"))
+                .await;
+        }
+        self.system("✨ Success! Build completed.").await;
+        Ok(BuildOutcome::Success)
+    }
+
+    /// Runs one command; on stop or timeout its processes get TERM, then KILL after the grace.
+    async fn run_step(&mut self, spec: StepSpec) -> Result<ExitCode, Interrupted> {
+        let mut step = match Step::spawn(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "starting a step failed");
+                self.system("Failed: could not start the command").await;
+                return Ok(Some(127));
+            }
+        };
+        let Some((stdout, stderr)) = step.take_output() else {
+            self.system("Failed: could not read the command's output")
+                .await;
+            return Ok(Some(127));
+        };
+        let masker = self.masker.clone();
+        let sink = self.sink;
+        let waiting = async {
+            let (pumped, status) = tokio::join!(pump(stdout, stderr, masker, sink), step.wait());
+            if let Err(e) = pumped {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "reading the command's output failed"
+                );
+            }
+            status
+        };
+        let result = self.guard(waiting).await;
+        match result {
+            Ok(Ok(status)) => Ok(status.code()),
+            Ok(Err(e)) => {
+                tracing::error!(error = format!("{e:#}"), "waiting for a step failed");
+                Ok(None)
+            }
+            Err(why) => {
+                if let Err(e) = step.terminate(self.ctx.config.cancel_grace).await {
+                    tracing::error!(error = format!("{e:#}"), "stopping a step failed");
+                }
+                Err(why)
+            }
+        }
+    }
+}
+
+async fn wait_stop(rx: &mut watch::Receiver<Stop>) -> Stop {
+    loop {
+        if rx.changed().await.is_err() {
+            // The scheduler is gone: treat as a shutdown.
+            return Stop::Shutdown;
+        }
+        let v = *rx.borrow();
+        if v != Stop::No {
+            return v;
+        }
+    }
+}
+
+async fn prepare_workspace(ws: &Path) -> anyhow::Result<()> {
+    for dir in ["home", "tmp", env::WRANGLER_OUTPUT_DIR] {
+        tokio::fs::create_dir_all(ws.join(dir)).await?;
+    }
+    Ok(())
+}
+
+/// Renews the build's lease every third of its length; a lost lease stops the build.
+async fn renew_lease(
+    store: Store,
+    id: BuildId,
+    owner: String,
+    lease: Duration,
+    stop: watch::Sender<Stop>,
+) {
+    let every = lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let until = Timestamp::from_millis(Timestamp::now().millis() + lease.as_millis() as i64);
+        match store.renew_lease(id, &owner, until).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Cancelled through another node, or declared lost: stop the processes.
+                let _ = stop.send(Stop::Cancel);
+                return;
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "renewing the lease failed"),
+        }
+    }
+}
+
+/// Links the Worker version the deploy produced to the build: wrangler's ND-JSON output first, then the
+/// version line printed in the log.
+async fn record_version(
+    ctx: &RunnerContext,
+    build: &ClaimedBuild,
+    ws: &Path,
+    printed: Option<&str>,
+) {
+    let from_file = env::version_from_wrangler_output(&ws.join(env::WRANGLER_OUTPUT_DIR)).await;
+    let Some(version) = from_file.or_else(|| printed.map(str::to_owned)) else {
+        return;
+    };
+    let Ok(version) = VersionId::parse("version_id", &version) else {
+        tracing::warn!(version, "ignoring a version id that is not a UUID");
+        return;
+    };
+    if let Err(e) = ctx
+        .store
+        .insert_build_version(&build.account, version, build.id)
+        .await
+    {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "recording the build's version failed"
+        );
+    }
+}

@@ -1,0 +1,398 @@
+//! Running one build step command (`sh -c <command>`) as a child process: isolated, and killable as a
+//! whole.
+//!
+//! **Isolation.** In [`SandboxMode::Bwrap`] the step runs under bubblewrap: the host filesystem read-only,
+//! a private `/tmp`, `/dev` and `/proc`, the [`StepSpec::hidden`] directories replaced by empty tmpfs,
+//! the workspace writable, private PID, IPC and UTS namespaces, all capabilities dropped (the step
+//! stays uid 0, but cannot unmount what hides the data dir or remount `/` read-write), the network
+//! shared with the host. [`SandboxMode::None`] runs the command directly, as Kiln's own user.
+//!
+//! **Killing.** Every process a step starts dies with it, including background jobs and daemons that
+//! called `setsid` or double-forked, both when `sh` exits normally (like the hosted product, which
+//! destroys the build container) and on [`Step::terminate`]:
+//! * bwrap: the step is alone in a PID namespace; when its `sh` exits, or bwrap is killed
+//!   (`--die-with-parent`), the kernel kills everything left in the namespace.
+//! * cgroup v2 (both modes, when a read-write cgroup2 mount exists): the child joins
+//!   `<mount>/kiln/<unique>` before it execs, so every descendant is in that cgroup; TERM goes to the
+//!   pids in `cgroup.procs`, KILL through `cgroup.kill`, and the directory is removed afterwards.
+//! * fallback (no usable cgroup2): the step's process group. **A daemon that called `setsid` escapes
+//!   this in [`SandboxMode::None`]**; a warning is logged once.
+//!
+//! Secrets never appear on a command line: the environment reaches the step through the process
+//! environment only.
+
+mod bwrap;
+mod cgroup;
+mod procfs;
+#[cfg(test)]
+mod tests;
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Once;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::time::Instant;
+
+pub use bwrap::bwrap_available;
+use bwrap::{Paths, bwrap_args, bwrap_path};
+use cgroup::Cgroup;
+
+/// How often we look whether the processes of a step are gone, in milliseconds.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How long we wait for a step's cgroup to freeze before sending SIGTERM anyway, in milliseconds.
+const FREEZE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often we look whether the freeze is complete, in milliseconds.
+const FREEZE_POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// How long SIGKILLed processes may take to disappear before `wait`/`terminate` report an error, in
+/// seconds (a process stuck in uninterruptible I/O cannot die sooner).
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a step is isolated from the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SandboxMode {
+    /// bubblewrap (`bwrap`): read-only host, hidden data dir, private `/tmp` and PID namespace.
+    Bwrap,
+    /// No isolation: the command runs as Kiln's user with Kiln's view of the machine.
+    None,
+}
+
+/// A sandbox mode name that is neither `bwrap` nor `none`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown sandbox mode {0:?}: expected \"bwrap\" or \"none\"")]
+pub struct UnknownSandboxMode(pub String);
+
+impl std::str::FromStr for SandboxMode {
+    type Err = UnknownSandboxMode;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "bwrap" => Ok(SandboxMode::Bwrap),
+            "none" => Ok(SandboxMode::None),
+            other => Err(UnknownSandboxMode(other.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SandboxMode::Bwrap => "bwrap",
+            SandboxMode::None => "none",
+        })
+    }
+}
+
+/// What to run and what it may see. All paths must be absolute and exist.
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    pub mode: SandboxMode,
+    /// Run as `sh -c <command>`.
+    pub command: String,
+    /// Working directory; must be inside `workspace`.
+    pub cwd: PathBuf,
+    /// The complete environment of the step (nothing is inherited from Kiln); include `HOME` and `PATH`.
+    pub env: Vec<(String, String)>,
+    /// Writable inside the sandbox, even when it lies under a hidden directory.
+    pub workspace: PathBuf,
+    /// Directories replaced by an empty tmpfs inside the sandbox (e.g. the data dir with the database,
+    /// the secret key and other builds). Bwrap mode only.
+    pub hidden: Vec<PathBuf>,
+    /// Re-exposed read-only after hiding and after the workspace (e.g. this repository's git mirror
+    /// under the data dir). Bwrap mode only.
+    pub read_only: Vec<PathBuf>,
+}
+
+/// A running step. Dropping it kills every process of the step (without waiting for them).
+#[derive(Debug)]
+pub struct Step {
+    child: Child,
+    mode: SandboxMode,
+    /// Pid of the direct child (`sh`, or `bwrap`), which is also its process group id.
+    pid: i32,
+    cgroup: Option<Cgroup>,
+    output: Option<(ChildStdout, ChildStderr)>,
+    /// Set once every process of the step is gone and its cgroup removed.
+    finished: bool,
+}
+
+impl Step {
+    /// Starts the step with stdin from `/dev/null` and stdout and stderr piped (see [`Step::take_output`]).
+    ///
+    /// In bwrap mode a sandbox setup error (e.g. a path bwrap cannot mount) shows up as exit status 1
+    /// with bwrap's message on stderr.
+    pub fn spawn(spec: &StepSpec) -> anyhow::Result<Step> {
+        let cgroup = match Cgroup::create() {
+            Ok(cgroup) => Some(cgroup),
+            Err(error) => {
+                static WARNED: Once = Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "no usable cgroup v2: build steps are killed by process group, so a daemon \
+                         that calls setsid can outlive its step in sandbox mode none"
+                    )
+                });
+                None
+            }
+        };
+        Self::spawn_in(spec, cgroup)
+    }
+
+    /// [`Step::spawn`] with the cgroup chosen by the caller (`None`: process-group fallback).
+    fn spawn_in(spec: &StepSpec, cgroup: Option<Cgroup>) -> anyhow::Result<Step> {
+        let paths = Paths::resolve(spec)?;
+        let mut command = match spec.mode {
+            SandboxMode::Bwrap => {
+                let mut command = Command::new(bwrap_path().context("bwrap is not installed")?);
+                command.args(bwrap_args(&spec.command, &paths));
+                command
+            }
+            SandboxMode::None => {
+                let mut command = Command::new("sh");
+                command.arg("-c").arg(&spec.command).current_dir(&paths.cwd);
+                command
+            }
+        };
+        command
+            .env_clear()
+            .envs(spec.env.iter().map(|(key, value)| (key, value)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let procs = cgroup.as_ref().map(Cgroup::open_procs).transpose()?;
+        if let Some(procs) = &procs {
+            let fd = procs.as_raw_fd();
+            // SAFETY: the closure runs between fork and exec and only calls `write` (async-signal-safe)
+            // and builds an io::Error from errno, which does not allocate.
+            unsafe {
+                command.pre_exec(move || {
+                    // Join the step's cgroup before running anything, so no descendant can be outside it.
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting a build step ({} sandbox)", spec.mode))?;
+        drop(procs);
+        let pid = child
+            .id()
+            .context("the step exited before we saw its pid")?;
+        let output = child.stdout.take().zip(child.stderr.take());
+        Ok(Step {
+            child,
+            mode: spec.mode,
+            pid: i32::try_from(pid).context("pid out of range")?,
+            cgroup,
+            output,
+            finished: false,
+        })
+    }
+
+    /// The step's stdout and stderr; `None` after the first call.
+    pub fn take_output(&mut self) -> Option<(ChildStdout, ChildStderr)> {
+        self.output.take()
+    }
+
+    /// Waits for `sh` to exit, then kills every process of the step that is left, so readers of the
+    /// output reach EOF. Returns the exit status of `sh` (in bwrap mode a signal death shows as
+    /// exit code 128 + signal). Cancel-safe; may be called again after [`Step::terminate`].
+    pub async fn wait(&mut self) -> anyhow::Result<ExitStatus> {
+        let status = self
+            .child
+            .wait()
+            .await
+            .context("waiting for a build step")?;
+        self.finish().await?;
+        Ok(status)
+    }
+
+    /// Sends SIGTERM to every process of the step, waits until all are gone or `grace` has passed, then
+    /// SIGKILLs whatever is left and waits for it to disappear. In bwrap mode the whole step also ends
+    /// as soon as its top-level `sh` does (the PID namespace dies with it).
+    pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        if self.send_term().await? {
+            let deadline = Instant::now() + grace;
+            while !self.all_gone()? && Instant::now() < deadline {
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+        self.finish().await
+    }
+
+    /// SIGTERMs the step's processes; `false` when nothing of the command runs yet (bwrap still setting
+    /// up the sandbox), so there is nothing to be graceful about.
+    async fn send_term(&mut self) -> anyhow::Result<bool> {
+        // Frozen, no process can fork between our listing the pids and signalling them.
+        let _frozen = match &self.cgroup {
+            Some(cgroup) => Frozen::freeze(cgroup).await,
+            None => None,
+        };
+        self.term_snapshot()
+    }
+
+    fn term_snapshot(&self) -> anyhow::Result<bool> {
+        let mut targets = self
+            .cgroup
+            .as_ref()
+            .map(Cgroup::pids)
+            .transpose()?
+            .unwrap_or_default();
+        match self.mode {
+            SandboxMode::None if self.cgroup.is_none() => signal_group(self.pid, libc::SIGTERM),
+            SandboxMode::None => {}
+            SandboxMode::Bwrap => {
+                // Never TERM bwrap itself: bwrap dying kills the whole namespace at once.
+                let Some((init, namespace)) =
+                    procfs::sandbox_init(self.pid).context("looking for the sandbox's init")?
+                else {
+                    return Ok(false);
+                };
+                let in_namespace =
+                    procfs::pids_in_namespace(&namespace).context("listing the sandbox's pids")?;
+                if in_namespace.iter().all(|&pid| pid == init) {
+                    // bwrap's init has not started the command yet.
+                    return Ok(false);
+                }
+                targets.extend(in_namespace);
+                targets.retain(|&pid| pid != self.pid && pid != init);
+            }
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        for pid in targets {
+            signal(pid, libc::SIGTERM);
+        }
+        Ok(true)
+    }
+
+    /// Whether every process of the step has exited (reaping the direct child if it has).
+    fn all_gone(&mut self) -> anyhow::Result<bool> {
+        if self
+            .child
+            .try_wait()
+            .context("checking a build step")?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        Ok(match (&self.cgroup, self.mode) {
+            (Some(cgroup), _) => !cgroup.populated()?,
+            // bwrap exits only after its namespace init, and that exits only once the kernel has
+            // killed and reaped everything else in the namespace.
+            (None, SandboxMode::Bwrap) => true,
+            (None, SandboxMode::None) => {
+                !procfs::group_alive(self.pid).context("listing processes")?
+            }
+        })
+    }
+
+    /// SIGKILLs everything of the step; errors are ignored (the processes may be gone already).
+    fn kill_all(&mut self) {
+        match (&self.cgroup, self.mode) {
+            (Some(cgroup), _) => {
+                if let Err(error) = cgroup.kill() {
+                    tracing::warn!(error = format!("{error:#}"), "cgroup.kill failed");
+                }
+            }
+            (None, SandboxMode::None) => signal_group(self.pid, libc::SIGKILL),
+            // Killing bwrap (below) ends the namespace: its init dies with it (--die-with-parent).
+            (None, SandboxMode::Bwrap) => {}
+        }
+        // Fails harmlessly when the child has been reaped already.
+        let _ = self.child.start_kill();
+    }
+
+    /// Kills what is left, waits until it is gone and removes the cgroup. Idempotent.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        self.kill_all();
+        while !self.all_gone()? {
+            if Instant::now() >= deadline {
+                bail!("processes of the build step survived SIGKILL for {KILL_TIMEOUT:?}");
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+            // Again, for processes forked meanwhile in a process group (cgroup.kill needs only one).
+            self.kill_all();
+        }
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove()?;
+        }
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.kill_all();
+        if let Some(cgroup) = self.cgroup.take() {
+            // The killed processes disappear asynchronously; the cgroup can only be removed after.
+            std::thread::spawn(move || cgroup.remove_when_empty(KILL_TIMEOUT, POLL_INTERVAL));
+        }
+    }
+}
+
+/// A frozen cgroup, thawed on drop (also when `terminate` is cancelled while freezing).
+struct Frozen<'a>(&'a Cgroup);
+
+impl<'a> Frozen<'a> {
+    /// Freezes the cgroup and waits (up to [`FREEZE_TIMEOUT`]) until it is; `None` if it cannot.
+    async fn freeze(cgroup: &'a Cgroup) -> Option<Frozen<'a>> {
+        if let Err(error) = cgroup.set_frozen(true) {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot freeze a build step's cgroup"
+            );
+            return None;
+        }
+        let frozen = Frozen(cgroup);
+        let deadline = Instant::now() + FREEZE_TIMEOUT;
+        // A process in uninterruptible sleep delays the freeze: after the timeout, signal anyway.
+        while !matches!(cgroup.frozen(), Ok(true)) && Instant::now() < deadline {
+            tokio::time::sleep(FREEZE_POLL_INTERVAL).await;
+        }
+        Some(frozen)
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Err(error) = self.0.set_frozen(false) {
+            // The processes stay frozen until the SIGKILL phase, which works on frozen processes.
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot thaw a build step's cgroup"
+            );
+        }
+    }
+}
+
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; ESRCH (already gone) is fine.
+    unsafe { libc::kill(pid, signal) };
+}
+
+fn signal_group(pgid: i32, signal: i32) {
+    // SAFETY: as for `signal`; a negative pid addresses the process group.
+    unsafe { libc::kill(-pgid, signal) };
+}

@@ -1,0 +1,140 @@
+//! The bubblewrap command line of a step (and the checked paths it mounts), and whether bwrap works here.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+
+use anyhow::Context;
+
+use super::StepSpec;
+
+/// The spec's paths, checked and canonicalized (so bwrap mounts over the real locations).
+#[derive(Debug)]
+pub(super) struct Paths {
+    pub cwd: PathBuf,
+    pub workspace: PathBuf,
+    pub hidden: Vec<PathBuf>,
+    pub read_only: Vec<PathBuf>,
+}
+
+impl Paths {
+    pub(super) fn resolve(spec: &StepSpec) -> anyhow::Result<Paths> {
+        let canonical = |path: &Path| -> anyhow::Result<PathBuf> {
+            anyhow::ensure!(
+                path.is_absolute(),
+                "step path {} is not absolute",
+                path.display()
+            );
+            path.canonicalize()
+                .with_context(|| format!("step path {}", path.display()))
+        };
+        let paths = Paths {
+            cwd: canonical(&spec.cwd)?,
+            workspace: canonical(&spec.workspace)?,
+            hidden: spec
+                .hidden
+                .iter()
+                .map(|path| canonical(path))
+                .collect::<Result<_, _>>()?,
+            read_only: spec
+                .read_only
+                .iter()
+                .map(|path| canonical(path))
+                .collect::<Result<_, _>>()?,
+        };
+        anyhow::ensure!(
+            paths.cwd.starts_with(&paths.workspace),
+            "step directory {} is outside the workspace {}",
+            paths.cwd.display(),
+            paths.workspace.display()
+        );
+        Ok(paths)
+    }
+}
+
+/// bwrap's arguments. bwrap applies mount options in order, each source taken from the host: hidden
+/// dirs are covered after `/tmp` (bwrap creates mount points inside the tmpfs as needed), then the
+/// workspace is bound on top, then the read-only paths.
+pub(super) fn bwrap_args(command: &str, paths: &Paths) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "--die-with-parent",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        // No controlling terminal: stops TIOCSTI injection into a terminal Kiln was started from.
+        "--new-session",
+        // Root without capabilities cannot unmount the tmpfs that hides the data dir.
+        "--cap-drop",
+        "ALL",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    for hidden in &paths.hidden {
+        args.extend(["--tmpfs".into(), hidden.into()]);
+    }
+    args.extend([
+        "--bind".into(),
+        (&paths.workspace).into(),
+        (&paths.workspace).into(),
+    ]);
+    for path in &paths.read_only {
+        args.extend(["--ro-bind".into(), path.into(), path.into()]);
+    }
+    args.extend(["--chdir".into(), (&paths.cwd).into()]);
+    args.extend(["--", "sh", "-c", command].map(OsString::from));
+    args
+}
+
+/// Where `bwrap` is on Kiln's `PATH` (the step's own `PATH` may differ).
+pub(super) fn bwrap_path() -> Option<&'static Path> {
+    static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PATH.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+        std::env::split_paths(&search)
+            .map(|dir| dir.join("bwrap"))
+            .find(|path| {
+                path.metadata()
+                    .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+            })
+    })
+    .as_deref()
+}
+
+/// Whether bubblewrap is installed and can create the namespaces a step needs here (checked once, by
+/// running `true` in a minimal sandbox).
+pub fn bwrap_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let Some(bwrap) = bwrap_path() else {
+            return false;
+        };
+        std::process::Command::new(bwrap)
+            .args([
+                "--die-with-parent",
+                "--unshare-pid",
+                "--unshare-ipc",
+                "--unshare-uts",
+            ])
+            .args(["--new-session", "--cap-drop", "ALL", "--ro-bind", "/", "/"])
+            .args([
+                "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--", "true",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    })
+}

@@ -1,0 +1,387 @@
+//! Tests of the sandbox with real child processes, in both modes (bwrap is required when running as
+//! root: scripts/test installs it), plus the process-group fallback used when there is no cgroup v2.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+
+use super::*;
+
+/// How long a test waits for a condition that should hold almost at once, in seconds.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn modes() -> Vec<SandboxMode> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(
+            bwrap_available(),
+            "bwrap must work when tests run as root (apt-get install bubblewrap)"
+        );
+    }
+    if bwrap_available() {
+        vec![SandboxMode::None, SandboxMode::Bwrap]
+    } else {
+        eprintln!("bwrap is not available: testing sandbox mode none only");
+        vec![SandboxMode::None]
+    }
+}
+
+/// A data dir (hidden in bwrap mode) holding a secret, a git mirror (read-only) and the workspace.
+struct Fixture {
+    _root: tempfile::TempDir,
+    data: PathBuf,
+    mirror: PathBuf,
+    workspace: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let root = tempfile::tempdir().expect("tempdir");
+        let data = root.path().join("data");
+        let mirror = data.join("mirrors/repo.git");
+        let workspace = data.join("builds/b1/workspace");
+        std::fs::create_dir_all(&mirror).expect("mkdir mirror");
+        std::fs::create_dir_all(workspace.join("home")).expect("mkdir workspace");
+        std::fs::write(data.join("secret.key"), "top secret").expect("write key");
+        std::fs::write(mirror.join("HEAD"), "ref: refs/heads/main\n").expect("write HEAD");
+        Fixture {
+            _root: root,
+            data,
+            mirror,
+            workspace,
+        }
+    }
+
+    fn spec(&self, mode: SandboxMode, command: &str) -> StepSpec {
+        StepSpec {
+            mode,
+            command: command.to_owned(),
+            cwd: self.workspace.clone(),
+            env: vec![
+                (
+                    "PATH".into(),
+                    "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into(),
+                ),
+                (
+                    "HOME".into(),
+                    self.workspace.join("home").display().to_string(),
+                ),
+                ("KILN_TEST_SECRET".into(), "s3cr3t-value".into()),
+            ],
+            workspace: self.workspace.clone(),
+            hidden: vec![self.data.clone()],
+            read_only: vec![self.mirror.clone()],
+        }
+    }
+}
+
+/// Reads both pipes to EOF while waiting; fails if EOF does not come (a leftover process holds a pipe).
+async fn collect(step: &mut Step) -> (ExitStatus, String, String) {
+    let (mut stdout, mut stderr) = step.take_output().expect("output not taken yet");
+    let (mut out, mut err) = (String::new(), String::new());
+    let (out_read, err_read, status) = tokio::time::timeout(DEADLINE, async {
+        tokio::join!(
+            stdout.read_to_string(&mut out),
+            stderr.read_to_string(&mut err),
+            step.wait()
+        )
+    })
+    .await
+    .expect("the step's output reaches EOF and wait returns");
+    out_read.expect("read stdout");
+    err_read.expect("read stderr");
+    (status.expect("wait"), out, err)
+}
+
+async fn run(spec: &StepSpec) -> (ExitStatus, String, String) {
+    collect(&mut Step::spawn(spec).expect("spawn")).await
+}
+
+/// A `sleep` argument no other process on the machine has: `1000.<random digits>` seconds.
+fn marker() -> String {
+    format!("1000.{:09}", rand::random::<u32>() % 1_000_000_000)
+}
+
+/// Live `sleep` processes whose command line contains `marker` (zombies have an empty command line).
+fn sleepers(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for process in procfs::processes().expect("list /proc") {
+        let comm =
+            std::fs::read_to_string(format!("/proc/{}/comm", process.pid)).unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", process.pid)).unwrap_or_default();
+        if comm.trim() == "sleep" && String::from_utf8_lossy(&cmdline).contains(marker) {
+            found.push(process.pid);
+        }
+    }
+    found
+}
+
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A background job, a setsid daemon and a double-forked setsid daemon, each `sleep <marker>`.
+fn background_jobs(marker: &str) -> String {
+    format!("sleep {marker} &\nsetsid sleep {marker} &\nsetsid sh -c 'sleep {marker} &' &\n")
+}
+
+#[tokio::test]
+async fn exit_code_and_both_output_streams() {
+    let fixture = Fixture::new();
+    for mode in modes() {
+        let (status, out, err) = run(&fixture.spec(mode, "echo out; echo err >&2; exit 3")).await;
+        assert_eq!(status.code(), Some(3), "{mode}");
+        assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"), "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn the_environment_is_exactly_the_spec_and_not_on_any_command_line() {
+    let fixture = Fixture::new();
+    for mode in modes() {
+        let (status, out, _) = run(&fixture.spec(mode, "env")).await;
+        assert!(status.success(), "{mode}");
+        let mut names: Vec<&str> = out
+            .lines()
+            .filter_map(|line| line.split('=').next())
+            .collect();
+        names.retain(|name| !["PWD", "OLDPWD", "SHLVL", "_"].contains(name));
+        names.sort_unstable();
+        assert_eq!(names, ["HOME", "KILN_TEST_SECRET", "PATH"], "{mode}: {out}");
+        assert!(out.contains("KILN_TEST_SECRET=s3cr3t-value"), "{mode}");
+    }
+    let spec = fixture.spec(SandboxMode::Bwrap, "true");
+    let args = bwrap_args(&spec.command, &Paths::resolve(&spec).expect("paths"));
+    assert!(
+        !args
+            .iter()
+            .any(|arg| arg.to_string_lossy().contains("s3cr3t"))
+    );
+}
+
+#[tokio::test]
+async fn leftover_processes_die_when_sh_exits() {
+    let fixture = Fixture::new();
+    for mode in modes() {
+        let marker = marker();
+        let go = fixture.workspace.join("go");
+        let _ = std::fs::remove_file(&go);
+        let script = format!(
+            "{}while [ ! -e go ]; do sleep 0.01; done\necho done",
+            background_jobs(&marker)
+        );
+        let mut step = Step::spawn(&fixture.spec(mode, &script)).expect("spawn");
+        wait_for("3 background sleeps", || sleepers(&marker).len() == 3).await;
+        std::fs::write(&go, "").expect("write go");
+        let (status, out, _) = collect(&mut step).await;
+        assert!(status.success(), "{mode}");
+        assert_eq!(out, "done\n", "{mode}");
+        wait_for("the background sleeps to be gone", || {
+            sleepers(&marker).is_empty()
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn terminate_kills_daemons_and_term_ignorers_after_the_grace() {
+    let fixture = Fixture::new();
+    let grace = Duration::from_secs(1);
+    for mode in modes() {
+        let marker = marker();
+        let script = format!(
+            "{}setsid sh -c 'trap \"\" TERM; exec sleep {marker}' &\nsleep {marker}\n",
+            background_jobs(&marker)
+        );
+        let mut step = Step::spawn(&fixture.spec(mode, &script)).expect("spawn");
+        wait_for("5 sleeps", || sleepers(&marker).len() == 5).await;
+        let started = Instant::now();
+        step.terminate(grace).await.expect("terminate");
+        let elapsed = started.elapsed();
+        assert!(
+            sleepers(&marker).is_empty(),
+            "{mode}: survivors {:?}",
+            sleepers(&marker)
+        );
+        assert!(
+            elapsed < grace + Duration::from_secs(5),
+            "{mode}: took {elapsed:?}"
+        );
+        if mode == SandboxMode::None {
+            // The TERM-ignoring daemon outlives SIGTERM, so the grace is honoured in full.
+            assert!(elapsed >= grace, "{mode}: took {elapsed:?}");
+        }
+        let (status, _, _) = collect(&mut step).await;
+        assert!(!status.success(), "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn terminate_does_not_wait_for_the_grace_when_everything_exits_on_term() {
+    let fixture = Fixture::new();
+    let grace = Duration::from_secs(60);
+    for mode in modes() {
+        let marker = marker();
+        let script = format!("{}sleep {marker}\n", background_jobs(&marker));
+        let mut step = Step::spawn(&fixture.spec(mode, &script)).expect("spawn");
+        wait_for("4 sleeps", || sleepers(&marker).len() == 4).await;
+        let started = Instant::now();
+        step.terminate(grace).await.expect("terminate");
+        assert!(started.elapsed() < grace, "{mode}");
+        assert!(sleepers(&marker).is_empty(), "{mode}");
+
+        // Right after spawn, before the command (or bwrap's sandbox) is even up.
+        let mut step = Step::spawn(&fixture.spec(mode, &script)).expect("spawn");
+        let started = Instant::now();
+        step.terminate(grace).await.expect("terminate");
+        assert!(started.elapsed() < grace, "{mode}");
+        wait_for("no sleeps", || sleepers(&marker).is_empty()).await;
+    }
+}
+
+#[tokio::test]
+async fn dropping_a_step_kills_it() {
+    let fixture = Fixture::new();
+    for mode in modes() {
+        let marker = marker();
+        let script = format!("{}sleep {marker}\n", background_jobs(&marker));
+        let step = Step::spawn(&fixture.spec(mode, &script)).expect("spawn");
+        wait_for("4 sleeps", || sleepers(&marker).len() == 4).await;
+        drop(step);
+        wait_for("the sleeps to be gone", || sleepers(&marker).is_empty()).await;
+    }
+}
+
+#[tokio::test]
+async fn process_group_fallback_without_cgroup() {
+    let fixture = Fixture::new();
+    for mode in modes() {
+        let spec = fixture.spec(mode, "echo out; echo err >&2; exit 3");
+        let (status, out, err) = collect(&mut Step::spawn_in(&spec, None).expect("spawn")).await;
+        assert_eq!(
+            (status.code(), out.as_str(), err.as_str()),
+            (Some(3), "out\n", "err\n")
+        );
+
+        // A plain background job (same process group) dies with sh; setsid daemons only in bwrap mode.
+        let marker = marker();
+        let script = match mode {
+            SandboxMode::None => format!("sleep {marker} &\nsleep {marker} &\n"),
+            SandboxMode::Bwrap => background_jobs(&marker),
+        };
+        let mut step = Step::spawn_in(&fixture.spec(mode, &script), None).expect("spawn");
+        let (status, _, _) = collect(&mut step).await;
+        assert!(status.success(), "{mode}");
+        wait_for("the background sleeps to be gone", || {
+            sleepers(&marker).is_empty()
+        })
+        .await;
+
+        let mut step =
+            Step::spawn_in(&fixture.spec(mode, &format!("sleep {marker}")), None).expect("spawn");
+        wait_for("the sleep", || sleepers(&marker).len() == 1).await;
+        step.terminate(Duration::from_secs(60))
+            .await
+            .expect("terminate");
+        assert!(sleepers(&marker).is_empty(), "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn bwrap_hides_the_data_dir_and_keeps_the_host_safe() {
+    if !modes().contains(&SandboxMode::Bwrap) {
+        return;
+    }
+    let fixture = Fixture::new();
+    let check = |command: String| {
+        let spec = fixture.spec(SandboxMode::Bwrap, &command);
+        async move { run(&spec).await }
+    };
+    let data = fixture.data.display();
+    let (status, _, _) = check(format!("cat {data}/secret.key")).await;
+    assert!(!status.success(), "the data dir is hidden");
+    let (status, _, _) = check(format!("umount {data}; cat {data}/secret.key")).await;
+    assert!(
+        !status.success(),
+        "root without capabilities cannot unmount the cover"
+    );
+
+    let (status, out, _) = check("echo hi > made-inside && cat made-inside".into()).await;
+    assert!(
+        status.success() && out == "hi\n",
+        "the workspace is writable"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fixture.workspace.join("made-inside")).expect("read"),
+        "hi\n"
+    );
+
+    let mirror = fixture.mirror.display();
+    let (status, out, _) = check(format!("cat {mirror}/HEAD")).await;
+    assert!(
+        status.success() && out.starts_with("ref: "),
+        "the mirror is readable"
+    );
+    let (status, _, _) = check(format!("echo evil > {mirror}/HEAD")).await;
+    assert!(!status.success(), "the mirror is read-only");
+    let (status, _, _) = check("echo evil > /usr/kiln-test".into()).await;
+    assert!(!status.success(), "the host is read-only");
+    assert!(!Path::new("/usr/kiln-test").exists());
+
+    let host_file = tempfile::NamedTempFile::new_in("/tmp").expect("host tmp file");
+    let inside = format!("/tmp/kiln-sandbox-inside-{}", marker());
+    let command = format!(
+        "test ! -e {} && echo x > {inside}",
+        host_file.path().display()
+    );
+    let (status, _, _) = check(command).await;
+    assert!(
+        status.success(),
+        "host /tmp is invisible and the private /tmp writable"
+    );
+    assert!(
+        !Path::new(&inside).exists(),
+        "the private /tmp stays private"
+    );
+
+    let (status, out, _) = check("ls /proc | grep -c '^[0-9]'".into()).await;
+    let pids: usize = out.trim().parse().expect("a count");
+    assert!(
+        status.success() && pids < 10,
+        "private PID namespace, saw {pids} pids"
+    );
+
+    let (status, out, _) = check("readlink /proc/self/ns/net".into()).await;
+    let host_net = std::fs::read_link("/proc/self/ns/net").expect("readlink");
+    assert!(status.success(), "readlink");
+    assert_eq!(
+        out.trim(),
+        host_net.to_string_lossy(),
+        "the network is shared with the host"
+    );
+}
+
+#[test]
+fn parses_and_prints_modes() {
+    for mode in [SandboxMode::Bwrap, SandboxMode::None] {
+        assert_eq!(mode.to_string().parse::<SandboxMode>(), Ok(mode));
+    }
+    assert!("docker".parse::<SandboxMode>().is_err());
+}
+
+#[tokio::test]
+async fn rejects_a_cwd_outside_the_workspace() {
+    let fixture = Fixture::new();
+    let mut spec = fixture.spec(SandboxMode::None, "true");
+    spec.cwd = fixture.data.clone();
+    let error = Step::spawn(&spec).expect_err("cwd outside the workspace");
+    assert!(
+        format!("{error:#}").contains("outside the workspace"),
+        "{error:#}"
+    );
+}

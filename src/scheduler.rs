@@ -1,0 +1,210 @@
+//! The scheduler inside `kiln serve`: claims queued builds through the store (oldest first, per-account
+//! concurrency, leases), runs each in a build slot, relays cancels, and recovers builds whose runner died.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::domain::{BuildId, Timestamp};
+use crate::runner::{self, RunnerContext};
+use crate::store::Store;
+
+/// Why a running build must stop early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep running.
+    No,
+    /// Cancelled by a user (the store already says `cancelled`).
+    Cancel,
+    /// Kiln is shutting down.
+    Shutdown,
+    /// Another node took the build over or it was ended elsewhere.
+    LeaseLost,
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Build slots on this node; 0 runs no builds here.
+    pub runners: usize,
+    /// Concurrent builds per account unless `kiln accounts set` says otherwise.
+    pub default_concurrency: i64,
+    /// How long a claim lasts without renewal; runners renew at a third of it.
+    pub lease: Duration,
+    /// How often to look for work without a wake-up (other nodes' builds, freed account slots).
+    pub poll_interval: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            runners: 2,
+            default_concurrency: 2,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    wake: Notify,
+    running: Mutex<HashMap<BuildId, watch::Sender<Stop>>>,
+}
+
+/// What the API uses to talk to the scheduler: wake it when a build is queued, relay a cancel.
+#[derive(Clone, Default)]
+pub struct SchedulerHandle {
+    shared: Arc<Shared>,
+}
+
+impl SchedulerHandle {
+    /// A build was queued: look for work now.
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// Stops a build if it runs on this node (its processes get TERM, then KILL after the grace).
+    pub fn cancel(&self, id: BuildId) {
+        if let Ok(running) = self.shared.running.lock()
+            && let Some(tx) = running.get(&id)
+        {
+            let _ = tx.send(Stop::Cancel);
+        }
+        // A cancel may free an account slot for a queued build.
+        self.wake();
+    }
+
+    fn register(&self, id: BuildId) -> (watch::Sender<Stop>, watch::Receiver<Stop>) {
+        let (tx, rx) = watch::channel(Stop::No);
+        if let Ok(mut running) = self.shared.running.lock() {
+            running.insert(id, tx.clone());
+        }
+        (tx, rx)
+    }
+
+    fn unregister(&self, id: BuildId) {
+        if let Ok(mut running) = self.shared.running.lock() {
+            running.remove(&id);
+        }
+    }
+
+    fn stop_all(&self, why: Stop) {
+        if let Ok(running) = self.shared.running.lock() {
+            for tx in running.values() {
+                let _ = tx.send(why);
+            }
+        }
+    }
+}
+
+/// The claim loop of one node.
+pub struct Scheduler {
+    store: Store,
+    config: SchedulerConfig,
+    handle: SchedulerHandle,
+    runner: Arc<RunnerContext>,
+    node_id: String,
+}
+
+impl Scheduler {
+    /// A scheduler for node `node_id` (stable across restarts of this node).
+    pub fn new(
+        store: Store,
+        config: SchedulerConfig,
+        runner: RunnerContext,
+        node_id: String,
+        handle: SchedulerHandle,
+    ) -> Self {
+        Scheduler {
+            store,
+            config,
+            handle,
+            runner: Arc::new(runner),
+            node_id,
+        }
+    }
+
+    /// Runs until `shutdown` turns true; then stops the builds in progress and waits for them.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let incarnation = uuid::Uuid::new_v4().simple().to_string();
+        let owner = format!("{}/{}", self.node_id, incarnation);
+        // Whatever this node was running before it restarted has no runner any more.
+        self.recover(Some(&format!("{}/", self.node_id))).await;
+        let slots = Arc::new(Semaphore::new(self.config.runners));
+        let mut tasks = JoinSet::new();
+        let mut recovery = tokio::time::interval(self.config.lease / 2);
+        recovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.changed() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                _ = recovery.tick() => {
+                    self.recover(None).await;
+                    continue;
+                }
+            };
+            let lease_until = Timestamp::from_millis(
+                Timestamp::now().millis() + self.config.lease.as_millis() as i64,
+            );
+            match self
+                .store
+                .claim_build(&owner, lease_until, self.config.default_concurrency)
+                .await
+            {
+                Ok(Some(build)) => {
+                    let id = build.id;
+                    let (tx, rx) = self.handle.register(id);
+                    let ctx = self.runner.clone();
+                    let handle = self.handle.clone();
+                    let owner = owner.clone();
+                    let lease = self.config.lease;
+                    tasks.spawn(async move {
+                        runner::run_build(&ctx, build, &owner, lease, tx, rx).await;
+                        handle.unregister(id);
+                        drop(permit);
+                        // A slot (and maybe an account slot) is free.
+                        handle.wake();
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = self.handle.shared.wake.notified() => {}
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::error!(error = format!("{e:#}"), "claiming a build failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            }
+        }
+        self.handle.stop_all(Stop::Shutdown);
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn recover(&self, dead_owner_prefix: Option<&str>) {
+        match self
+            .store
+            .recover_lost_builds(Timestamp::now(), dead_owner_prefix)
+            .await
+        {
+            Ok(lost) => {
+                for b in lost {
+                    tracing::warn!(build.uuid = %b.id, account = %b.account, "build terminated: its runner was lost");
+                }
+            }
+            Err(e) => tracing::error!(error = format!("{e:#}"), "recovering lost builds failed"),
+        }
+    }
+}

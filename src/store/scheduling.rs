@@ -1,0 +1,352 @@
+//! Claiming queued builds with leases, renewing and ending them, and recovering builds whose runner
+//! died. A runner owns a build only while its lease (`lease_owner`, `lease_expires`) is current.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use sqlx::Row;
+
+use super::Store;
+use super::builds::BuildSecrets;
+use super::rows::text;
+use crate::domain::{
+    AccountId, BuildId, BuildOutcome, BuildTriggerMetadata, Timestamp, TriggerId, WorkerId,
+};
+
+/// A build a runner has claimed, with what it needs to run it.
+#[derive(Debug)]
+pub struct ClaimedBuild {
+    pub id: BuildId,
+    pub account: AccountId,
+    pub trigger: TriggerId,
+    pub worker: WorkerId,
+    pub metadata: BuildTriggerMetadata,
+    pub secrets: BuildSecrets,
+    pub created_on: Timestamp,
+}
+
+impl std::fmt::Debug for BuildSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BuildSecrets(..)")
+    }
+}
+
+/// A build whose runner was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostBuild {
+    pub id: BuildId,
+    pub account: AccountId,
+}
+
+const IN_PROGRESS: &str = "('initializing', 'running')";
+
+impl Store {
+    /// Claims the oldest queued build whose account is under its concurrency limit, moving it to
+    /// `initializing` with a lease for `owner` until `lease_until`.
+    pub async fn claim_build(
+        &self,
+        owner: &str,
+        lease_until: Timestamp,
+        default_concurrency: i64,
+    ) -> anyhow::Result<Option<ClaimedBuild>> {
+        let mut w = self.begin_write().await?;
+        // Claims are serialised so that the per-account running count cannot be overtaken by a
+        // concurrent claim on another node.
+        self.lock_key(&mut w, "kiln:claim").await?;
+        let row = sqlx::query(&format!(
+            "SELECT b.id AS id, b.uuid AS uuid, b.account_id AS account_id, b.trigger_uuid AS trigger_uuid, \
+             b.external_script_id AS worker, b.metadata AS metadata, b.secrets_enc AS secrets, b.created_on AS created_on \
+             FROM builds b WHERE b.status = 'queued' AND \
+             (SELECT COUNT(*) FROM builds r WHERE r.account_id = b.account_id AND r.status IN {IN_PROGRESS}) < \
+             COALESCE((SELECT a.concurrency FROM accounts a WHERE a.account_id = b.account_id), $1) \
+             ORDER BY b.id LIMIT 1"
+        ))
+        .bind(default_concurrency)
+        .fetch_optional(&mut *w.tx)
+        .await
+        .context("finding a build to claim")?;
+        let Some(row) = row else { return Ok(None) };
+        let now = Timestamp::now();
+        let id: i64 = row.try_get("id")?;
+        let done = sqlx::query(
+            "UPDATE builds SET status = 'initializing', initializing_on = $1, modified_on = $1, \
+             lease_owner = $2, lease_expires = $3 WHERE id = $4 AND status = 'queued'",
+        )
+        .bind(now.millis())
+        .bind(owner)
+        .bind(lease_until.millis())
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await
+        .context("claiming a build")?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let sealed: Vec<u8> = row.try_get("secrets")?;
+        let claimed = ClaimedBuild {
+            id: BuildId::from_stored(&text(&row, "uuid")?)?,
+            account: AccountId::from_stored(text(&row, "account_id")?),
+            trigger: TriggerId::from_stored(&text(&row, "trigger_uuid")?)?,
+            worker: WorkerId::from_stored(text(&row, "worker")?),
+            metadata: serde_json::from_str(&text(&row, "metadata")?).context("build metadata")?,
+            secrets: serde_json::from_slice(&self.secrets.open(&sealed)?)
+                .context("build secrets")?,
+            created_on: Timestamp::from_millis(row.try_get("created_on")?),
+        };
+        w.commit().await?;
+        Ok(Some(claimed))
+    }
+
+    /// Extends a lease; false when `owner` no longer holds the build (it was cancelled or recovered).
+    pub async fn renew_lease(
+        &self,
+        id: BuildId,
+        owner: &str,
+        lease_until: Timestamp,
+    ) -> anyhow::Result<bool> {
+        let mut w = self.begin_write().await?;
+        let done = sqlx::query(&format!(
+            "UPDATE builds SET lease_expires = $1 WHERE uuid = $2 AND lease_owner = $3 AND status IN {IN_PROGRESS}"
+        ))
+        .bind(lease_until.millis())
+        .bind(id.to_string())
+        .bind(owner)
+        .execute(&mut *w.tx)
+        .await
+        .context("renewing a lease")?;
+        w.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Moves a claimed build from `initializing` to `running`.
+    pub async fn set_build_running(&self, id: BuildId, owner: &str) -> anyhow::Result<bool> {
+        let mut w = self.begin_write().await?;
+        let now = Timestamp::now().millis();
+        let done = sqlx::query(
+            "UPDATE builds SET status = 'running', running_on = $1, modified_on = $1 \
+             WHERE uuid = $2 AND lease_owner = $3 AND status = 'initializing'",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .bind(owner)
+        .execute(&mut *w.tx)
+        .await
+        .context("marking a build running")?;
+        w.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records what the build actually checked out: the branch, the full commit, its message and author.
+    pub async fn set_build_commit(
+        &self,
+        id: BuildId,
+        branch: Option<&str>,
+        commit_hash: &str,
+        commit_message: &str,
+        author: &str,
+    ) -> anyhow::Result<()> {
+        let mut w = self.begin_write().await?;
+        let row = sqlx::query("SELECT metadata FROM builds WHERE uuid = $1")
+            .bind(id.to_string())
+            .fetch_one(&mut *w.tx)
+            .await
+            .context("reading build metadata")?;
+        let mut meta: BuildTriggerMetadata = serde_json::from_str(&text(&row, "metadata")?)?;
+        if branch.is_some() {
+            meta.branch = branch.map(str::to_owned);
+        }
+        meta.commit_hash = Some(commit_hash.to_owned());
+        meta.commit_message = Some(commit_message.to_owned());
+        meta.author = Some(author.to_owned());
+        sqlx::query("UPDATE builds SET metadata = $1, branch = $2, commit_hash = $3, modified_on = $4 WHERE uuid = $5")
+            .bind(serde_json::to_string(&meta)?)
+            .bind(meta.branch.as_deref())
+            .bind(commit_hash)
+            .bind(Timestamp::now().millis())
+            .bind(id.to_string())
+            .execute(&mut *w.tx)
+            .await
+            .context("recording the build's commit")?;
+        w.commit().await
+    }
+
+    /// Ends a build its owner ran; false when it had already stopped (e.g. cancelled meanwhile).
+    pub async fn finish_build(
+        &self,
+        id: BuildId,
+        owner: &str,
+        outcome: BuildOutcome,
+    ) -> anyhow::Result<bool> {
+        let mut w = self.begin_write().await?;
+        let now = Timestamp::now().millis();
+        let done = sqlx::query(
+            "UPDATE builds SET status = 'stopped', outcome = $1, stopped_on = $2, modified_on = $2, \
+             lease_owner = NULL, lease_expires = NULL WHERE uuid = $3 AND lease_owner = $4 AND status <> 'stopped'",
+        )
+        .bind(outcome.as_str())
+        .bind(now)
+        .bind(id.to_string())
+        .bind(owner)
+        .execute(&mut *w.tx)
+        .await
+        .context("finishing a build")?;
+        w.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends as `terminated` every in-progress build whose lease expired before `now`, or (at start-up)
+    /// whose owner starts with `dead_owner_prefix`, and logs why. Returns them.
+    pub async fn recover_lost_builds(
+        &self,
+        now: Timestamp,
+        dead_owner_prefix: Option<&str>,
+    ) -> anyhow::Result<Vec<LostBuild>> {
+        let mut w = self.begin_write().await?;
+        // Owners are `<node id>/<incarnation>`: hex and '-' only, so LIKE needs no escaping.
+        let dead_pattern =
+            dead_owner_prefix.map_or_else(|| "\u{1}".to_owned(), |p| format!("{p}%"));
+        let rows = sqlx::query(&format!(
+            "SELECT uuid, account_id FROM builds WHERE status IN {IN_PROGRESS} AND \
+             (lease_expires IS NULL OR lease_expires < $1 OR lease_owner LIKE $2)"
+        ))
+        .bind(now.millis())
+        .bind(dead_pattern)
+        .fetch_all(&mut *w.tx)
+        .await
+        .context("finding lost builds")?;
+        let mut lost = Vec::new();
+        for row in &rows {
+            let uuid = text(row, "uuid")?;
+            sqlx::query(&format!(
+                "UPDATE builds SET status = 'stopped', outcome = 'terminated', stopped_on = $1, modified_on = $1, \
+                 lease_owner = NULL, lease_expires = NULL WHERE uuid = $2 AND status IN {IN_PROGRESS}"
+            ))
+            .bind(now.millis())
+            .bind(&uuid)
+            .execute(&mut *w.tx)
+            .await
+            .context("terminating a lost build")?;
+            lost.push(LostBuild {
+                id: BuildId::from_stored(&uuid)?,
+                account: AccountId::from_stored(text(row, "account_id")?),
+            });
+        }
+        w.commit().await?;
+        for b in &lost {
+            self.append_build_logs(
+                b.id,
+                &[(now, "Build terminated: the runner running this build was lost (Kiln stopped or crashed). Retry the build.".to_owned())],
+            )
+            .await?;
+        }
+        Ok(lost)
+    }
+
+    /// Marks queued builds of `trigger` on `branch` other than `keep` as `stopped`/`skipped`.
+    pub async fn supersede_queued_builds(
+        &self,
+        trigger: TriggerId,
+        branch: &str,
+        keep: BuildId,
+    ) -> anyhow::Result<Vec<BuildId>> {
+        let mut w = self.begin_write().await?;
+        let rows = sqlx::query(
+            "SELECT uuid FROM builds WHERE trigger_uuid = $1 AND branch = $2 AND status = 'queued' AND uuid <> $3 \
+             AND id < (SELECT id FROM builds WHERE uuid = $3)",
+        )
+        .bind(trigger.to_string())
+        .bind(branch)
+        .bind(keep.to_string())
+        .fetch_all(&mut *w.tx)
+        .await
+        .context("finding superseded builds")?;
+        let now = Timestamp::now();
+        let mut skipped = Vec::new();
+        for row in &rows {
+            let uuid = text(row, "uuid")?;
+            sqlx::query(
+                "UPDATE builds SET status = 'stopped', outcome = 'skipped', stopped_on = $1, modified_on = $1 \
+                 WHERE uuid = $2 AND status = 'queued'",
+            )
+            .bind(now.millis())
+            .bind(&uuid)
+            .execute(&mut *w.tx)
+            .await
+            .context("skipping a superseded build")?;
+            skipped.push(BuildId::from_stored(&uuid)?);
+        }
+        w.commit().await?;
+        for id in &skipped {
+            self.append_build_logs(
+                *id,
+                &[(
+                    now,
+                    format!(
+                        "Build skipped: superseded by a newer build ({keep}) of the same branch."
+                    ),
+                )],
+            )
+            .await?;
+        }
+        Ok(skipped)
+    }
+
+    /// Sets an account's concurrency limit and/or monthly build minutes (`None` leaves a value as is).
+    pub async fn set_account_limits(
+        &self,
+        account: &AccountId,
+        concurrency: Option<i64>,
+        build_minutes: Option<i64>,
+    ) -> anyhow::Result<()> {
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO accounts (account_id, concurrency, build_minutes, modified_on) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (account_id) DO UPDATE SET concurrency = COALESCE(excluded.concurrency, accounts.concurrency), \
+             build_minutes = COALESCE(excluded.build_minutes, accounts.build_minutes), modified_on = excluded.modified_on",
+        )
+        .bind(account.as_str())
+        .bind(concurrency)
+        .bind(build_minutes)
+        .bind(Timestamp::now().millis())
+        .execute(&mut *w.tx)
+        .await
+        .context("setting account limits")?;
+        w.commit().await
+    }
+
+    /// Every account's explicit settings: account → (concurrency, build minutes).
+    pub async fn list_account_limits(
+        &self,
+    ) -> anyhow::Result<BTreeMap<String, (Option<i64>, Option<i64>)>> {
+        let rows = sqlx::query(
+            "SELECT account_id, concurrency, build_minutes FROM accounts ORDER BY account_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("listing account limits")?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    text(r, "account_id")?,
+                    (r.try_get("concurrency")?, r.try_get("build_minutes")?),
+                ))
+            })
+            .collect()
+    }
+
+    /// An account's monthly build minutes if set explicitly.
+    pub async fn get_account_build_minutes(
+        &self,
+        account: &AccountId,
+    ) -> anyhow::Result<Option<i64>> {
+        let row = sqlx::query("SELECT build_minutes FROM accounts WHERE account_id = $1")
+            .bind(account.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading account limits")?;
+        Ok(match row {
+            Some(r) => r.try_get::<Option<i64>, _>("build_minutes")?,
+            None => None,
+        })
+    }
+}

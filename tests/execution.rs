@@ -1,0 +1,682 @@
+//! Builds that really run: real git repositories, real processes in the sandbox, the real server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use kiln::domain::AccountId;
+use kiln::sandbox::SandboxMode;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Longest any build in these tests may take before the test gives up.
+const BUILD_DEADLINE: Duration = Duration::from_secs(60);
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Dev Eloper")
+        .env("GIT_AUTHOR_EMAIL", "developer@example.com")
+        .env("GIT_COMMITTER_NAME", "Dev Eloper")
+        .env("GIT_COMMITTER_EMAIL", "developer@example.com")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Creates (or adds a commit to) the repository the fixture of `worker` connects to.
+fn commit_files(app: &TestApp, worker: &str, files: &[(&str, &str)], message: &str) -> PathBuf {
+    let dir = app
+        .git_remotes()
+        .join("octo-org")
+        .join(format!("{worker}-repo"));
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+    }
+    for (name, content) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-q", "-m", message]);
+    dir
+}
+
+fn head(dir: &Path) -> String {
+    let out = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+async fn spawn_runner(
+    mode: SandboxMode,
+    tweak: impl FnOnce(&mut kiln::startup::ServeConfig),
+) -> TestApp {
+    TestApp::spawn_with(|c| {
+        c.scheduler.runners = 2;
+        c.scheduler.default_concurrency = 2;
+        c.runner.sandbox = mode;
+        c.runner.cancel_grace = Duration::from_secs(2);
+        tweak(c);
+    })
+    .await
+}
+
+async fn set_commands(app: &TestApp, trigger: &str, build: &str, deploy: &str) {
+    app.ok(
+        Method::PATCH,
+        &app.acct(&format!("/triggers/{trigger}")),
+        Some(json!({"build_command": build, "deploy_command": deploy})),
+    )
+    .await;
+}
+
+async fn queue(app: &TestApp, trigger: &str, body: Value) -> String {
+    let r = app
+        .ok(
+            Method::POST,
+            &app.acct(&format!("/triggers/{trigger}/builds")),
+            Some(body),
+        )
+        .await;
+    s(&r["build_uuid"])
+}
+
+async fn get_build(app: &TestApp, id: &str) -> Value {
+    app.ok(Method::GET, &app.acct(&format!("/builds/{id}")), None)
+        .await
+}
+
+/// Polls until `pred` holds for the build, or panics after the deadline.
+async fn wait_for(app: &TestApp, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + BUILD_DEADLINE;
+    loop {
+        let b = get_build(app, id).await;
+        if pred(&b) {
+            return b;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let logs = all_logs(app, id).await;
+            panic!(
+                "build {id} never became {what}: {b}\nlogs:\n{}",
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_stopped(app: &TestApp, id: &str) -> Value {
+    wait_for(app, id, "stopped", |b| b["status"] == "stopped").await
+}
+
+/// Every log line of a build, paged with the cursor.
+async fn all_logs(app: &TestApp, id: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let path = if cursor.is_empty() {
+            app.acct(&format!("/builds/{id}/logs"))
+        } else {
+            app.acct(&format!("/builds/{id}/logs?cursor={cursor}"))
+        };
+        let r = app.ok(Method::GET, &path, None).await;
+        for l in r["lines"].as_array().unwrap() {
+            assert!(l[0].is_number(), "{l}");
+            lines.push(s(&l[1]));
+        }
+        cursor = s(&r["cursor"]);
+        if r["truncated"] != json!(true) {
+            return lines;
+        }
+    }
+}
+
+/// Waits until a log line containing `needle` is readable.
+async fn wait_log(app: &TestApp, id: &str, needle: &str) {
+    let deadline = tokio::time::Instant::now() + BUILD_DEADLINE;
+    while !all_logs(app, id).await.iter().any(|l| l.contains(needle)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line with {needle:?} in build {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        // Zombies have an empty command line and are already dead.
+        if text.contains(marker) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+async fn wait_no_processes(marker: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "processes survived: {left:?} ({marker})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `sleep` duration unique to this test run, usable as a process marker.
+fn marker() -> String {
+    format!("1000.{}", rand_digits())
+}
+
+fn rand_digits() -> String {
+    uuid::Uuid::new_v4().as_u128().to_string()[..12].to_owned()
+}
+
+#[tokio::test]
+async fn a_real_repository_builds_and_deploys_with_every_log_line_in_order() {
+    let app = spawn_runner(SandboxMode::Bwrap, |_| {}).await;
+    let f = app.fixture("site").await;
+    let version = uuid::Uuid::new_v4().to_string();
+    let repo = commit_files(
+        &app,
+        "site",
+        &[
+            (
+                "build.sh",
+                "i=0\nwhile [ $i -lt 20000 ]; do echo \"out line $i\"; i=$((i+1)); done\necho 'to stderr' >&2\nenv | sort | grep -E '^(CI|WORKERS_CI.*|CLOUDFLARE_.*|USER_VAR|SECRET_VAR|HOME)=' \n",
+            ),
+            (
+                "deploy.sh",
+                &format!("echo deploying\necho \"Current Version ID: {version}\"\n"),
+            ),
+        ],
+        "Add the site\n\nWith a body.",
+    );
+    let sha = head(&repo);
+    set_commands(&app, &f.trigger, "sh build.sh", "sh deploy.sh").await;
+    app.ok(
+        Method::PATCH,
+        &app.acct(&format!("/triggers/{}/environment_variables", f.trigger)),
+        Some(
+            json!({"USER_VAR": {"is_secret": false, "value": "user-value"},
+                    "SECRET_VAR": {"is_secret": true, "value": "very-secret-value"},
+                    "CI": {"is_secret": false, "value": "overridden"}}),
+        ),
+    )
+    .await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    let b = wait_stopped(&app, &id).await;
+    let logs = all_logs(&app, &id).await;
+    assert_eq!(b["build_outcome"], "success", "{}", logs.join("\n"));
+    for field in ["initializing_on", "running_on", "stopped_on"] {
+        assert!(b[field].is_string(), "{field}: {b}");
+    }
+    let meta = &b["build_trigger_metadata"];
+    assert_eq!(meta["commit_hash"], sha.as_str());
+    assert_eq!(meta["branch"], "main");
+    assert_eq!(meta["commit_message"], "Add the site\n\nWith a body.");
+    assert_eq!(meta["author"], "developer@example.com");
+
+    // Every output line, in order, between the system lines of the hosted product.
+    let out: Vec<&String> = logs.iter().filter(|l| l.starts_with("out line ")).collect();
+    assert_eq!(out.len(), 20_000);
+    for (i, l) in out.iter().enumerate() {
+        assert_eq!(**l, format!("out line {i}"));
+    }
+    let pos = |needle: &str| {
+        logs.iter().position(|l| l == needle).unwrap_or_else(|| {
+            panic!(
+                "no line {needle:?} in\n{}",
+                logs[..logs.len().min(40)].join("\n")
+            )
+        })
+    };
+    let order = [
+        pos("Initializing build environment..."),
+        pos("Success: Finished initializing build environment"),
+        pos("Cloning repository..."),
+        pos("Executing user build command: sh build.sh"),
+        pos("out line 0"),
+        pos("out line 19999"),
+        pos("Success: Build command completed"),
+        pos("Executing user deploy command: sh deploy.sh"),
+        pos("deploying"),
+        pos("Success: Deploy command completed"),
+        pos("✨ Success! Build completed."),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    assert!(logs.contains(&"to stderr".to_owned()));
+    // System variables, user variables overriding them, secrets masked.
+    for want in [
+        "CI=overridden".to_owned(),
+        "WORKERS_CI=1".to_owned(),
+        format!("WORKERS_CI_BUILD_UUID={id}"),
+        format!("WORKERS_CI_COMMIT_SHA={sha}"),
+        "WORKERS_CI_BRANCH=main".to_owned(),
+        format!("CLOUDFLARE_ACCOUNT_ID={ACCOUNT}"),
+        "CLOUDFLARE_API_TOKEN=***".to_owned(),
+        "USER_VAR=user-value".to_owned(),
+        "SECRET_VAR=***".to_owned(),
+    ] {
+        assert!(logs.contains(&want), "missing {want}");
+    }
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.contains("very-secret-value") || l.contains("cf-secret-site"))
+    );
+
+    // The printed version id links the build.
+    let r = app
+        .ok(
+            Method::GET,
+            &app.acct(&format!("/builds?version_ids={version}")),
+            None,
+        )
+        .await;
+    assert_eq!(s(&r["builds"][&version]["build_uuid"]), id);
+    let r = app
+        .ok(
+            Method::GET,
+            &app.acct("/builds/latest?external_script_ids=site"),
+            None,
+        )
+        .await;
+    assert_eq!(s(&r["builds"]["site"]["build_uuid"]), id);
+    // The workspace is removed afterwards.
+    assert!(!app.data_dir().join("workspaces").join(&id).exists());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn version_id_comes_from_wrangler_output_files_first() {
+    let app = spawn_runner(SandboxMode::None, |_| {}).await;
+    let f = app.fixture("nd").await;
+    let from_file = uuid::Uuid::new_v4().to_string();
+    let printed = uuid::Uuid::new_v4().to_string();
+    commit_files(
+        &app,
+        "nd",
+        &[(
+            "deploy.sh",
+            &format!(
+                "echo '{{\"type\":\"wrangler-session\",\"version\":1}}' > \"$WRANGLER_OUTPUT_FILE_DIRECTORY/wrangler-output-1.json\"\n\
+                 echo '{{\"type\":\"deploy\",\"version_id\":\"{from_file}\",\"worker_name\":\"nd\"}}' >> \"$WRANGLER_OUTPUT_FILE_DIRECTORY/wrangler-output-1.json\"\n\
+                 echo 'Current Version ID: {printed}'\n"
+            ),
+        )],
+        "nd",
+    );
+    set_commands(&app, &f.trigger, "", "sh deploy.sh").await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    assert_eq!(wait_stopped(&app, &id).await["build_outcome"], "success");
+    let r = app
+        .ok(
+            Method::GET,
+            &app.acct(&format!("/builds?version_ids={from_file},{printed}")),
+            None,
+        )
+        .await;
+    assert_eq!(s(&r["builds"][&from_file]["build_uuid"]), id);
+    assert!(r["builds"].get(&printed).is_none(), "{r}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_sandbox_hides_the_database_the_key_and_other_workspaces() {
+    let app = spawn_runner(SandboxMode::Bwrap, |_| {}).await;
+    let f = app.fixture("nosy").await;
+    let data = app.data_dir();
+    let other = data.join("workspaces").join("other-build");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("secret.txt"), "OTHER-WORKSPACE-CONTENT").unwrap();
+    let script = format!(
+        "for f in {d}/secret.key {d}/kiln.db {o}/secret.txt; do if cat \"$f\" >/dev/null 2>&1; then echo \"READABLE $f\"; else echo \"hidden $f\"; fi; done\n\
+         ls {d}/workspaces | sed 's/^/ws: /'\n\
+         echo home=$HOME; touch \"$HOME/ok\" && echo home-writable\n",
+        d = data.display(),
+        o = other.display()
+    );
+    commit_files(&app, "nosy", &[("nosy.sh", &script)], "nosy");
+    set_commands(&app, &f.trigger, "sh nosy.sh", "").await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    let b = wait_stopped(&app, &id).await;
+    let logs = all_logs(&app, &id).await;
+    assert_eq!(b["build_outcome"], "success", "{}", logs.join("\n"));
+    assert!(
+        !logs.iter().any(|l| l.starts_with("READABLE")),
+        "{}",
+        logs.join("\n")
+    );
+    assert_eq!(logs.iter().filter(|l| l.starts_with("hidden ")).count(), 3);
+    let workspaces: Vec<&String> = logs.iter().filter(|l| l.starts_with("ws: ")).collect();
+    assert_eq!(
+        workspaces,
+        vec![&format!("ws: {id}")],
+        "only its own workspace is visible"
+    );
+    assert!(logs.contains(&"home-writable".to_owned()));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_command_fails_the_build_with_the_hosted_failure_line() {
+    let app = spawn_runner(SandboxMode::Bwrap, |_| {}).await;
+    let f = app.fixture("broken").await;
+    commit_files(&app, "broken", &[("README.md", "x")], "init");
+    set_commands(
+        &app,
+        &f.trigger,
+        "echo compiling; exit 3",
+        "echo should-not-run",
+    )
+    .await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    let b = wait_stopped(&app, &id).await;
+    assert_eq!(b["build_outcome"], "fail");
+    let logs = all_logs(&app, &id).await;
+    assert!(logs.contains(&"compiling".to_owned()));
+    assert_eq!(
+        logs.last().unwrap(),
+        "Failed: error occurred while running build command"
+    );
+    assert!(!logs.contains(&"should-not-run".to_owned()));
+
+    // A deleted build token fails right after initialisation, as the hosted product does.
+    app.ok(
+        Method::DELETE,
+        &app.acct(&format!("/tokens/{}", f.token)),
+        None,
+    )
+    .await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    assert_eq!(wait_stopped(&app, &id).await["build_outcome"], "fail");
+    assert_eq!(
+        all_logs(&app, &id).await.last().unwrap(),
+        kiln::runner::STALE_TOKEN_LINE
+    );
+
+    // An unknown branch fails at the clone.
+    let f2 = app.fixture("broken2").await;
+    commit_files(&app, "broken2", &[("README.md", "x")], "init");
+    let id = queue(&app, &f2.trigger, json!({"branch": "no-such-branch"})).await;
+    assert_eq!(wait_stopped(&app, &id).await["build_outcome"], "fail");
+    let logs = all_logs(&app, &id).await;
+    assert!(
+        logs.last()
+            .unwrap()
+            .starts_with("Failed: error occurred while cloning the repository"),
+        "{logs:?}"
+    );
+    app.stop().await;
+}
+
+async fn cancel_kills_everything(mode: SandboxMode) {
+    let app = spawn_runner(mode, |_| {}).await;
+    let f = app.fixture("canc").await;
+    let m = marker();
+    let script = format!(
+        "sleep {m} &\nsetsid sleep {m} &\n(setsid sh -c 'sleep {m} & exit 0' &)\nsh -c 'trap \"\" TERM; sleep {m}' &\necho started\nsleep {m}\n"
+    );
+    commit_files(&app, "canc", &[("run.sh", &script)], "init");
+    set_commands(&app, &f.trigger, "sh run.sh", "").await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    wait_log(&app, &id, "started").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while processes_with(&m).len() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "children did not start: {:?}",
+            processes_with(&m)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = app
+        .ok(
+            Method::PUT,
+            &app.acct(&format!("/builds/{id}/cancel")),
+            None,
+        )
+        .await;
+    assert_eq!(r["build_outcome"], "cancelled");
+    // TERM, then KILL after the 2 s grace: nothing survives, not even setsid daemons.
+    wait_no_processes(&m, Duration::from_secs(10)).await;
+    let b = get_build(&app, &id).await;
+    assert_eq!(
+        (b["status"].clone(), b["build_outcome"].clone()),
+        (json!("stopped"), json!("cancelled"))
+    );
+    wait_log(&app, &id, "Build was cancelled").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_kills_every_process_of_the_build_in_the_sandbox() {
+    cancel_kills_everything(SandboxMode::Bwrap).await;
+}
+
+#[tokio::test]
+async fn cancel_kills_every_process_of_the_build_without_the_sandbox() {
+    cancel_kills_everything(SandboxMode::None).await;
+}
+
+#[tokio::test]
+async fn a_build_past_the_timeout_is_terminated() {
+    let app = spawn_runner(SandboxMode::Bwrap, |c| {
+        c.runner.build_timeout = Duration::from_secs(2)
+    })
+    .await;
+    let f = app.fixture("slow").await;
+    let m = marker();
+    commit_files(&app, "slow", &[("README.md", "x")], "init");
+    set_commands(&app, &f.trigger, &format!("echo started; sleep {m}"), "").await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    let b = wait_stopped(&app, &id).await;
+    assert_eq!(b["build_outcome"], "terminated");
+    assert_eq!(
+        all_logs(&app, &id).await.last().unwrap(),
+        "Build was timed out"
+    );
+    wait_no_processes(&m, Duration::from_secs(10)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn newer_builds_skip_queued_ones_and_the_account_limit_holds_builds_in_the_queue() {
+    let app = spawn_runner(SandboxMode::None, |_| {}).await;
+    let account = AccountId::parse(ACCOUNT).unwrap();
+    app.store()
+        .set_account_limits(&account, Some(1), None)
+        .await
+        .unwrap();
+    let f = app.fixture("busy").await;
+    let m = marker();
+    commit_files(&app, "busy", &[("README.md", "x")], "init");
+    let dir = app.git_remotes().join("octo-org").join("busy-repo");
+    git(&dir, &["branch", "slow"]);
+    set_commands(
+        &app,
+        &f.trigger,
+        &format!("case \"$WORKERS_CI_BRANCH\" in slow) echo slow-started; sleep {m};; *) echo fast;; esac"),
+        "",
+    )
+    .await;
+    let a = queue(&app, &f.trigger, json!({"branch": "slow"})).await;
+    wait_log(&app, &a, "slow-started").await;
+    let b = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    let c = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    // B was still queued when C (same trigger, same branch) arrived: skipped.
+    let bb = get_build(&app, &b).await;
+    assert_eq!(
+        (bb["status"].clone(), bb["build_outcome"].clone()),
+        (json!("stopped"), json!("skipped"))
+    );
+    // C waits for the account's only slot although a runner is free.
+    for _ in 0..5 {
+        assert_eq!(get_build(&app, &c).await["status"], "queued");
+        assert_eq!(get_build(&app, &a).await["status"], "running");
+    }
+    app.ok(Method::PUT, &app.acct(&format!("/builds/{a}/cancel")), None)
+        .await;
+    assert_eq!(wait_stopped(&app, &c).await["build_outcome"], "success");
+    assert!(all_logs(&app, &c).await.contains(&"fast".to_owned()));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn logs_are_readable_while_the_build_runs() {
+    let app = spawn_runner(SandboxMode::Bwrap, |_| {}).await;
+    let f = app.fixture("live").await;
+    let m = marker();
+    commit_files(&app, "live", &[("README.md", "x")], "init");
+    set_commands(&app, &f.trigger, &format!("echo first-line; sleep {m}"), "").await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    wait_log(&app, &id, "first-line").await;
+    let b = get_build(&app, &id).await;
+    assert_eq!(b["status"], "running");
+    // The live page is not truncated and its cursor returns only newer lines later.
+    let r = app
+        .ok(Method::GET, &app.acct(&format!("/builds/{id}/logs")), None)
+        .await;
+    assert_eq!(r["truncated"], false);
+    app.ok(
+        Method::PUT,
+        &app.acct(&format!("/builds/{id}/cancel")),
+        None,
+    )
+    .await;
+    let later = app
+        .ok(
+            Method::GET,
+            &app.acct(&format!("/builds/{id}/logs?cursor={}", s(&r["cursor"]))),
+            None,
+        )
+        .await;
+    wait_log(&app, &id, "Build was cancelled").await;
+    assert!(
+        !later["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l[1] == "first-line")
+    );
+    wait_no_processes(&m, Duration::from_secs(10)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dependencies_install_from_the_lockfile_unless_skipped() {
+    let app = spawn_runner(SandboxMode::Bwrap, |_| {}).await;
+    let f = app.fixture("npm").await;
+    commit_files(
+        &app,
+        "npm",
+        &[
+            (
+                "package.json",
+                r#"{"name":"npm-site","version":"1.0.0","scripts":{"build":"echo built-by-npm"}}"#,
+            ),
+            (
+                "package-lock.json",
+                r#"{"name":"npm-site","version":"1.0.0","lockfileVersion":3,"requires":true,"packages":{"":{"name":"npm-site","version":"1.0.0"}}}"#,
+            ),
+        ],
+        "npm project",
+    );
+    set_commands(&app, &f.trigger, "npm run build", "").await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    let b = wait_stopped(&app, &id).await;
+    let logs = all_logs(&app, &id).await;
+    assert_eq!(b["build_outcome"], "success", "{}", logs.join("\n"));
+    assert!(logs.contains(
+        &"Installing project dependencies: npm clean-install --progress=false".to_owned()
+    ));
+    assert!(logs.contains(&"built-by-npm".to_owned()));
+
+    app.ok(
+        Method::PATCH,
+        &app.acct(&format!("/triggers/{}/environment_variables", f.trigger)),
+        Some(json!({"SKIP_DEPENDENCY_INSTALL": {"is_secret": false, "value": "true"}})),
+    )
+    .await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    assert_eq!(wait_stopped(&app, &id).await["build_outcome"], "success");
+    assert!(
+        !all_logs(&app, &id)
+            .await
+            .iter()
+            .any(|l| l.starts_with("Installing project dependencies"))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn builds_over_the_monthly_minutes_are_refused() {
+    let app = spawn_runner(SandboxMode::None, |_| {}).await;
+    let f = app.fixture("quota").await;
+    let account = AccountId::parse(ACCOUNT).unwrap();
+    app.store()
+        .set_account_limits(&account, None, Some(0))
+        .await
+        .unwrap();
+    let (status, v) = app
+        .post(
+            &app.acct(&format!("/triggers/{}/builds", f.trigger)),
+            json!({"branch": "main"}),
+        )
+        .await;
+    assert_error(status, &v, 429, 12051);
+    assert!(
+        s(&v["errors"][0]["message"]).contains("Build minutes"),
+        "{v}"
+    );
+    let limits = app
+        .ok(Method::GET, &app.acct("/account/limits"), None)
+        .await;
+    assert_eq!(limits["has_reached_build_minutes_limit"], true);
+    let (_, list) = app.get(&app.acct("/workers/quota/builds")).await;
+    assert_eq!(list["result"], json!([]), "nothing was queued");
+
+    // One real build uses one (rounded-up) minute of a one-minute allowance.
+    app.store()
+        .set_account_limits(&account, None, Some(1))
+        .await
+        .unwrap();
+    commit_files(&app, "quota", &[("README.md", "x")], "init");
+    set_commands(&app, &f.trigger, "echo hi", "").await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    wait_stopped(&app, &id).await;
+    let limits = app
+        .ok(Method::GET, &app.acct("/account/limits"), None)
+        .await;
+    assert_eq!(limits["has_reached_build_minutes_limit"], true);
+    app.stop().await;
+}
