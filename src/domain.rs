@@ -1,6 +1,7 @@
 //! Pure domain types: identifiers, timestamps, statuses and validation rules. No I/O lives here.
 
 mod ids;
+mod packages;
 mod records;
 mod time;
 mod validate;
@@ -9,6 +10,7 @@ pub use ids::{
     AccountId, BuildId, BuildTokenId, DeployHookId, EnvVarKey, RepoConnectionId, TriggerId,
     VersionId, WorkerId,
 };
+pub use packages::{LOCKFILES, PackageManager};
 pub use records::*;
 pub use time::Timestamp;
 pub use validate::*;

@@ -59,82 +59,154 @@ enum Interrupted {
     TimedOut,
 }
 
-/// Runs a claimed build to its end and records the outcome. Never panics on build errors: every
-/// failure becomes a log line and an outcome.
+/// Runs a claimed build to its end and records the outcome. Every failure of the build becomes a log
+/// line and an outcome; even a panic in here ends the build `terminated` instead of leaving it running.
 pub async fn run_build(
-    ctx: &RunnerContext,
+    ctx: Arc<RunnerContext>,
     build: ClaimedBuild,
-    owner: &str,
+    owner: String,
     lease: Duration,
     stop_tx: watch::Sender<Stop>,
     stop_rx: watch::Receiver<Stop>,
 ) {
     let id = build.id;
     let span = tracing::info_span!("build", build.uuid = %id, account = %build.account);
-    async move {
-        let renewal = tokio::spawn(renew_lease(ctx.store.clone(), id, owner.to_owned(), lease, stop_tx));
-        let workspace = ctx.data_dir.join("workspaces").join(id.to_string());
-        let masker = Masker::new(secret_values(&build)).map(Arc::new);
-        let sink = LogSink::with_config(
-            (ctx.store.clone(), id),
-            LogSinkConfig { cap_bytes: ctx.config.log_cap_bytes, ..LogSinkConfig::default() },
-        );
-        let mut run = Run {
-            ctx,
-            build: &build,
-            owner,
-            workspace: &workspace,
-            masker: masker.as_ref().map_or_else(|_| Arc::new(Masker::disabled()), Arc::clone),
-            sink: &sink,
-            stop: stop_rx,
-            deadline: Instant::now() + ctx.config.build_timeout,
-        };
-        let result = match &masker {
-            Ok(_) => run.execute().await,
-            Err(e) => {
-                // Without masking no output may be stored: fail before running anything.
-                tracing::error!(error = format!("{e:#}"), "building the secret masker failed");
-                run.system("Failed: could not prepare secret masking for this build").await;
-                Ok(BuildOutcome::Fail)
+    let inner = tokio::spawn(
+        execute_build(ctx.clone(), build, owner.clone(), lease, stop_tx, stop_rx)
+            .instrument(span.clone()),
+    );
+    if let Err(e) = inner.await {
+        async {
+            tracing::error!(error = %e, "the build's task failed; ending it as terminated");
+            let line = "Build terminated: an internal error stopped the runner. Retry the build.";
+            if let Err(e) = ctx
+                .store
+                .append_build_logs(id, &[(Timestamp::now(), line.to_owned())])
+                .await
+            {
+                tracing::error!(error = format!("{e:#}"), "logging the failure failed");
             }
-        };
-        let outcome = match result {
-            Ok(outcome) => outcome,
-            Err(Interrupted::TimedOut) => {
-                run.system("Build was timed out").await;
-                BuildOutcome::Terminated
+            if let Err(e) = ctx
+                .store
+                .finish_build(id, &owner, BuildOutcome::Terminated)
+                .await
+            {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "recording the build outcome failed"
+                );
             }
-            Err(Interrupted::Stopped(Stop::Cancel)) => {
-                run.system("Build was cancelled").await;
-                BuildOutcome::Cancelled
-            }
-            Err(Interrupted::Stopped(_)) => {
-                run.system("Build terminated: the Kiln server stopped while the build was running. Retry the build.").await;
-                BuildOutcome::Terminated
-            }
-        };
-        renewal.abort();
-        drop(run);
-        let printed_version = match sink.finish().await {
-            Ok(summary) => summary.version_id,
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "finishing the build log failed");
-                None
-            }
-        };
-        record_version(ctx, &build, &workspace, printed_version.as_deref()).await;
-        match ctx.store.finish_build(id, owner, outcome).await {
-            Ok(true) => tracing::info!(outcome = outcome.as_str(), "build finished"),
-            Ok(false) => tracing::info!("build had already been stopped"),
-            Err(e) => tracing::error!(error = format!("{e:#}"), "recording the build outcome failed"),
         }
-        let ws = workspace.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&ws)).await {
-            tracing::warn!(error = %e, "removing the workspace failed");
-        }
+        .instrument(span)
+        .await;
     }
-    .instrument(span)
-    .await;
+}
+
+/// Aborts a task when dropped (also when the owner unwinds).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn execute_build(
+    ctx: Arc<RunnerContext>,
+    build: ClaimedBuild,
+    owner: String,
+    lease: Duration,
+    stop_tx: watch::Sender<Stop>,
+    stop_rx: watch::Receiver<Stop>,
+) {
+    let ctx = &*ctx;
+    let owner = owner.as_str();
+    let id = build.id;
+    let renewal = AbortOnDrop(tokio::spawn(
+        renew_lease(ctx.store.clone(), id, owner.to_owned(), lease, stop_tx).in_current_span(),
+    ));
+    let workspace = ctx.data_dir.join("workspaces").join(id.to_string());
+    let masker = Masker::new(secret_values(&build)).map(Arc::new);
+    let sink = LogSink::with_config(
+        (ctx.store.clone(), id),
+        LogSinkConfig {
+            cap_bytes: ctx.config.log_cap_bytes,
+            ..LogSinkConfig::default()
+        },
+    );
+    let mut run = Run {
+        ctx,
+        build: &build,
+        owner,
+        lease,
+        workspace: &workspace,
+        masker: masker
+            .as_ref()
+            .map_or_else(|_| Arc::new(Masker::disabled()), Arc::clone),
+        sink: &sink,
+        stop: stop_rx,
+        deadline: Instant::now() + ctx.config.build_timeout,
+    };
+    let result = match &masker {
+        Ok(_) => run.execute().await,
+        Err(e) => {
+            // Without masking no output may be stored: fail before running anything.
+            tracing::error!(
+                error = format!("{e:#}"),
+                "building the secret masker failed"
+            );
+            run.system("Failed: could not prepare secret masking for this build")
+                .await;
+            Ok(BuildOutcome::Fail)
+        }
+    };
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(Interrupted::TimedOut) => {
+            run.system("Build was timed out").await;
+            BuildOutcome::Terminated
+        }
+        Err(Interrupted::Stopped(Stop::Cancel)) => {
+            run.system("Build was cancelled").await;
+            BuildOutcome::Cancelled
+        }
+        Err(Interrupted::Stopped(Stop::LeaseLost)) => {
+            run.system("Build terminated: this runner lost its claim on the build.")
+                .await;
+            BuildOutcome::Terminated
+        }
+        Err(Interrupted::Stopped(_)) => {
+            run.system("Build terminated: the Kiln server stopped while the build was running. Retry the build.")
+                .await;
+            BuildOutcome::Terminated
+        }
+    };
+    drop(run);
+    let printed_version = match sink.finish().await {
+        Ok(summary) => summary.version_id,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "finishing the build log failed");
+            None
+        }
+    };
+    record_version(ctx, &build, &workspace, printed_version.as_deref()).await;
+    match ctx.store.finish_build(id, owner, outcome).await {
+        Ok(true) => tracing::info!(outcome = outcome.as_str(), "build finished"),
+        Ok(false) => tracing::info!("build had already been stopped"),
+        Err(e) => tracing::error!(
+            error = format!("{e:#}"),
+            "recording the build outcome failed"
+        ),
+    }
+    // Renew until the outcome is recorded, so that a slow store cannot make the build look lost.
+    drop(renewal);
+    let ws = workspace.clone();
+    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&ws)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "removing the workspace failed"),
+        Err(e) => tracing::warn!(error = %e, "removing the workspace failed"),
+    }
 }
 
 /// The values to mask, by name: secret variables and the build token.
@@ -158,6 +230,7 @@ struct Run<'a> {
     ctx: &'a RunnerContext,
     build: &'a ClaimedBuild,
     owner: &'a str,
+    lease: Duration,
     workspace: &'a Path,
     masker: Arc<Masker>,
     sink: &'a LogSink,
@@ -215,8 +288,11 @@ impl Run<'_> {
         }
         self.system("Success: Finished initializing build environment")
             .await;
-        if let Err(e) = self.ctx.store.set_build_running(id, self.owner).await {
-            tracing::error!(error = format!("{e:#}"), "marking the build running failed");
+        match self.ctx.store.set_build_running(id, self.owner).await {
+            Ok(true) => {}
+            // Cancelled (or recovered elsewhere) between the claim and now.
+            Ok(false) => return Err(Interrupted::Stopped(why_lost(&self.ctx.store, id).await)),
+            Err(e) => tracing::error!(error = format!("{e:#}"), "marking the build running failed"),
         }
 
         self.system("Cloning repository...").await;
@@ -331,6 +407,22 @@ impl Run<'_> {
 
     /// Runs one command; on stop or timeout its processes get TERM, then KILL after the grace.
     async fn run_step(&mut self, spec: StepSpec) -> Result<ExitCode, Interrupted> {
+        // A cancel through another node reaches this one through the store: look before each step,
+        // so that a cancelled build never starts its deploy.
+        match self
+            .ctx
+            .store
+            .renew_lease(self.build.id, self.owner, lease_until(self.lease))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Interrupted::Stopped(
+                    why_lost(&self.ctx.store, self.build.id).await,
+                ));
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "renewing the lease failed"),
+        }
         let mut step = match Step::spawn(&spec) {
             Ok(s) => s,
             Err(e) => {
@@ -404,16 +496,27 @@ async fn renew_lease(
     let every = lease / 3;
     loop {
         tokio::time::sleep(every).await;
-        let until = Timestamp::from_millis(Timestamp::now().millis() + lease.as_millis() as i64);
-        match store.renew_lease(id, &owner, until).await {
+        match store.renew_lease(id, &owner, lease_until(lease)).await {
             Ok(true) => {}
             Ok(false) => {
-                // Cancelled through another node, or declared lost: stop the processes.
-                let _ = stop.send(Stop::Cancel);
+                let _ = stop.send(why_lost(&store, id).await);
                 return;
             }
             Err(e) => tracing::warn!(error = format!("{e:#}"), "renewing the lease failed"),
         }
+    }
+}
+
+/// When a lease from now ends.
+pub(crate) fn lease_until(lease: Duration) -> Timestamp {
+    Timestamp::from_millis(Timestamp::now().millis() + lease.as_millis() as i64)
+}
+
+/// Why this runner no longer holds a build: a user cancelled it, or it was declared lost.
+async fn why_lost(store: &Store, id: BuildId) -> Stop {
+    match store.get_build_outcome(id).await {
+        Ok(Some(BuildOutcome::Cancelled)) => Stop::Cancel,
+        _ => Stop::LeaseLost,
     }
 }
 
@@ -430,7 +533,7 @@ async fn record_version(
         return;
     };
     let Ok(version) = VersionId::parse("version_id", &version) else {
-        tracing::warn!(version, "ignoring a version id that is not a UUID");
+        tracing::warn!("ignoring a version id that is not a UUID");
         return;
     };
     if let Err(e) = ctx

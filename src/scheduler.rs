@@ -148,9 +148,7 @@ impl Scheduler {
                     continue;
                 }
             };
-            let lease_until = Timestamp::from_millis(
-                Timestamp::now().millis() + self.config.lease.as_millis() as i64,
-            );
+            let lease_until = runner::lease_until(self.config.lease);
             match self
                 .store
                 .claim_build(&owner, lease_until, self.config.default_concurrency)
@@ -164,7 +162,7 @@ impl Scheduler {
                     let owner = owner.clone();
                     let lease = self.config.lease;
                     tasks.spawn(async move {
-                        runner::run_build(&ctx, build, &owner, lease, tx, rx).await;
+                        runner::run_build(ctx, build, owner, lease, tx, rx).await;
                         handle.unregister(id);
                         drop(permit);
                         // A slot (and maybe an account slot) is free.

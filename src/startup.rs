@@ -116,6 +116,16 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// Deletes `<data_dir>/workspaces` left by a previous run (the data dir lock is held).
+fn remove_stale_workspaces(data_dir: &Path) {
+    let dir = data_dir.join("workspaces");
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => tracing::debug!("removed the workspaces of the previous run"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, "could not remove old workspaces"),
+    }
+}
+
 /// This node's id, created on first start: builds it leased are recognised as orphans after a restart.
 fn node_id(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join(NODE_ID_FILE);
@@ -145,8 +155,13 @@ impl Server {
     /// Opens the store, binds `config.listen`, and serves and schedules builds in the background.
     pub async fn start(config: &ServeConfig) -> anyhow::Result<Server> {
         let store = open_store(&config.store).await?;
-        let data_dir = &config.store.data_dir;
+        // Absolute, because builds run elsewhere (the sandbox needs absolute paths) and `./kiln-data`
+        // is the default.
+        let data_dir = &std::path::absolute(&config.store.data_dir)
+            .with_context(|| format!("resolving {}", config.store.data_dir.display()))?;
         let lock = lock_data_dir(data_dir)?;
+        // Workspaces of builds that ran before a crash: nothing of them is needed any more.
+        remove_stale_workspaces(data_dir);
         if let Some(token) = config.bootstrap_token.as_deref().filter(|t| !t.is_empty()) {
             register_bootstrap_token(&store, token).await?;
         }

@@ -680,3 +680,74 @@ async fn builds_over_the_monthly_minutes_are_refused() {
     assert_eq!(limits["has_reached_build_minutes_limit"], true);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn queued_builds_see_a_deleted_token_and_a_deleted_trigger() {
+    let app = spawn_runner(SandboxMode::None, |_| {}).await;
+    let account = AccountId::parse(ACCOUNT).unwrap();
+    app.store()
+        .set_account_limits(&account, Some(1), None)
+        .await
+        .unwrap();
+    let f = app.fixture("later").await;
+    let m = marker();
+    commit_files(&app, "later", &[("README.md", "x")], "init");
+    let dir = app.git_remotes().join("octo-org").join("later-repo");
+    git(&dir, &["branch", "slow"]);
+    set_commands(
+        &app,
+        &f.trigger,
+        &format!("case \"$WORKERS_CI_BRANCH\" in slow) echo slow-started; sleep {m};; *) echo fast;; esac"),
+        "",
+    )
+    .await;
+    let slow = queue(&app, &f.trigger, json!({"branch": "slow"})).await;
+    wait_log(&app, &slow, "slow-started").await;
+    // Queued while the token was fine; the token is deleted before the build runs: it must not be used.
+    let queued = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    app.ok(
+        Method::DELETE,
+        &app.acct(&format!("/tokens/{}", f.token)),
+        None,
+    )
+    .await;
+    app.ok(
+        Method::PUT,
+        &app.acct(&format!("/builds/{slow}/cancel")),
+        None,
+    )
+    .await;
+    assert_eq!(wait_stopped(&app, &queued).await["build_outcome"], "fail");
+    assert_eq!(
+        all_logs(&app, &queued).await.last().unwrap(),
+        kiln::runner::STALE_TOKEN_LINE
+    );
+
+    // Deleting a trigger cancels its queued builds; they stay readable.
+    let f2 = app.fixture("later2").await;
+    let other = app.fixture("later3").await;
+    commit_files(&app, "later3", &[("README.md", "x")], "init");
+    set_commands(&app, &other.trigger, &format!("echo hold; sleep {m}"), "").await;
+    let hold = queue(&app, &other.trigger, json!({"branch": "main"})).await;
+    wait_log(&app, &hold, "hold").await;
+    let doomed = queue(&app, &f2.trigger, json!({"branch": "main"})).await;
+    app.ok(
+        Method::DELETE,
+        &app.acct(&format!("/triggers/{}", f2.trigger)),
+        None,
+    )
+    .await;
+    let b = get_build(&app, &doomed).await;
+    assert_eq!(
+        (b["status"].clone(), b["build_outcome"].clone()),
+        (json!("stopped"), json!("cancelled"))
+    );
+    app.ok(
+        Method::PUT,
+        &app.acct(&format!("/builds/{hold}/cancel")),
+        None,
+    )
+    .await;
+    wait_no_processes(&m, Duration::from_secs(10)).await;
+    app.stop().await;
+}

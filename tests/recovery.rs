@@ -27,10 +27,14 @@ async fn start(data: &Path, db: Option<&str>, remotes: &Path) -> Kiln {
             .unwrap()
             .port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        // A relative data dir, like the default `./kiln-data`: builds must still find their workspace.
+        let base = data.parent().expect("data dir parent");
+        let relative = data.file_name().expect("data dir name");
         cmd.arg("serve")
+            .current_dir(base)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
-            .arg(data)
+            .arg(relative)
             .args([
                 "--runners",
                 "2",

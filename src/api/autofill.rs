@@ -27,46 +27,12 @@ use serde_json::Value;
 use super::AppState;
 use super::error::{ApiError, ApiResult, ok};
 use super::extract::{Account, PathParams, QueryParams};
-use crate::domain::ProviderType;
+use crate::domain::{PackageManager, ProviderType};
 use crate::git::{GitError, Mirror};
 
 /// Wrangler config files, in wrangler's order of precedence.
 const CONFIG_FILES: &[&str] = &["wrangler.json", "wrangler.jsonc", "wrangler.toml"];
 /// Lockfiles and the package manager they mean, in order of precedence.
-const LOCKFILES: &[(&str, PackageManager)] = &[
-    ("pnpm-lock.yaml", PackageManager::Pnpm),
-    ("yarn.lock", PackageManager::Yarn),
-    ("bun.lock", PackageManager::Bun),
-    ("bun.lockb", PackageManager::Bun),
-    ("package-lock.json", PackageManager::Npm),
-    ("npm-shrinkwrap.json", PackageManager::Npm),
-    ("uv.lock", PackageManager::Uv),
-];
-
-/// A package manager the build image knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PackageManager {
-    Npm,
-    Yarn,
-    Pnpm,
-    Bun,
-    Uv,
-}
-
-impl PackageManager {
-    fn parse(name: &str) -> Option<PackageManager> {
-        Some(match name {
-            "npm" => PackageManager::Npm,
-            "yarn" => PackageManager::Yarn,
-            "pnpm" => PackageManager::Pnpm,
-            "bun" => PackageManager::Bun,
-            "uv" => PackageManager::Uv,
-            _ => return None,
-        })
-    }
-}
-
 /// The suggested configuration (every field nullable).
 #[derive(Debug, Default, Serialize, JsonSchema)]
 pub struct ConfigAutofill {
@@ -151,6 +117,10 @@ fn git_error(err: anyhow::Error, repo: &str) -> ApiError {
             tracing::warn!(error = %format!("{err:#}"), repo, "config autofill: fetch failed");
             format!("could not fetch the repository {repo} from its provider")
         }
+        Some(GitError::Timeout { .. } | GitError::TooMuchOutput { .. }) => {
+            tracing::warn!(error = %format!("{err:#}"), repo, "config autofill: repository too large or slow");
+            format!("the repository {repo} could not be read in time; try again later")
+        }
         _ => return ApiError::Internal(err),
     };
     ApiError::BadRequest(message)
@@ -216,15 +186,12 @@ async fn inspect(mirror: &Mirror, sha: &str, root: &str) -> anyhow::Result<Confi
         }
     }
 
-    let declared = package_json
+    // An unreadable package.json still makes it a Node project.
+    let unreadable = Value::Object(serde_json::Map::new());
+    let pj = package_json
         .as_ref()
-        .and_then(|p| p.get("packageManager"))
-        .and_then(Value::as_str)
-        .and_then(|spec| PackageManager::parse(spec.split('@').next().unwrap_or_default().trim()));
-    let locked = LOCKFILES.iter().find(|(f, _)| has(f)).map(|(_, pm)| *pm);
-    answer.package_manager = declared
-        .or(locked)
-        .or(has_package_json.then_some(PackageManager::Npm));
+        .or(has_package_json.then_some(&unreadable));
+    answer.package_manager = PackageManager::detect(has, pj);
     answer.scripts = package_json.as_ref().map(|p| {
         p.get("scripts")
             .and_then(Value::as_object)

@@ -124,6 +124,7 @@ pub async fn create_manual_build(
         pull_request: None,
         deploy_hook: None,
     };
+    // An unknown trigger is a 404 even for an account out of build minutes.
     let trigger_exists = app.store.get_trigger(&account, trigger).await?.is_some();
     if !trigger_exists {
         return Err(ApiError::NotFound);

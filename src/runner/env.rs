@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::domain::PackageManager;
 use crate::sandbox::SandboxMode;
 use crate::store::ClaimedBuild;
 
@@ -74,36 +75,32 @@ pub async fn install_command(cwd: &Path, env: &[(String, String)]) -> Option<Str
         k == "SKIP_DEPENDENCY_INSTALL"
             && matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true")
     });
-    if skip
-        || !tokio::fs::try_exists(cwd.join("package.json"))
-            .await
-            .unwrap_or(false)
-    {
+    if skip {
         return None;
     }
+    let text = tokio::fs::read(cwd.join("package.json")).await.ok()?;
+    let package_json = serde_json::from_slice(&text).unwrap_or(serde_json::Value::Null);
     let has = |f: &str| cwd.join(f).is_file();
-    Some(
-        if has("bun.lock") || has("bun.lockb") {
-            "bun install --frozen-lockfile"
-        } else if has("pnpm-lock.yaml") {
-            "pnpm install --frozen-lockfile"
-        } else if has("yarn.lock") {
-            "yarn install --frozen-lockfile"
-        } else if has("package-lock.json") || has("npm-shrinkwrap.json") {
-            "npm clean-install --progress=false"
-        } else {
-            "npm install --progress=false"
-        }
-        .to_owned(),
-    )
+    let pm = PackageManager::detect(has, Some(&package_json))?;
+    Some(pm.install_command(has).to_owned())
 }
 
+/// Largest wrangler output file read, in bytes; the directory is writable by the build.
+const MAX_WRANGLER_OUTPUT_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The last `version_id` of a `deploy` or `version-upload` entry in wrangler's ND-JSON output files.
+/// Only regular files are read (no symlinks, FIFOs or devices the build may have planted), each up to
+/// [`MAX_WRANGLER_OUTPUT_BYTES`].
 pub async fn version_from_wrangler_output(dir: &Path) -> Option<String> {
     let mut entries = tokio::fs::read_dir(dir).await.ok()?;
     let mut files = Vec::new();
     while let Ok(Some(e)) = entries.next_entry().await {
-        files.push(e.path());
+        let Ok(meta) = tokio::fs::symlink_metadata(e.path()).await else {
+            continue;
+        };
+        if meta.is_file() && meta.len() <= MAX_WRANGLER_OUTPUT_BYTES {
+            files.push(e.path());
+        }
     }
     files.sort();
     let mut found = None;

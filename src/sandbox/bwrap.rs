@@ -76,6 +76,11 @@ pub(super) fn bwrap_args(command: &str, paths: &Paths) -> Vec<OsString> {
         "/proc",
         "--tmpfs",
         "/tmp",
+        // Host users' homes (SSH keys, git credentials, shell history) are none of a build's business.
+        "--tmpfs",
+        "/root",
+        "--tmpfs",
+        "/home",
     ]
     .into_iter()
     .map(OsString::from)

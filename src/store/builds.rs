@@ -44,6 +44,13 @@ pub struct BuildSecrets {
     pub env: BTreeMap<String, String>,
 }
 
+// Secrets must not reach a log line through `{:?}`.
+impl std::fmt::Debug for BuildSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BuildSecrets(..)")
+    }
+}
+
 const BUILD_COLUMNS: &str = "b.id AS b_id, b.uuid AS b_uuid, b.account_id AS b_account_id, \
     b.status AS b_status, b.outcome AS b_outcome, b.metadata AS b_metadata, \
     b.pull_request AS b_pull_request, b.created_on AS b_created_on, b.modified_on AS b_modified_on, \
@@ -304,7 +311,7 @@ impl Store {
             return Ok(CancelOutcome::AlreadyStopped);
         }
         let now = Timestamp::now();
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE builds SET status = $1, outcome = $2, stopped_on = $3, modified_on = $3 \
              WHERE uuid = $4 AND status <> $1",
         )
@@ -316,7 +323,26 @@ impl Store {
         .await
         .context("cancelling a build")?;
         w.commit().await?;
+        // On PostgreSQL the build may have stopped between the read and the update.
+        if done.rows_affected() != 1 {
+            return Ok(CancelOutcome::AlreadyStopped);
+        }
         Ok(CancelOutcome::Cancelled { stopped_on: now })
+    }
+
+    /// How a build ended, whatever its account (`None` while it runs or when unknown).
+    pub async fn get_build_outcome(&self, id: BuildId) -> anyhow::Result<Option<BuildOutcome>> {
+        let row = sqlx::query("SELECT outcome FROM builds WHERE uuid = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading a build's outcome")?;
+        match row {
+            Some(r) => opt_text(&r, "outcome")?
+                .map(|o| BuildOutcome::from_stored(&o))
+                .transpose(),
+            None => Ok(None),
+        }
     }
 
     /// Build minutes an account used since `since`: each stopped build counts its rounded-up minutes.

@@ -25,12 +25,6 @@ pub struct ClaimedBuild {
     pub created_on: Timestamp,
 }
 
-impl std::fmt::Debug for BuildSecrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BuildSecrets(..)")
-    }
-}
-
 /// A build whose runner was lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostBuild {
@@ -39,6 +33,9 @@ pub struct LostBuild {
 }
 
 const IN_PROGRESS: &str = "('initializing', 'running')";
+
+/// Unreadable queued builds one claim fails before giving up until the next poll.
+const MAX_UNREADABLE_PER_CLAIM: usize = 16;
 
 impl Store {
     /// Claims the oldest queued build whose account is under its concurrency limit, moving it to
@@ -49,52 +46,93 @@ impl Store {
         lease_until: Timestamp,
         default_concurrency: i64,
     ) -> anyhow::Result<Option<ClaimedBuild>> {
-        let mut w = self.begin_write().await?;
-        // Claims are serialised so that the per-account running count cannot be overtaken by a
-        // concurrent claim on another node.
-        self.lock_key(&mut w, "kiln:claim").await?;
-        let row = sqlx::query(&format!(
-            "SELECT b.id AS id, b.uuid AS uuid, b.account_id AS account_id, b.trigger_uuid AS trigger_uuid, \
-             b.external_script_id AS worker, b.metadata AS metadata, b.secrets_enc AS secrets, b.created_on AS created_on \
-             FROM builds b WHERE b.status = 'queued' AND \
-             (SELECT COUNT(*) FROM builds r WHERE r.account_id = b.account_id AND r.status IN {IN_PROGRESS}) < \
-             COALESCE((SELECT a.concurrency FROM accounts a WHERE a.account_id = b.account_id), $1) \
-             ORDER BY b.id LIMIT 1"
-        ))
-        .bind(default_concurrency)
-        .fetch_optional(&mut *w.tx)
-        .await
-        .context("finding a build to claim")?;
-        let Some(row) = row else { return Ok(None) };
-        let now = Timestamp::now();
-        let id: i64 = row.try_get("id")?;
-        let done = sqlx::query(
-            "UPDATE builds SET status = 'initializing', initializing_on = $1, modified_on = $1, \
-             lease_owner = $2, lease_expires = $3 WHERE id = $4 AND status = 'queued'",
-        )
-        .bind(now.millis())
-        .bind(owner)
-        .bind(lease_until.millis())
-        .bind(id)
-        .execute(&mut *w.tx)
-        .await
-        .context("claiming a build")?;
-        if done.rows_affected() != 1 {
-            return Ok(None);
+        // A build whose stored settings cannot be read fails on its own instead of blocking the queue.
+        for _ in 0..MAX_UNREADABLE_PER_CLAIM {
+            let mut w = self.begin_write().await?;
+            // Claims are serialised so that the per-account running count cannot be overtaken by a
+            // concurrent claim on another node.
+            self.lock_key(&mut w, "kiln:claim").await?;
+            let row = sqlx::query(&format!(
+                "SELECT b.id AS id, b.uuid AS uuid, b.account_id AS account_id, b.trigger_uuid AS trigger_uuid, \
+                 b.external_script_id AS worker, b.metadata AS metadata, b.secrets_enc AS secrets, b.created_on AS created_on \
+                 FROM builds b WHERE b.status = 'queued' AND \
+                 (SELECT COUNT(*) FROM builds r WHERE r.account_id = b.account_id AND r.status IN {IN_PROGRESS}) < \
+                 COALESCE((SELECT a.concurrency FROM accounts a WHERE a.account_id = b.account_id), $1) \
+                 ORDER BY b.id LIMIT 1"
+            ))
+            .bind(default_concurrency)
+            .fetch_optional(&mut *w.tx)
+            .await
+            .context("finding a build to claim")?;
+            let Some(row) = row else { return Ok(None) };
+            let now = Timestamp::now();
+            let id: i64 = row.try_get("id")?;
+            let done = sqlx::query(
+                "UPDATE builds SET status = 'initializing', initializing_on = $1, modified_on = $1, \
+                 lease_owner = $2, lease_expires = $3 WHERE id = $4 AND status = 'queued'",
+            )
+            .bind(now.millis())
+            .bind(owner)
+            .bind(lease_until.millis())
+            .bind(id)
+            .execute(&mut *w.tx)
+            .await
+            .context("claiming a build")?;
+            if done.rows_affected() != 1 {
+                return Ok(None);
+            }
+            let uuid = BuildId::from_stored(&text(&row, "uuid")?)?;
+            match self.decode_claim(&row, uuid) {
+                Ok(mut claimed) => {
+                    // A token deleted or rolled since the build was queued must not be used.
+                    let live = sqlx::query(
+                        "SELECT uuid FROM build_tokens WHERE uuid = $1 AND deleted_on IS NULL",
+                    )
+                    .bind(claimed.metadata.build_token_uuid.to_string())
+                    .fetch_optional(&mut *w.tx)
+                    .await
+                    .context("checking the build token")?;
+                    if live.is_none() {
+                        claimed.secrets.build_token = None;
+                    }
+                    w.commit().await?;
+                    return Ok(Some(claimed));
+                }
+                Err(e) => {
+                    tracing::error!(build.uuid = %uuid, error = format!("{e:#}"), "a queued build cannot be read; failing it");
+                    sqlx::query(
+                        "UPDATE builds SET status = 'stopped', outcome = 'fail', stopped_on = $1, modified_on = $1, \
+                         lease_owner = NULL, lease_expires = NULL WHERE id = $2",
+                    )
+                    .bind(now.millis())
+                    .bind(id)
+                    .execute(&mut *w.tx)
+                    .await
+                    .context("failing an unreadable build")?;
+                    w.commit().await?;
+                    self.append_build_logs(
+                        uuid,
+                        &[(now, "Failed: the build's stored settings could not be read (was the secret key changed?). Retry the build.".to_owned())],
+                    )
+                    .await?;
+                }
+            }
         }
+        Ok(None)
+    }
+
+    fn decode_claim(&self, row: &sqlx::any::AnyRow, id: BuildId) -> anyhow::Result<ClaimedBuild> {
         let sealed: Vec<u8> = row.try_get("secrets")?;
-        let claimed = ClaimedBuild {
-            id: BuildId::from_stored(&text(&row, "uuid")?)?,
-            account: AccountId::from_stored(text(&row, "account_id")?),
-            trigger: TriggerId::from_stored(&text(&row, "trigger_uuid")?)?,
-            worker: WorkerId::from_stored(text(&row, "worker")?),
-            metadata: serde_json::from_str(&text(&row, "metadata")?).context("build metadata")?,
+        Ok(ClaimedBuild {
+            id,
+            account: AccountId::from_stored(text(row, "account_id")?),
+            trigger: TriggerId::from_stored(&text(row, "trigger_uuid")?)?,
+            worker: WorkerId::from_stored(text(row, "worker")?),
+            metadata: serde_json::from_str(&text(row, "metadata")?).context("build metadata")?,
             secrets: serde_json::from_slice(&self.secrets.open(&sealed)?)
                 .context("build secrets")?,
             created_on: Timestamp::from_millis(row.try_get("created_on")?),
-        };
-        w.commit().await?;
-        Ok(Some(claimed))
+        })
     }
 
     /// Extends a lease; false when `owner` no longer holds the build (it was cancelled or recovered).
@@ -217,15 +255,21 @@ impl Store {
         let mut lost = Vec::new();
         for row in &rows {
             let uuid = text(row, "uuid")?;
-            sqlx::query(&format!(
-                "UPDATE builds SET status = 'stopped', outcome = 'terminated', stopped_on = $1, modified_on = $1, \
-                 lease_owner = NULL, lease_expires = NULL WHERE uuid = $2 AND status IN {IN_PROGRESS}"
+            // The build stopped when its runner was last known alive, not when recovery noticed: a
+            // node that was down for days must not charge those days as build minutes.
+            let done = sqlx::query(&format!(
+                "UPDATE builds SET status = 'stopped', outcome = 'terminated', \
+                 stopped_on = CASE WHEN lease_expires IS NOT NULL AND lease_expires < $1 THEN lease_expires ELSE $1 END, \
+                 modified_on = $1, lease_owner = NULL, lease_expires = NULL WHERE uuid = $2 AND status IN {IN_PROGRESS}"
             ))
             .bind(now.millis())
             .bind(&uuid)
             .execute(&mut *w.tx)
             .await
             .context("terminating a lost build")?;
+            if done.rows_affected() != 1 {
+                continue;
+            }
             lost.push(LostBuild {
                 id: BuildId::from_stored(&uuid)?,
                 account: AccountId::from_stored(text(row, "account_id")?),
@@ -264,7 +308,7 @@ impl Store {
         let mut skipped = Vec::new();
         for row in &rows {
             let uuid = text(row, "uuid")?;
-            sqlx::query(
+            let done = sqlx::query(
                 "UPDATE builds SET status = 'stopped', outcome = 'skipped', stopped_on = $1, modified_on = $1 \
                  WHERE uuid = $2 AND status = 'queued'",
             )
@@ -273,6 +317,9 @@ impl Store {
             .execute(&mut *w.tx)
             .await
             .context("skipping a superseded build")?;
+            if done.rows_affected() != 1 {
+                continue;
+            }
             skipped.push(BuildId::from_stored(&uuid)?);
         }
         w.commit().await?;

@@ -227,7 +227,8 @@ impl Store {
         Ok(Ok(t))
     }
 
-    /// Soft-deletes a trigger; false when there is no live trigger with this id.
+    /// Soft-deletes a trigger and cancels its queued builds; false when there is no live trigger with
+    /// this id. Builds already running finish; every build stays readable.
     pub async fn delete_trigger(&self, account: &AccountId, id: TriggerId) -> anyhow::Result<bool> {
         let mut w = self.begin_write().await?;
         let now = Timestamp::now().millis();
@@ -240,8 +241,20 @@ impl Store {
         .execute(&mut *w.tx)
         .await
         .context("deleting a trigger")?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE builds SET status = 'stopped', outcome = 'cancelled', stopped_on = $1, modified_on = $1 \
+             WHERE trigger_uuid = $2 AND status = 'queued'",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .execute(&mut *w.tx)
+        .await
+        .context("cancelling the deleted trigger's queued builds")?;
         w.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(true)
     }
 }
 

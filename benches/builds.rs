@@ -1,0 +1,364 @@
+//! `cargo bench --bench builds`: how fast a build starts and how fast its log is ingested, each against
+//! a baseline measured in the same run on the same machine.
+//!
+//! 1. Latency: for 200 manual builds of a small repository, the time from sending the manual-build
+//!    request to the moment the first line of the build command's output can be read through the logs
+//!    endpoint. Baseline: `git clone --shared` of the same mirror plus `sh -c` of the same command, up to
+//!    its first output line.
+//! 2. Ingestion: lines per second of a build command that prints 1,000,000 lines, from the start of the
+//!    command to the last line stored, against `sh -c '<same command>' > file`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kiln::api::Limits;
+use kiln::runner::RunnerConfig;
+use kiln::sandbox::{SandboxMode, bwrap_available};
+use kiln::scheduler::SchedulerConfig;
+use kiln::startup::{ServeConfig, Server, StoreConfig};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const TOKEN: &str = "bench-admin-token-0123456789";
+const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
+const BUILDS: usize = 200;
+const WARMUP: usize = 5;
+const FIRST_LINE: &str = "kiln-bench-first-line";
+const INGEST_LINES: u64 = 1_000_000;
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self
+            .client
+            .request(
+                method.clone(),
+                format!("{}/client/v4/accounts/{ACCOUNT}/builds{path}", self.base),
+            )
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let v: Value = req
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["success"], true, "{method} {path}: {v}");
+        v["result"].clone()
+    }
+
+    async fn queue(&self, trigger: &str) -> String {
+        let r = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/triggers/{trigger}/builds"),
+                Some(json!({"branch": "main"})),
+            )
+            .await;
+        r["build_uuid"].as_str().expect("build_uuid").to_owned()
+    }
+
+    async fn wait_stopped(&self, id: &str) -> Value {
+        loop {
+            let b = self
+                .call(reqwest::Method::GET, &format!("/builds/{id}"), None)
+                .await;
+            if b["status"] == "stopped" {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Polls the first log page until a line equals `needle`.
+    async fn wait_line(&self, id: &str, needle: &str) {
+        loop {
+            let r = self
+                .call(reqwest::Method::GET, &format!("/builds/{id}/logs"), None)
+                .await;
+            if r["lines"]
+                .as_array()
+                .expect("lines")
+                .iter()
+                .any(|l| l[1] == needle)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Every log line's timestamp (ms) and text.
+    async fn all_logs(&self, id: &str) -> Vec<(f64, String)> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let q = if cursor.is_empty() {
+                String::new()
+            } else {
+                format!("?cursor={cursor}")
+            };
+            let r = self
+                .call(reqwest::Method::GET, &format!("/builds/{id}/logs{q}"), None)
+                .await;
+            for l in r["lines"].as_array().expect("lines") {
+                out.push((
+                    l[0].as_f64().expect("ts") * 1000.0,
+                    l[1].as_str().expect("msg").to_owned(),
+                ));
+            }
+            cursor = r["cursor"].as_str().expect("cursor").to_owned();
+            if r["truncated"] != true {
+                return out;
+            }
+        }
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
+        .env("GIT_COMMITTER_NAME", "Bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
+        .stdout(Stdio::null())
+        .status()
+        .expect("git")
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Baseline: `git clone --shared` of the mirror, then `sh -c <command>` until its first output line.
+async fn baseline_once(mirror: &Path, dest: &Path, command: &str) -> Duration {
+    let start = Instant::now();
+    let ok = tokio::process::Command::new("git")
+        .args(["clone", "-q", "--shared"])
+        .arg(mirror)
+        .arg(dest)
+        .status()
+        .await
+        .expect("git clone")
+        .success();
+    assert!(ok, "git clone --shared");
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .current_dir(dest)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next_line().await.expect("read").expect("a line");
+    let elapsed = start.elapsed();
+    assert_eq!(first, FIRST_LINE);
+    child.wait().await.expect("wait");
+    elapsed
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remotes = dir.path().join("remotes");
+    let repo = remotes.join("bench-org").join("bench-repo");
+    std::fs::create_dir_all(repo.join("src")).expect("mkdir");
+    for i in 0..10 {
+        std::fs::write(
+            repo.join(format!("src/f{i}.js")),
+            format!("export const x{i} = {i};\n"),
+        )
+        .expect("write");
+    }
+    std::fs::write(repo.join("README.md"), "bench\n").expect("write");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "small repository"]);
+
+    let sandbox = if bwrap_available() {
+        SandboxMode::Bwrap
+    } else {
+        SandboxMode::None
+    };
+    let database_url = std::env::var("KILN_BENCH_DATABASE_URL").ok();
+    let config = ServeConfig {
+        listen: "127.0.0.1:0".to_owned(),
+        store: StoreConfig {
+            data_dir: dir.path().join("data"),
+            database_url: database_url.clone(),
+            secret_key: None,
+        },
+        bootstrap_token: Some(TOKEN.to_owned()),
+        limits: Limits {
+            build_minutes_per_month: i64::MAX,
+        },
+        git_url_template: format!("file://{}/{{owner}}/{{repo}}", remotes.display()),
+        scheduler: SchedulerConfig {
+            runners: 2,
+            default_concurrency: 2,
+            ..SchedulerConfig::default()
+        },
+        runner: RunnerConfig {
+            sandbox,
+            log_cap_bytes: 1 << 30,
+            ..RunnerConfig::default()
+        },
+    };
+    let server = Server::start(&config).await.expect("start kiln");
+    let api = Api {
+        client: reqwest::Client::new(),
+        base: format!("http://{}", server.addr),
+    };
+    let conn = api
+        .call(reqwest::Method::PUT, "/repos/connections", Some(json!({"provider_type": "github",
+            "provider_account_id": "1", "provider_account_name": "bench-org", "repo_id": "1", "repo_name": "bench-repo"})))
+        .await;
+    let token = api
+        .call(
+            reqwest::Method::POST,
+            "/tokens",
+            Some(json!({"build_token_name": "bench",
+            "build_token_secret": "bench-secret-value", "cloudflare_token_id": "cf"})),
+        )
+        .await;
+    let command = format!("echo {FIRST_LINE}");
+    let trigger = api
+        .call(reqwest::Method::POST, "/triggers", Some(json!({"external_script_id": "bench", "trigger_name": "bench",
+            "repo_connection_uuid": conn["repo_connection_uuid"], "build_token_uuid": token["build_token_uuid"],
+            "build_command": command, "deploy_command": ""})))
+        .await;
+    let trigger = trigger["trigger_uuid"]
+        .as_str()
+        .expect("trigger")
+        .to_owned();
+
+    println!(
+        "kiln bench: {BUILDS} builds of a 12-file repository, sandbox {sandbox}, store {}",
+        if database_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    );
+    for _ in 0..WARMUP {
+        let id = api.queue(&trigger).await;
+        assert_eq!(api.wait_stopped(&id).await["build_outcome"], "success");
+    }
+    let mut kiln_lat = Vec::with_capacity(BUILDS);
+    // Per log line: offsets (ms) from the request, to show where the time goes.
+    let mut stages: Vec<(String, Vec<f64>)> = Vec::new();
+    for _ in 0..BUILDS {
+        let requested_ms = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
+        let start = Instant::now();
+        let id = api.queue(&trigger).await;
+        api.wait_line(&id, FIRST_LINE).await;
+        kiln_lat.push(start.elapsed());
+        api.wait_stopped(&id).await;
+        for (i, (ts, msg)) in api.all_logs(&id).await.into_iter().enumerate() {
+            let name: String = msg.chars().take(48).collect();
+            match stages.get_mut(i) {
+                Some((_, v)) => v.push(ts - requested_ms),
+                None => stages.push((name, vec![ts - requested_ms])),
+            }
+        }
+    }
+    let mirror: PathBuf = dir.path().join("data/git/mirrors/bench-org/bench-repo.git");
+    assert!(mirror.exists(), "mirror at {}", mirror.display());
+    let mut base_lat = Vec::with_capacity(BUILDS);
+    for i in 0..BUILDS + WARMUP {
+        let dest = dir.path().join(format!("baseline/{i}"));
+        let d = baseline_once(&mirror, &dest, &command).await;
+        if i >= WARMUP {
+            base_lat.push(d);
+        }
+        std::fs::remove_dir_all(&dest).ok();
+    }
+    kiln_lat.sort();
+    base_lat.sort();
+    let (k50, k99) = (percentile(&kiln_lat, 0.5), percentile(&kiln_lat, 0.99));
+    let (b50, b99) = (percentile(&base_lat, 0.5), percentile(&base_lat, 0.99));
+    println!("request -> first line of output (visible through the logs API):");
+    println!(
+        "  kiln      p50 {:7.1} ms   p99 {:7.1} ms",
+        ms(k50),
+        ms(k99)
+    );
+    println!(
+        "  baseline  p50 {:7.1} ms   p99 {:7.1} ms   (git clone --shared + sh -c)",
+        ms(b50),
+        ms(b99)
+    );
+    println!(
+        "  ratio     p50 {:7.2}x     p99 {:7.2}x",
+        ms(k50) / ms(b50),
+        ms(k99) / ms(b99)
+    );
+
+    // Ingestion.
+    let printer = format!(
+        "awk 'BEGIN {{ for (i = 0; i < {INGEST_LINES}; i++) print \"log line \" i \" of the ingestion benchmark, some text\" }}'"
+    );
+    api.call(
+        reqwest::Method::PATCH,
+        &format!("/triggers/{trigger}"),
+        Some(json!({"build_command": printer})),
+    )
+    .await;
+    let id = api.queue(&trigger).await;
+    let b = api.wait_stopped(&id).await;
+    assert_eq!(b["build_outcome"], "success");
+    let logs = api.all_logs(&id).await;
+    let exec = logs
+        .iter()
+        .position(|(_, m)| m.starts_with("Executing user build command"))
+        .expect("exec line");
+    let done = logs
+        .iter()
+        .position(|(_, m)| m == "Success: Build command completed")
+        .expect("done line");
+    let stored = logs[exec + 1..done].len() as u64;
+    assert_eq!(stored, INGEST_LINES, "every line stored");
+    // From the command's start to the build's stop, which comes only after every line is stored.
+    let stopped_ms =
+        chrono::DateTime::parse_from_rfc3339(b["stopped_on"].as_str().expect("stopped_on"))
+            .expect("rfc3339")
+            .timestamp_millis() as f64;
+    let span_ms = (stopped_ms - logs[exec].0).max(1.0);
+    let kiln_rate = INGEST_LINES as f64 / (span_ms / 1000.0);
+    let out = dir.path().join("cat-baseline.txt");
+    let start = Instant::now();
+    let ok = std::process::Command::new("sh")
+        .args(["-c", &format!("{printer} > '{}'", out.display())])
+        .status()
+        .expect("sh")
+        .success();
+    assert!(ok);
+    let base_rate = INGEST_LINES as f64 / start.elapsed().as_secs_f64();
+    println!("log ingestion of {INGEST_LINES} lines:");
+    println!(
+        "  kiln      {:>12.0} lines/s (read, masked, batched into the store)",
+        kiln_rate
+    );
+    println!(
+        "  baseline  {:>12.0} lines/s (the same command > file)",
+        base_rate
+    );
+    println!("  ratio     {:>12.2}x", kiln_rate / base_rate);
+    server.stop().await.expect("stop");
+}
