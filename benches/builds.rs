@@ -12,18 +12,23 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kiln::api::Limits;
-use kiln::runner::RunnerConfig;
 use kiln::sandbox::{SandboxMode, bwrap_available};
-use kiln::scheduler::SchedulerConfig;
-use kiln::startup::{ServeConfig, Server, StoreConfig};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TOKEN: &str = "bench-admin-token-0123456789";
 const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
-const BUILDS: usize = 200;
+/// Builds measured (`KILN_BENCH_BUILDS` overrides, for a quick look).
+fn builds() -> usize {
+    std::env::var("KILN_BENCH_BUILDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200)
+}
 const WARMUP: usize = 5;
+/// Interval between two reads of the logs endpoint while waiting for the first line, in ms (a tighter
+/// poll loads the 2-core machine the build runs on).
+const POLL_MS: u64 = 5;
 const FIRST_LINE: &str = "kiln-bench-first-line";
 const INGEST_LINES: u64 = 1_000_000;
 
@@ -92,7 +97,7 @@ impl Api {
             {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
         }
     }
 
@@ -197,33 +202,57 @@ async fn main() {
         SandboxMode::None
     };
     let database_url = std::env::var("KILN_BENCH_DATABASE_URL").ok();
-    let config = ServeConfig {
-        listen: "127.0.0.1:0".to_owned(),
-        store: StoreConfig {
-            data_dir: dir.path().join("data"),
-            database_url: database_url.clone(),
-            secret_key: None,
-        },
-        bootstrap_token: Some(TOKEN.to_owned()),
-        limits: Limits {
-            build_minutes_per_month: i64::MAX,
-        },
-        git_url_template: format!("file://{}/{{owner}}/{{repo}}", remotes.display()),
-        scheduler: SchedulerConfig {
-            runners: 2,
-            default_concurrency: 2,
-            ..SchedulerConfig::default()
-        },
-        runner: RunnerConfig {
-            sandbox,
-            log_cap_bytes: 1 << 30,
-            ..RunnerConfig::default()
-        },
-    };
-    let server = Server::start(&config).await.expect("start kiln");
+    // `kiln serve` in its own process, started the way a user starts it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    serve
+        .arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--runners",
+            "2",
+            "--default-concurrency",
+            "2",
+            "--log-cap-mib",
+            "1024",
+        ])
+        .args([
+            "--build-minutes",
+            "1000000000",
+            "--sandbox",
+            &sandbox.to_string(),
+        ])
+        .args([
+            "--git-url-template",
+            &format!("file://{}/{{owner}}/{{repo}}", remotes.display()),
+        ])
+        .env("KILN_BOOTSTRAP_TOKEN", TOKEN)
+        .env("KILN_LOG", "warn")
+        .kill_on_drop(true);
+    if let Some(url) = &database_url {
+        serve.args(["--database-url", url]);
+    }
+    let mut server = serve.spawn().expect("start kiln serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = Instant::now();
+    while reqwest::get(format!("{base}/client/v4/openapi.json"))
+        .await
+        .is_err()
+    {
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "kiln serve did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let api = Api {
         client: reqwest::Client::new(),
-        base: format!("http://{}", server.addr),
+        base,
     };
     let conn = api
         .call(reqwest::Method::PUT, "/repos/connections", Some(json!({"provider_type": "github",
@@ -249,7 +278,8 @@ async fn main() {
         .to_owned();
 
     println!(
-        "kiln bench: {BUILDS} builds of a 12-file repository, sandbox {sandbox}, store {}",
+        "kiln bench: {} builds of a 12-file repository, sandbox {sandbox}, store {}",
+        builds(),
         if database_url.is_some() {
             "postgres"
         } else {
@@ -260,10 +290,10 @@ async fn main() {
         let id = api.queue(&trigger).await;
         assert_eq!(api.wait_stopped(&id).await["build_outcome"], "success");
     }
-    let mut kiln_lat = Vec::with_capacity(BUILDS);
+    let mut kiln_lat = Vec::with_capacity(builds());
     // Per log line: offsets (ms) from the request, to show where the time goes.
     let mut stages: Vec<(String, Vec<f64>)> = Vec::new();
-    for _ in 0..BUILDS {
+    for _ in 0..builds() {
         let requested_ms = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
         let start = Instant::now();
         let id = api.queue(&trigger).await;
@@ -280,8 +310,8 @@ async fn main() {
     }
     let mirror: PathBuf = dir.path().join("data/git/mirrors/bench-org/bench-repo.git");
     assert!(mirror.exists(), "mirror at {}", mirror.display());
-    let mut base_lat = Vec::with_capacity(BUILDS);
-    for i in 0..BUILDS + WARMUP {
+    let mut base_lat = Vec::with_capacity(builds());
+    for i in 0..builds() + WARMUP {
         let dest = dir.path().join(format!("baseline/{i}"));
         let d = baseline_once(&mirror, &dest, &command).await;
         if i >= WARMUP {
@@ -309,6 +339,13 @@ async fn main() {
         ms(k50) / ms(b50),
         ms(k99) / ms(b99)
     );
+    println!(
+        "where the time goes (median, from the request, of the time each log line was read or written):"
+    );
+    for (name, mut offsets) in stages {
+        offsets.sort_by(f64::total_cmp);
+        println!("  {:7.1} ms  {name}", offsets[offsets.len() / 2]);
+    }
 
     // Ingestion.
     let printer = format!(
@@ -360,5 +397,6 @@ async fn main() {
         base_rate
     );
     println!("  ratio     {:>12.2}x", kiln_rate / base_rate);
-    server.stop().await.expect("stop");
+    server.start_kill().expect("stop kiln serve");
+    server.wait().await.expect("wait for kiln serve");
 }

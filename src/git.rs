@@ -152,6 +152,7 @@ impl GitCache {
             let _file_lock = lock_file(path.with_extension("lock")).await?;
             if tokio::fs::try_exists(&path).await.unwrap_or(false) {
                 self.fetch(&path, &url).await?;
+                self.maintain_in_background(&path);
             } else {
                 self.create(&path, &url).await?;
             }
@@ -213,6 +214,9 @@ impl GitCache {
         let out = self
             .git
             .output(Cmd::new(self.fetch_timeout).dir(path).args([
+                // Housekeeping runs after the fetch, off the build's path (below).
+                "-c",
+                "maintenance.auto=false",
                 "fetch",
                 "--quiet",
                 "--prune",
@@ -231,19 +235,30 @@ impl GitCache {
             .into());
         }
         // The default branch: set at creation, refreshed when the branch HEAD names is gone.
-        let head = self
-            .git
-            .output(Cmd::new(self.local_timeout).dir(path).args([
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                "HEAD",
-            ]))
-            .await?;
-        if !head.success {
+        if !head_branch_exists(path).await {
             self.update_head(path, url).await?;
         }
         Ok(())
+    }
+
+    /// `git maintenance run --auto` (gc when loose objects pile up) off the build's path: git locks what
+    /// it rewrites, so fetches and checkouts go on meanwhile.
+    fn maintain_in_background(&self, path: &Path) {
+        let git = self.git.clone();
+        let maintenance = Cmd::new(self.local_timeout).dir(path).args([
+            "maintenance",
+            "run",
+            "--auto",
+            "--quiet",
+        ]);
+        tokio::spawn(async move {
+            if let Err(e) = git.ok(maintenance).await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "git maintenance of a mirror failed"
+                );
+            }
+        });
     }
 
     /// Points the mirror's `HEAD` at the remote's default branch (left alone for an empty remote).
@@ -281,6 +296,19 @@ impl GitCache {
                 .context("setting the mirror's default branch")?;
         }
         Ok(())
+    }
+}
+
+/// Whether the branch the mirror's `HEAD` names exists, read from the files (no git process).
+async fn head_branch_exists(repo: &Path) -> bool {
+    let Ok(head) = tokio::fs::read_to_string(repo.join("HEAD")).await else {
+        return false;
+    };
+    match head.trim().strip_prefix("ref: ") {
+        Some(target) if target.starts_with("refs/heads/") && valid_refname(target) => {
+            mirror::read_ref(repo, target).await.is_some()
+        }
+        _ => false,
     }
 }
 

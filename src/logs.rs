@@ -23,8 +23,7 @@ use crate::domain::Timestamp;
 pub use cap::{DEFAULT_LOG_CAP_BYTES, LINE_OVERHEAD_BYTES, line_cost};
 pub use mask::{MASK, MIN_MASKED_SECRET_LEN, Masker};
 pub use sink::{
-    BATCH_LINES, CHANNEL_CAPACITY, FLUSH_AFTER_MS, LogLine, LogSink, LogSinkConfig, LogSummary,
-    LogWriter,
+    BATCH_LINES, CHANNEL_CAPACITY, LogLine, LogSink, LogSinkConfig, LogSummary, LogWriter,
 };
 pub use split::{LineSplitter, MAX_LINE_BYTES};
 pub use version::version_id_in_line;
@@ -127,7 +126,7 @@ mod tests {
         assert_eq!(summary.lines_seen, 4);
     }
 
-    /// Waits until `writer` holds `n` lines (the sink flushes within 100 ms).
+    /// Waits until `writer` holds `n` lines (the sink writes as soon as it is idle).
     async fn wait_for(writer: &testing::MemoryWriter, n: usize) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while writer.messages().len() < n {

@@ -146,6 +146,7 @@ async fn execute_build(
         sink: &sink,
         stop: stop_rx,
         deadline: Instant::now() + ctx.config.build_timeout,
+        commit_record: None,
     };
     let result = match &masker {
         Ok(_) => run.execute().await,
@@ -181,6 +182,13 @@ async fn execute_build(
             BuildOutcome::Terminated
         }
     };
+    if let Some(record) = run.commit_record.take() {
+        match record.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "recording the commit failed"),
+            Err(e) => tracing::error!(error = %e, "recording the commit failed"),
+        }
+    }
     drop(run);
     let printed_version = match sink.finish().await {
         Ok(summary) => summary.version_id,
@@ -236,6 +244,8 @@ struct Run<'a> {
     sink: &'a LogSink,
     stop: watch::Receiver<Stop>,
     deadline: Instant,
+    /// Records the checked-out commit's message and author in the metadata.
+    commit_record: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// A step's end: its exit code, or `None` when it was killed by a signal.
@@ -304,12 +314,11 @@ impl Run<'_> {
             .guard(async {
                 let mirror = git.mirror(&owner_name, &repo_name).await?;
                 let resolved = mirror.resolve(branch.as_deref(), commit.as_deref()).await?;
-                let info = mirror.commit_info(&resolved.sha).await?;
                 mirror.checkout(&resolved.sha, &repo).await?;
-                anyhow::Ok((mirror, resolved, info))
+                anyhow::Ok((mirror, resolved))
             })
             .await?;
-        let (mirror, resolved, info) = match checkout {
+        let (mirror, resolved) = match checkout {
             Ok(v) => v,
             Err(e) => {
                 self.system(&format!(
@@ -319,24 +328,28 @@ impl Run<'_> {
                 return Ok(BuildOutcome::Fail);
             }
         };
-        if let Err(e) = self
-            .ctx
-            .store
-            .set_build_commit(
-                id,
-                resolved.branch.as_deref(),
-                &resolved.sha,
-                &info.message,
-                &info.author,
-            )
-            .await
-        {
-            tracing::error!(error = format!("{e:#}"), "recording the commit failed");
-        }
-        let subject = info.message.lines().next().unwrap_or_default().to_owned();
+        // The commit's message and author go into the build's metadata off the critical path: the
+        // build command starts meanwhile (awaited before the outcome is recorded).
+        let (store, record_mirror) = (self.ctx.store.clone(), mirror.clone());
+        let (sha, resolved_branch) = (resolved.sha.clone(), resolved.branch.clone());
+        self.commit_record = Some(tokio::spawn(
+            async move {
+                let info = record_mirror.commit_info(&sha).await?;
+                store
+                    .set_build_commit(
+                        id,
+                        resolved_branch.as_deref(),
+                        &sha,
+                        &info.message,
+                        &info.author,
+                    )
+                    .await
+            }
+            .in_current_span(),
+        ));
         self.system(&format!(
-            "HEAD is now at {} {subject}",
-            &resolved.sha[..resolved.sha.len().min(7)]
+            "HEAD is now at {}",
+            &resolved.sha[..resolved.sha.len().min(12)]
         ))
         .await;
 

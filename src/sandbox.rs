@@ -27,7 +27,7 @@ mod procfs;
 #[cfg(test)]
 mod tests;
 
-use std::os::fd::AsRawFd;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Once;
@@ -41,8 +41,15 @@ pub use bwrap::bwrap_available;
 use bwrap::{Paths, bwrap_args, bwrap_path};
 use cgroup::Cgroup;
 
+/// The shell that moves a step into its cgroup before exec'ing it.
+const SHELL: &str = "/bin/sh";
+/// `$1`: the cgroup's `cgroup.procs`; the rest: the step's program and arguments.
+const JOIN_CGROUP_SCRIPT: &str = "echo 0 > \"$1\" || { echo 'kiln: could not join the build step cgroup' >&2; exit 125; }; shift; exec \"$@\"";
+/// Longest a new step may take to move into its cgroup.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often we look whether the processes of a step are gone, in milliseconds.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
+const POLL_INTERVAL: Duration = Duration::from_millis(2);
 /// How long we wait for a step's cgroup to freeze before sending SIGTERM anyway, in milliseconds.
 const FREEZE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often we look whether the freeze is complete, in milliseconds.
@@ -125,6 +132,13 @@ impl Step {
     /// In bwrap mode a sandbox setup error (e.g. a path bwrap cannot mount) shows up as exit status 1
     /// with bwrap's message on stderr.
     pub fn spawn(spec: &StepSpec) -> anyhow::Result<Step> {
+        // In bwrap mode the PID namespace is what guarantees that nothing survives: the kernel kills
+        // every process in it when its init ends. A cgroup would add nothing but its cost: moving a
+        // process into a cgroup waits for an RCU grace period (10-20 ms here), which is most of the
+        // start-up time of a step.
+        if spec.mode == SandboxMode::Bwrap {
+            return Self::spawn_in(spec, None);
+        }
         let cgroup = match Cgroup::create() {
             Ok(cgroup) => Some(cgroup),
             Err(error) => {
@@ -145,18 +159,34 @@ impl Step {
     /// [`Step::spawn`] with the cgroup chosen by the caller (`None`: process-group fallback).
     fn spawn_in(spec: &StepSpec, cgroup: Option<Cgroup>) -> anyhow::Result<Step> {
         let paths = Paths::resolve(spec)?;
-        let mut command = match spec.mode {
-            SandboxMode::Bwrap => {
-                let mut command = Command::new(bwrap_path().context("bwrap is not installed")?);
-                command.args(bwrap_args(&spec.command, &paths));
-                command
+        let (program, args): (OsString, Vec<OsString>) = match spec.mode {
+            SandboxMode::Bwrap => (
+                bwrap_path().context("bwrap is not installed")?.into(),
+                bwrap_args(&spec.command, &paths),
+            ),
+            SandboxMode::None => ("sh".into(), vec!["-c".into(), (&spec.command).into()]),
+        };
+        // The step joins its cgroup before anything of it runs: a small `sh` moves itself in, then
+        // execs the step (same pid). Doing it in a `pre_exec` hook would force a full fork() of Kiln,
+        // which costs 10-25 ms in a busy server; without one, std spawns with posix_spawn.
+        let mut command = match &cgroup {
+            Some(cgroup) => {
+                let mut c = Command::new(SHELL);
+                c.args(["-c", JOIN_CGROUP_SCRIPT, "kiln-step"])
+                    .arg(cgroup.procs_path())
+                    .arg(program)
+                    .args(args);
+                c
             }
-            SandboxMode::None => {
-                let mut command = Command::new("sh");
-                command.arg("-c").arg(&spec.command).current_dir(&paths.cwd);
-                command
+            None => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
             }
         };
+        if spec.mode == SandboxMode::None {
+            command.current_dir(&paths.cwd);
+        }
         command
             .env_clear()
             .envs(spec.env.iter().map(|(key, value)| (key, value)))
@@ -165,29 +195,15 @@ impl Step {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let procs = cgroup.as_ref().map(Cgroup::open_procs).transpose()?;
-        if let Some(procs) = &procs {
-            let fd = procs.as_raw_fd();
-            // SAFETY: the closure runs between fork and exec and only calls `write` (async-signal-safe)
-            // and builds an io::Error from errno, which does not allocate.
-            unsafe {
-                command.pre_exec(move || {
-                    // Join the step's cgroup before running anything, so no descendant can be outside it.
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
-        }
         let mut child = command
             .spawn()
             .with_context(|| format!("starting a build step ({} sandbox)", spec.mode))?;
-        drop(procs);
         let pid = child
             .id()
             .context("the step exited before we saw its pid")?;
+        if let Some(cgroup) = &cgroup {
+            wait_joined(cgroup, &mut child)?;
+        }
         let output = child.stdout.take().zip(child.stderr.take());
         Ok(Step {
             child,
@@ -309,8 +325,17 @@ impl Step {
                 }
             }
             (None, SandboxMode::None) => signal_group(self.pid, libc::SIGKILL),
-            // Killing bwrap (below) ends the namespace: its init dies with it (--die-with-parent).
-            (None, SandboxMode::Bwrap) => {}
+            // Killing the namespace's init ends the namespace: the kernel kills everything in it.
+            // bwrap is stopped first so that it cannot create the init between our look and our kill
+            // (an init created just before bwrap dies might not have armed --die-with-parent yet).
+            (None, SandboxMode::Bwrap) => {
+                if self.child.try_wait().ok().flatten().is_none() {
+                    signal(self.pid, libc::SIGSTOP);
+                    if let Ok(Some((init, _))) = procfs::sandbox_init(self.pid) {
+                        signal(init, libc::SIGKILL);
+                    }
+                }
+            }
         }
         // Fails harmlessly when the child has been reaped already.
         let _ = self.child.start_kill();
@@ -395,4 +420,26 @@ fn signal(pid: i32, signal: i32) {
 fn signal_group(pgid: i32, signal: i32) {
     // SAFETY: as for `signal`; a negative pid addresses the process group.
     unsafe { libc::kill(-pgid, signal) };
+}
+
+/// Waits (briefly: the wrapper joins within a millisecond) until the step is in its cgroup, so that
+/// a terminate right after spawn cannot miss it. Returns early if the step already exited.
+fn wait_joined(cgroup: &Cgroup, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + JOIN_TIMEOUT;
+    loop {
+        if cgroup.populated()? || child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the build step did not join its cgroup within {JOIN_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Cleans up after Kiln processes that died without stopping their builds: removes their leftover
+/// step cgroups (killing what still runs in them). Returns how many were removed.
+pub fn remove_orphaned_cgroups() -> usize {
+    cgroup::remove_orphans()
 }

@@ -183,6 +183,15 @@ impl Server {
         ));
         let handle = SchedulerHandle::default();
         let scheduler = if config.scheduler.runners > 0 {
+            let orphans = tokio::task::spawn_blocking(crate::sandbox::remove_orphaned_cgroups)
+                .await
+                .unwrap_or(0);
+            if orphans > 0 {
+                tracing::info!(
+                    orphans,
+                    "removed build step cgroups left by dead Kiln processes"
+                );
+            }
             tracing::info!(
                 runners = config.scheduler.runners,
                 sandbox = %config.runner.sandbox,

@@ -145,13 +145,13 @@ async fn all_logs(app: &TestApp, id: &str) -> Vec<String> {
     }
 }
 
-/// Waits until a log line containing `needle` is readable.
-async fn wait_log(app: &TestApp, id: &str, needle: &str) {
+/// Waits until a log line equal to `line` is readable (equal: the command echoing it is logged too).
+async fn wait_log(app: &TestApp, id: &str, line: &str) {
     let deadline = tokio::time::Instant::now() + BUILD_DEADLINE;
-    while !all_logs(app, id).await.iter().any(|l| l.contains(needle)) {
+    while !all_logs(app, id).await.iter().any(|l| l == line) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no log line with {needle:?} in build {id}"
+            "no log line {line:?} in build {id}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -586,7 +586,8 @@ async fn logs_are_readable_while_the_build_runs() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|l| l[1] == "first-line")
+            .any(|l| l[1] == "first-line"),
+        "first page {r}\nlater page {later}"
     );
     wait_no_processes(&m, Duration::from_secs(10)).await;
     app.stop().await;

@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::cap::{DEFAULT_LOG_CAP_BYTES, LogCap};
@@ -19,10 +18,6 @@ pub type LogLine = (Timestamp, String);
 
 /// Lines per write to the store at most; reaching it flushes at once.
 pub const BATCH_LINES: usize = 1000;
-
-/// Least time between two writes of one build's log, in milliseconds; a line after a quiet spell is
-/// written at once, others wait at most this long.
-pub const FLUSH_AFTER_MS: u64 = 25;
 
 /// Messages (each a group of lines, typically one read's worth) queued to the writer task before
 /// producers wait.
@@ -53,8 +48,6 @@ pub struct LogSinkConfig {
     pub cap_bytes: u64,
     /// Lines per write at most; reaching it flushes at once.
     pub batch_lines: usize,
-    /// Longest a line waits before being written.
-    pub flush_after: Duration,
     /// Messages queued to the writer task before producers wait.
     pub channel_capacity: usize,
 }
@@ -64,7 +57,6 @@ impl Default for LogSinkConfig {
         LogSinkConfig {
             cap_bytes: DEFAULT_LOG_CAP_BYTES,
             batch_lines: BATCH_LINES,
-            flush_after: Duration::from_millis(FLUSH_AFTER_MS),
             channel_capacity: CHANNEL_CAPACITY,
         }
     }
@@ -90,8 +82,9 @@ pub struct LogSummary {
 /// Receives a build's log lines and writes them to the store in batches from a background task.
 ///
 /// Producers wait only when the queue to the writer is full (backpressure, nothing is dropped); the
-/// writer flushes every [`BATCH_LINES`] lines, at once for a line after a quiet spell, else at most
-/// [`FLUSH_AFTER_MS`] after the previous write, and at the end. A failing store is retried with
+/// writer writes as soon as it is idle — whatever arrived while the previous write ran goes into the
+/// next one, up to [`BATCH_LINES`] lines — so a quiet build's line is readable at once and a chatty
+/// build's lines go in large batches (group commit). A failing store is retried with
 /// back-off, then the batch is logged as lost and the build goes on. Dropping a sink without
 /// [`LogSink::finish`] still writes everything, unobserved.
 #[derive(Debug)]
@@ -144,11 +137,6 @@ struct Writer<W> {
     writer: W,
     config: LogSinkConfig,
     pending: Vec<LogLine>,
-    /// When the pending lines must be written.
-    deadline: Option<Instant>,
-    /// When the last write started: a line arriving after a quiet spell is written at once, later
-    /// ones wait for the next `flush_after` tick, so a chatty build costs at most one write per tick.
-    last_write: Option<Instant>,
     cap: LogCap,
     summary: LogSummary,
     /// The last batch was given up on: try the next ones once each until one succeeds, so that a
@@ -161,8 +149,6 @@ impl<W: LogWriter> Writer<W> {
         Writer {
             writer,
             pending: Vec::with_capacity(config.batch_lines.min(BATCH_LINES)),
-            deadline: None,
-            last_write: None,
             cap: LogCap::new(config.cap_bytes),
             summary: LogSummary::default(),
             degraded: false,
@@ -171,34 +157,13 @@ impl<W: LogWriter> Writer<W> {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Vec<LogLine>>) -> LogSummary {
-        loop {
-            let received = match self.deadline {
-                Some(deadline) => tokio::select! {
-                    lines = rx.recv() => lines,
-                    () = tokio::time::sleep_until(deadline) => {
-                        self.flush().await;
-                        continue;
-                    }
-                },
-                None => rx.recv().await,
-            };
-            let Some(lines) = received else { break };
-            for line in lines {
-                self.accept(line);
-                if self.pending.len() >= self.config.batch_lines.max(1) {
-                    self.flush().await;
-                }
+        while let Some(lines) = rx.recv().await {
+            self.accept_all(lines).await;
+            // Everything queued meanwhile joins this write.
+            while let Ok(more) = rx.try_recv() {
+                self.accept_all(more).await;
             }
-            if !self.pending.is_empty() && self.deadline.is_none() {
-                let now = Instant::now();
-                match self.last_write {
-                    Some(last) if now < last + self.config.flush_after => {
-                        self.deadline = Some(last + self.config.flush_after);
-                    }
-                    // Quiet until now: show the line at once (what a user watching the log waits for).
-                    _ => self.flush().await,
-                }
-            }
+            self.flush().await;
         }
         self.flush().await;
         let cap = std::mem::replace(&mut self.cap, LogCap::new(0));
@@ -208,6 +173,15 @@ impl<W: LogWriter> Writer<W> {
             self.write(batch).await;
         }
         self.summary
+    }
+
+    async fn accept_all(&mut self, lines: Vec<LogLine>) {
+        for line in lines {
+            self.accept(line);
+            if self.pending.len() >= self.config.batch_lines.max(1) {
+                self.flush().await;
+            }
+        }
     }
 
     fn accept(&mut self, (at, mut message): LogLine) {
@@ -226,12 +200,10 @@ impl<W: LogWriter> Writer<W> {
     }
 
     async fn flush(&mut self) {
-        self.deadline = None;
         if self.pending.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut self.pending);
-        self.last_write = Some(Instant::now());
         self.write(&batch).await;
         // Reuse the allocation.
         self.pending = batch;
@@ -286,26 +258,24 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     #[tokio::test(start_paused = true)]
-    async fn writes_a_line_after_a_quiet_spell_at_once_then_at_most_every_100ms() {
+    async fn writes_each_line_at_once_when_idle() {
         let w = MemoryWriter::default();
         // Anchor the writer's clock at zero.
         w.append(&[]).await.expect("append");
-        let sink = LogSink::with_config(
-            w.clone(),
-            LogSinkConfig {
-                flush_after: 100 * MS,
-                ..LogSinkConfig::default()
-            },
-        );
+        let sink = LogSink::new(w.clone());
         for (i, wait) in [0, 50, 49, 51].into_iter().enumerate() {
             tokio::time::sleep(wait * MS).await;
             sink.push_lines(vec![line(i)]).await.expect("push");
         }
-        // Paused time: this sleep only lets the writer's timers fire, in order.
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(
             w.batches()[1..],
-            [(Duration::ZERO, 1), (100 * MS, 2), (200 * MS, 1)]
+            [
+                (Duration::ZERO, 1),
+                (50 * MS, 1),
+                (99 * MS, 1),
+                (150 * MS, 1)
+            ]
         );
         let summary = sink.finish().await.expect("finish");
         assert_eq!(summary.lines_seen, 4);
@@ -314,7 +284,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn flushes_at_once_every_1000_lines() {
+    async fn batches_what_queued_meanwhile_up_to_1000_lines() {
         let w = MemoryWriter::default();
         w.append(&[]).await.expect("append");
         let sink = LogSink::new(w.clone());
@@ -330,14 +300,13 @@ mod tests {
             [
                 (Duration::ZERO, 1000),
                 (Duration::ZERO, 1000),
-                (Duration::from_millis(FLUSH_AFTER_MS), 500)
+                (Duration::ZERO, 500)
             ]
         );
         sink.push(Timestamp::from_millis(9), "last")
             .await
             .expect("push");
         let summary = sink.finish().await.expect("finish");
-        // finish() writes what is pending without waiting for the timer.
         assert_eq!(w.batches().last(), Some(&(1000 * MS, 1)));
         assert_eq!(summary.lines_stored, 2501);
         let mut want: Vec<String> = (0..2500).map(|i| line(i).1).collect();

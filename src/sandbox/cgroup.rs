@@ -1,7 +1,6 @@
 //! A cgroup v2 directory per step: every process of the step lives in it, so it can be listed and killed
 //! as a whole (`cgroup.kill`) even after it called `setsid` or double-forked.
 
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -46,13 +45,9 @@ impl Cgroup {
         Ok(cgroup)
     }
 
-    /// Opens `cgroup.procs` for writing (close-on-exec): a child writes "0" to it to join the cgroup.
-    pub(super) fn open_procs(&self) -> anyhow::Result<File> {
-        let path = self.dir.join("cgroup.procs");
-        File::options()
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))
+    /// `cgroup.procs`: a process that writes "0" to it joins the cgroup.
+    pub(super) fn procs_path(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
     }
 
     /// The pids in this cgroup and in any cgroup the step created below it.
@@ -140,6 +135,35 @@ fn collect_pids(dir: &Path, pids: &mut Vec<i32>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes the step cgroups that Kiln processes which no longer run left behind (a crash, `kill -9`).
+/// Cgroup names start with the creating process's pid; those of live processes are left alone. A
+/// dead process's cgroup still holding processes (none mode after a crash) is killed first.
+pub(super) fn remove_orphans() -> usize {
+    let Some(root) = cgroup2_mount() else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(root.join(KILN_DIR)) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let cgroup = Cgroup { dir: entry.path() };
+        if matches!(cgroup.populated(), Ok(true)) {
+            let _ = cgroup.kill();
+        }
+        cgroup.remove_when_empty(Duration::from_secs(2), Duration::from_millis(10));
+        removed += 1;
+    }
+    removed
 }
 
 fn remove_tree(dir: &Path) -> io::Result<()> {
