@@ -290,10 +290,19 @@ async fn main() {
         let id = api.queue(&trigger).await;
         assert_eq!(api.wait_stopped(&id).await["build_outcome"], "success");
     }
+    let mirror: PathBuf = dir.path().join("data/git/mirrors/bench-org/bench-repo.git");
+    assert!(mirror.exists(), "mirror at {}", mirror.display());
+    for i in 0..WARMUP {
+        let dest = dir.path().join(format!("baseline/warmup-{i}"));
+        baseline_once(&mirror, &dest, &command).await;
+        std::fs::remove_dir_all(&dest).ok();
+    }
+    // Kiln and the baseline alternate, so that both see the same state of the machine.
     let mut kiln_lat = Vec::with_capacity(builds());
+    let mut base_lat = Vec::with_capacity(builds());
     // Per log line: offsets (ms) from the request, to show where the time goes.
     let mut stages: Vec<(String, Vec<f64>)> = Vec::new();
-    for _ in 0..builds() {
+    for i in 0..builds() {
         let requested_ms = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
         let start = Instant::now();
         let id = api.queue(&trigger).await;
@@ -307,16 +316,8 @@ async fn main() {
                 None => stages.push((name, vec![ts - requested_ms])),
             }
         }
-    }
-    let mirror: PathBuf = dir.path().join("data/git/mirrors/bench-org/bench-repo.git");
-    assert!(mirror.exists(), "mirror at {}", mirror.display());
-    let mut base_lat = Vec::with_capacity(builds());
-    for i in 0..builds() + WARMUP {
         let dest = dir.path().join(format!("baseline/{i}"));
-        let d = baseline_once(&mirror, &dest, &command).await;
-        if i >= WARMUP {
-            base_lat.push(d);
-        }
+        base_lat.push(baseline_once(&mirror, &dest, &command).await);
         std::fs::remove_dir_all(&dest).ok();
     }
     kiln_lat.sort();

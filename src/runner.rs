@@ -310,15 +310,14 @@ impl Run<'_> {
         let git = self.ctx.git.clone();
         let (owner_name, repo_name) = (meta.provider_account_name.clone(), meta.repo_name.clone());
         let (branch, commit) = (meta.branch.clone(), meta.commit_hash.clone());
-        let checkout = self
+        let fetched = self
             .guard(async {
                 let mirror = git.mirror(&owner_name, &repo_name).await?;
                 let resolved = mirror.resolve(branch.as_deref(), commit.as_deref()).await?;
-                mirror.checkout(&resolved.sha, &repo).await?;
                 anyhow::Ok((mirror, resolved))
             })
             .await?;
-        let (mirror, resolved) = match checkout {
+        let (mirror, resolved) = match fetched {
             Ok(v) => v,
             Err(e) => {
                 self.system(&format!(
@@ -328,6 +327,47 @@ impl Run<'_> {
                 return Ok(BuildOutcome::Fail);
             }
         };
+        let root = meta.root_directory.trim_matches('/');
+        let cwd = if root.is_empty() {
+            repo.clone()
+        } else {
+            repo.join(root)
+        };
+        let env = env::build_env(
+            self.build,
+            self.workspace,
+            &token,
+            resolved.branch.as_deref(),
+            &resolved.sha,
+            self.ctx.config.sandbox,
+        );
+        let spec = |command: &str| StepSpec {
+            mode: self.ctx.config.sandbox,
+            command: command.to_owned(),
+            cwd: cwd.clone(),
+            env: env.clone(),
+            workspace: self.workspace.to_path_buf(),
+            hidden: vec![self.ctx.data_dir.clone()],
+            read_only: vec![mirror.path.clone()],
+        };
+        // The first step's sandbox starts while the commit is checked out; it gets its command after.
+        let mut held = match Step::spawn_held(&spec("")) {
+            Ok(step) => Some(step),
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not prepare the first step early"
+                );
+                None
+            }
+        };
+        if let Err(e) = self.guard(mirror.checkout(&resolved.sha, &repo)).await? {
+            self.system(&format!(
+                "Failed: error occurred while cloning the repository: {e:#}"
+            ))
+            .await;
+            return Ok(BuildOutcome::Fail);
+        }
         // The commit's message and author go into the build's metadata off the critical path: the
         // build command starts meanwhile (awaited before the outcome is recorded).
         let (store, record_mirror) = (self.ctx.store.clone(), mirror.clone());
@@ -353,12 +393,6 @@ impl Run<'_> {
         ))
         .await;
 
-        let root = meta.root_directory.trim_matches('/');
-        let cwd = if root.is_empty() {
-            repo.clone()
-        } else {
-            repo.join(root)
-        };
         if !tokio::fs::metadata(&cwd).await.is_ok_and(|m| m.is_dir()) {
             self.system(&format!(
                 "Failed: root directory {} does not exist in the repository",
@@ -367,28 +401,11 @@ impl Run<'_> {
             .await;
             return Ok(BuildOutcome::Fail);
         }
-        let env = env::build_env(
-            self.build,
-            self.workspace,
-            &token,
-            resolved.branch.as_deref(),
-            &resolved.sha,
-            self.ctx.config.sandbox,
-        );
-        let spec = |command: &str| StepSpec {
-            mode: self.ctx.config.sandbox,
-            command: command.to_owned(),
-            cwd: cwd.clone(),
-            env: env.clone(),
-            workspace: self.workspace.to_path_buf(),
-            hidden: vec![self.ctx.data_dir.clone()],
-            read_only: vec![mirror.path.clone()],
-        };
 
         if let Some(install) = env::install_command(&cwd, &env).await {
             self.system(&format!("Installing project dependencies: {install}"))
                 .await;
-            if self.run_step(spec(&install)).await? != Some(0) {
+            if self.run_step(spec(&install), held.take()).await? != Some(0) {
                 self.system("Failed: error occurred while installing tools or dependencies")
                     .await;
                 return Ok(BuildOutcome::Fail);
@@ -403,7 +420,7 @@ impl Run<'_> {
             }
             self.system(&format!("Executing user {kind} command: {command}"))
                 .await;
-            if self.run_step(spec(command)).await? != Some(0) {
+            if self.run_step(spec(command), held.take()).await? != Some(0) {
                 self.system(&format!(
                     "Failed: error occurred while running {kind} command"
                 ))
@@ -419,7 +436,12 @@ impl Run<'_> {
     }
 
     /// Runs one command; on stop or timeout its processes get TERM, then KILL after the grace.
-    async fn run_step(&mut self, spec: StepSpec) -> Result<ExitCode, Interrupted> {
+    /// Runs one command, in `held` (a step spawned early with [`Step::spawn_held`]) when given.
+    async fn run_step(
+        &mut self,
+        spec: StepSpec,
+        held: Option<Step>,
+    ) -> Result<ExitCode, Interrupted> {
         // A cancel through another node reaches this one through the store: look before each step,
         // so that a cancelled build never starts its deploy.
         match self
@@ -436,7 +458,24 @@ impl Run<'_> {
             }
             Err(e) => tracing::warn!(error = format!("{e:#}"), "renewing the lease failed"),
         }
-        let mut step = match Step::spawn(&spec) {
+        let released = match held {
+            Some(mut step) => match step.release(&spec.command).await {
+                Ok(()) => Some(step),
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "the early step failed; starting it again"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let spawned = match released {
+            Some(step) => Ok(step),
+            None => Step::spawn(&spec),
+        };
+        let mut step = match spawned {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "starting a step failed");

@@ -34,17 +34,21 @@ use std::sync::Once;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
 
 pub use bwrap::bwrap_available;
-use bwrap::{Paths, bwrap_args, bwrap_path};
+use bwrap::{Paths, bwrap_args_for, bwrap_path};
 use cgroup::Cgroup;
 
 /// The shell that moves a step into its cgroup before exec'ing it.
 const SHELL: &str = "/bin/sh";
 /// `$1`: the cgroup's `cgroup.procs`; the rest: the step's program and arguments.
 const JOIN_CGROUP_SCRIPT: &str = "echo 0 > \"$1\" || { echo 'kiln: could not join the build step cgroup' >&2; exit 125; }; shift; exec \"$@\"";
+/// What a held step runs: `$1` is the working directory, the command arrives on stdin.
+const HOLD_SCRIPT: &str =
+    "command=$(cat) || exit 125; cd -- \"$1\" || exit 125; exec sh -c \"$command\"";
+
 /// Longest a new step may take to move into its cgroup.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -122,6 +126,8 @@ pub struct Step {
     pid: i32,
     cgroup: Option<Cgroup>,
     output: Option<(ChildStdout, ChildStderr)>,
+    /// A held step's stdin, where its command goes (see [`Step::spawn_held`]).
+    stdin: Option<ChildStdin>,
     /// Set once every process of the step is gone and its cgroup removed.
     finished: bool,
 }
@@ -136,8 +142,33 @@ impl Step {
         // every process in it when its init ends. A cgroup would add nothing but its cost: moving a
         // process into a cgroup waits for an RCU grace period (10-20 ms here), which is most of the
         // start-up time of a step.
+        Self::spawn_mode(spec, false)
+    }
+
+    /// Like [`Step::spawn`], but the command is given later, to [`Step::release`]: the process and its
+    /// sandbox start now (`spec.command` is ignored, `spec.cwd` need not exist yet), so that their
+    /// set-up overlaps whatever the caller does meanwhile, such as checking the commit out. Until it
+    /// is released the step runs nothing of the build.
+    pub fn spawn_held(spec: &StepSpec) -> anyhow::Result<Step> {
+        Self::spawn_mode(spec, true)
+    }
+
+    /// Gives a held step its command; it then runs in `spec.cwd` as `sh -c <command>`.
+    pub async fn release(&mut self, command: &str) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = self.stdin.take().context("the step is not held")?;
+        stdin
+            .write_all(command.as_bytes())
+            .await
+            .context("handing the command to the step")?;
+        // End of input: the command starts; its own stdin is at end-of-file.
+        drop(stdin);
+        Ok(())
+    }
+
+    fn spawn_mode(spec: &StepSpec, held: bool) -> anyhow::Result<Step> {
         if spec.mode == SandboxMode::Bwrap {
-            return Self::spawn_in(spec, None);
+            return Self::spawn_in(spec, None, held);
         }
         let cgroup = match Cgroup::create() {
             Ok(cgroup) => Some(cgroup),
@@ -153,18 +184,36 @@ impl Step {
                 None
             }
         };
-        Self::spawn_in(spec, cgroup)
+        Self::spawn_in(spec, cgroup, held)
     }
 
     /// [`Step::spawn`] with the cgroup chosen by the caller (`None`: process-group fallback).
-    fn spawn_in(spec: &StepSpec, cgroup: Option<Cgroup>) -> anyhow::Result<Step> {
-        let paths = Paths::resolve(spec)?;
+    fn spawn_in(spec: &StepSpec, cgroup: Option<Cgroup>, held: bool) -> anyhow::Result<Step> {
+        let paths = Paths::resolve(spec, !held)?;
+        // A held step starts in the workspace and waits for its command on stdin.
+        let (argv, dir): (Vec<OsString>, &std::path::Path) = if held {
+            let argv = ["sh", "-c", HOLD_SCRIPT, "kiln-step"]
+                .map(OsString::from)
+                .into_iter()
+                .chain([paths.cwd.clone().into_os_string()])
+                .collect();
+            (argv, &paths.workspace)
+        } else {
+            let argv = ["sh", "-c", spec.command.as_str()]
+                .map(OsString::from)
+                .into();
+            (argv, &paths.cwd)
+        };
         let (program, args): (OsString, Vec<OsString>) = match spec.mode {
             SandboxMode::Bwrap => (
                 bwrap_path().context("bwrap is not installed")?.into(),
-                bwrap_args(&spec.command, &paths),
+                bwrap_args_for(&paths, dir, argv),
             ),
-            SandboxMode::None => ("sh".into(), vec!["-c".into(), (&spec.command).into()]),
+            SandboxMode::None => {
+                let mut argv = argv.into_iter();
+                let program = argv.next().unwrap_or_else(|| "sh".into());
+                (program, argv.collect())
+            }
         };
         // The step joins its cgroup before anything of it runs: a small `sh` moves itself in, then
         // execs the step (same pid). Doing it in a `pre_exec` hook would force a full fork() of Kiln,
@@ -185,12 +234,12 @@ impl Step {
             }
         };
         if spec.mode == SandboxMode::None {
-            command.current_dir(&paths.cwd);
+            command.current_dir(dir);
         }
         command
             .env_clear()
             .envs(spec.env.iter().map(|(key, value)| (key, value)))
-            .stdin(Stdio::null())
+            .stdin(if held { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -205,12 +254,14 @@ impl Step {
             wait_joined(cgroup, &mut child)?;
         }
         let output = child.stdout.take().zip(child.stderr.take());
+        let stdin = child.stdin.take();
         Ok(Step {
             child,
             mode: spec.mode,
             pid: i32::try_from(pid).context("pid out of range")?,
             cgroup,
             output,
+            stdin,
             finished: false,
         })
     }

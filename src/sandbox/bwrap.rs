@@ -19,7 +19,10 @@ pub(super) struct Paths {
 }
 
 impl Paths {
-    pub(super) fn resolve(spec: &StepSpec) -> anyhow::Result<Paths> {
+    /// Checks and canonicalizes the spec's paths. With `cwd_exists: false` (a held step, whose
+    /// directory appears later) the working directory is only checked lexically: absolute, inside
+    /// the workspace, without `..`.
+    pub(super) fn resolve(spec: &StepSpec, cwd_exists: bool) -> anyhow::Result<Paths> {
         let canonical = |path: &Path| -> anyhow::Result<PathBuf> {
             anyhow::ensure!(
                 path.is_absolute(),
@@ -29,9 +32,29 @@ impl Paths {
             path.canonicalize()
                 .with_context(|| format!("step path {}", path.display()))
         };
+        let workspace = canonical(&spec.workspace)?;
+        let cwd = if cwd_exists {
+            canonical(&spec.cwd)?
+        } else {
+            let relative = spec.cwd.strip_prefix(&spec.workspace).with_context(|| {
+                format!(
+                    "step directory {} is outside the workspace {}",
+                    spec.cwd.display(),
+                    spec.workspace.display()
+                )
+            })?;
+            anyhow::ensure!(
+                relative
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))),
+                "step directory {} must not contain `..`",
+                spec.cwd.display()
+            );
+            workspace.join(relative)
+        };
         let paths = Paths {
-            cwd: canonical(&spec.cwd)?,
-            workspace: canonical(&spec.workspace)?,
+            cwd,
+            workspace,
             hidden: spec
                 .hidden
                 .iter()
@@ -53,10 +76,10 @@ impl Paths {
     }
 }
 
-/// bwrap's arguments. bwrap applies mount options in order, each source taken from the host: hidden
-/// dirs are covered after `/tmp` (bwrap creates mount points inside the tmpfs as needed), then the
-/// workspace is bound on top, then the read-only paths.
-pub(super) fn bwrap_args(command: &str, paths: &Paths) -> Vec<OsString> {
+/// bwrap's arguments to run `argv` in `chdir`. bwrap applies mount options in order, each source
+/// taken from the host: hidden dirs are covered after `/tmp` (bwrap creates mount points inside the
+/// tmpfs as needed), then the workspace is bound on top, then the read-only paths.
+pub(super) fn bwrap_args_for(paths: &Paths, chdir: &Path, argv: Vec<OsString>) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--die-with-parent",
         "--unshare-pid",
@@ -96,8 +119,9 @@ pub(super) fn bwrap_args(command: &str, paths: &Paths) -> Vec<OsString> {
     for path in &paths.read_only {
         args.extend(["--ro-bind".into(), path.into(), path.into()]);
     }
-    args.extend(["--chdir".into(), (&paths.cwd).into()]);
-    args.extend(["--", "sh", "-c", command].map(OsString::from));
+    args.extend(["--chdir".into(), chdir.into()]);
+    args.push("--".into());
+    args.extend(argv);
     args
 }
 

@@ -156,7 +156,11 @@ async fn the_environment_is_exactly_the_spec_and_not_on_any_command_line() {
         assert!(out.contains("KILN_TEST_SECRET=s3cr3t-value"), "{mode}");
     }
     let spec = fixture.spec(SandboxMode::Bwrap, "true");
-    let args = bwrap_args(&spec.command, &Paths::resolve(&spec).expect("paths"));
+    let paths = Paths::resolve(&spec, true).expect("paths");
+    let argv = ["sh", "-c", spec.command.as_str()]
+        .map(OsString::from)
+        .into();
+    let args = bwrap_args_for(&paths, &paths.cwd, argv);
     assert!(
         !args
             .iter()
@@ -262,7 +266,8 @@ async fn process_group_fallback_without_cgroup() {
     let fixture = Fixture::new();
     for mode in modes() {
         let spec = fixture.spec(mode, "echo out; echo err >&2; exit 3");
-        let (status, out, err) = collect(&mut Step::spawn_in(&spec, None).expect("spawn")).await;
+        let (status, out, err) =
+            collect(&mut Step::spawn_in(&spec, None, false).expect("spawn")).await;
         assert_eq!(
             (status.code(), out.as_str(), err.as_str()),
             (Some(3), "out\n", "err\n")
@@ -274,7 +279,7 @@ async fn process_group_fallback_without_cgroup() {
             SandboxMode::None => format!("sleep {marker} &\nsleep {marker} &\n"),
             SandboxMode::Bwrap => background_jobs(&marker),
         };
-        let mut step = Step::spawn_in(&fixture.spec(mode, &script), None).expect("spawn");
+        let mut step = Step::spawn_in(&fixture.spec(mode, &script), None, false).expect("spawn");
         let (status, _, _) = collect(&mut step).await;
         assert!(status.success(), "{mode}");
         wait_for("the background sleeps to be gone", || {
@@ -282,8 +287,8 @@ async fn process_group_fallback_without_cgroup() {
         })
         .await;
 
-        let mut step =
-            Step::spawn_in(&fixture.spec(mode, &format!("sleep {marker}")), None).expect("spawn");
+        let mut step = Step::spawn_in(&fixture.spec(mode, &format!("sleep {marker}")), None, false)
+            .expect("spawn");
         wait_for("the sleep", || sleepers(&marker).len() == 1).await;
         step.terminate(Duration::from_secs(60))
             .await
@@ -384,4 +389,48 @@ async fn rejects_a_cwd_outside_the_workspace() {
         format!("{error:#}").contains("outside the workspace"),
         "{error:#}"
     );
+}
+
+#[tokio::test]
+async fn a_held_step_runs_nothing_until_released_then_runs_in_its_directory() {
+    let fixture = Fixture::new();
+    for mode in modes() {
+        let marker = marker();
+        let mut spec = fixture.spec(mode, "ignored");
+        // The working directory does not exist yet when the step is spawned (it comes with the checkout).
+        spec.cwd = spec.workspace.join(format!("later-{marker}"));
+        let mut step = Step::spawn_held(&spec).expect("spawn held");
+        std::fs::create_dir_all(&spec.cwd).expect("create cwd");
+        let command = format!("pwd; echo \"multi\nline\"; sleep {marker} & wait");
+        // Nothing of the command runs before the release.
+        assert!(sleepers(&marker).is_empty(), "{mode}");
+        step.release(&command).await.expect("release");
+        wait_for("the sleep", || sleepers(&marker).len() == 1).await;
+        step.terminate(Duration::from_secs(1))
+            .await
+            .expect("terminate");
+        let (_, out, _) = collect(&mut step).await;
+        assert!(
+            out.starts_with(&format!(
+                "{}\n",
+                spec.cwd.canonicalize().expect("cwd").display()
+            )),
+            "{mode}: {out}"
+        );
+        assert!(out.contains("multi\nline\n"), "{mode}: {out}");
+        assert!(sleepers(&marker).is_empty(), "{mode}");
+
+        // Dropped without a release: nothing ran, nothing is left.
+        let step = Step::spawn_held(&spec).expect("spawn held");
+        drop(step);
+        assert!(sleepers(&marker).is_empty(), "{mode}");
+        assert!(
+            Step::spawn_held(&{
+                let mut bad = fixture.spec(mode, "x");
+                bad.cwd = bad.workspace.join("../escape");
+                bad
+            })
+            .is_err()
+        );
+    }
 }
