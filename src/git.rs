@@ -211,21 +211,27 @@ impl GitCache {
 
     /// Fetches branches and tags into the mirror at `path`, pruning deleted ones.
     async fn fetch(&self, path: &Path, url: &str) -> anyhow::Result<()> {
+        let (url, auth) = split_credentials(url);
+        let url = url.as_str();
         let out = self
             .git
-            .output(Cmd::new(self.fetch_timeout).dir(path).args([
-                // Housekeeping runs after the fetch, off the build's path (below).
-                "-c",
-                "maintenance.auto=false",
-                "fetch",
-                "--quiet",
-                "--prune",
-                "--no-write-fetch-head",
-                "--end-of-options",
-                url,
-                "+refs/heads/*:refs/heads/*",
-                "+refs/tags/*:refs/tags/*",
-            ]))
+            .output(
+                with_auth(Cmd::new(self.fetch_timeout), auth)
+                    .dir(path)
+                    .args([
+                        // Housekeeping runs after the fetch, off the build's path (below).
+                        "-c",
+                        "maintenance.auto=false",
+                        "fetch",
+                        "--quiet",
+                        "--prune",
+                        "--no-write-fetch-head",
+                        "--end-of-options",
+                        url,
+                        "+refs/heads/*:refs/heads/*",
+                        "+refs/tags/*:refs/tags/*",
+                    ]),
+            )
             .await?;
         if !out.success {
             return Err(GitError::Fetch {
@@ -263,15 +269,15 @@ impl GitCache {
 
     /// Points the mirror's `HEAD` at the remote's default branch (left alone for an empty remote).
     async fn update_head(&self, path: &Path, url: &str) -> anyhow::Result<()> {
+        let (url, auth) = split_credentials(url);
+        let url = url.as_str();
         let out = self
             .git
-            .output(Cmd::new(self.fetch_timeout).dir(path).args([
-                "ls-remote",
-                "--symref",
-                "--end-of-options",
-                url,
-                "HEAD",
-            ]))
+            .output(
+                with_auth(Cmd::new(self.fetch_timeout), auth)
+                    .dir(path)
+                    .args(["ls-remote", "--symref", "--end-of-options", url, "HEAD"]),
+            )
             .await?;
         if !out.success {
             return Err(GitError::Fetch {
@@ -296,6 +302,63 @@ impl GitCache {
                 .context("setting the mirror's default branch")?;
         }
         Ok(())
+    }
+}
+
+/// Splits `user:password@` off an http(s) URL into an `Authorization` header, so that git gets the
+/// credential through its environment instead of its command line (where `ps` shows it, and where
+/// git hands it on to `git-remote-https` as an argument). Other URLs are returned unchanged.
+fn split_credentials(url: &str) -> (String, Option<String>) {
+    use base64::Engine;
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
+        return (url.to_owned(), None);
+    }
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_owned(), None);
+    };
+    let userinfo = &rest[..at];
+    let clean = format!("{scheme}://{}", &rest[at + 1..]);
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let token = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        percent_decode(user),
+        percent_decode(password)
+    ));
+    (clean, Some(format!("Authorization: Basic {token}")))
+}
+
+/// Decodes `%XX` escapes (URL userinfo may carry them); invalid escapes are kept as they are.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| s.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn with_auth(cmd: Cmd, auth: Option<String>) -> Cmd {
+    match auth {
+        Some(header) => cmd.secret_config("http.extraHeader", header),
+        None => cmd,
     }
 }
 
@@ -354,6 +417,41 @@ impl Drop for TempDir {
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(error = %e, dir = %path.display(), "could not remove a partial git mirror");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_url_for_a_header() {
+        let (url, auth) = split_credentials("https://x-access-token:ghs_S3CRET@github.com/o/r.git");
+        assert_eq!(url, "https://github.com/o/r.git");
+        // base64("x-access-token:ghs_S3CRET")
+        assert_eq!(
+            auth.as_deref(),
+            Some("Authorization: Basic eC1hY2Nlc3MtdG9rZW46Z2hzX1MzQ1JFVA==")
+        );
+        let (url, auth) = split_credentials("http://user%40corp:p%3Ass@git.example/o/r");
+        assert_eq!(url, "http://git.example/o/r");
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.unwrap().trim_start_matches("Authorization: Basic "))
+            .unwrap();
+        assert_eq!(decoded, b"user@corp:p:ss");
+        for plain in [
+            "https://github.com/o/r.git",
+            "file:///tmp/o/r",
+            "ssh://git@host/o/r",
+            "https://h/a@b",
+        ] {
+            assert_eq!(
+                split_credentials(plain),
+                (plain.to_owned(), None),
+                "{plain}"
+            );
         }
     }
 }

@@ -1476,3 +1476,51 @@ async fn the_curl_examples_of_the_api_reference_work_against_the_binary() {
         );
     }
 }
+
+#[tokio::test]
+async fn accounts_commands_set_limits_that_a_running_server_applies() {
+    let site = Site::new().await;
+    let token = "accounts-bootstrap-token-0123456789";
+    let kiln = site.serve(&["--bootstrap-token", token]).await;
+    let run = site
+        .kiln(&[
+            "accounts",
+            "set",
+            ACCOUNT,
+            "--concurrency",
+            "3",
+            "--build-minutes",
+            "0",
+        ])
+        .await;
+    run.assert_ok("accounts set");
+    // Only the build minutes change; the concurrency stays.
+    site.kiln(&["accounts", "set", ACCOUNT, "--build-minutes", "0"])
+        .await
+        .assert_ok("accounts set minutes");
+    let list = site.kiln(&["accounts", "list"]).await;
+    list.assert_ok("accounts list");
+    let line = list
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(ACCOUNT))
+        .unwrap_or_else(|| panic!("{}", list.describe()));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols, [ACCOUNT, "3", "0"], "{line}");
+    // The server reads the limit from the store: this account is out of build minutes.
+    let limits = kiln
+        .ok(token, Method::GET, &acct("/account/limits"), None)
+        .await;
+    assert_eq!(
+        limits["result"]["has_reached_build_minutes_limit"],
+        json!(true),
+        "{limits}"
+    );
+
+    site.kiln(&["accounts", "set", ACCOUNT])
+        .await
+        .assert_failed("accounts set without a limit", "nothing to set");
+    site.kiln(&["accounts", "set", "not an account", "--concurrency", "1"])
+        .await
+        .assert_failed("accounts set with a bad id", "account");
+}

@@ -48,6 +48,8 @@ pub(crate) struct Output {
 #[derive(Debug)]
 pub(crate) struct Cmd {
     args: Vec<OsString>,
+    /// Configuration passed through the environment (`GIT_CONFIG_KEY_n`), never on the command line.
+    secret_config: Vec<(String, String)>,
     dir: Option<PathBuf>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
@@ -59,6 +61,7 @@ impl Cmd {
     pub fn new(timeout: Duration) -> Cmd {
         Cmd {
             args: Vec::new(),
+            secret_config: Vec::new(),
             dir: None,
             stdin: None,
             timeout,
@@ -84,6 +87,13 @@ impl Cmd {
     {
         self.args
             .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// `git -c key=value`, but through the environment, so that the value (a credential) is not in
+    /// any process's command line.
+    pub fn secret_config(mut self, key: &str, value: String) -> Cmd {
+        self.secret_config.push((key.to_owned(), value));
         self
     }
 
@@ -157,6 +167,14 @@ impl Git {
             .process_group(0);
         for c in CONFIG {
             command.arg("-c").arg(c);
+        }
+        if !cmd.secret_config.is_empty() {
+            command.env("GIT_CONFIG_COUNT", cmd.secret_config.len().to_string());
+            for (i, (key, value)) in cmd.secret_config.iter().enumerate() {
+                command
+                    .env(format!("GIT_CONFIG_KEY_{i}"), key)
+                    .env(format!("GIT_CONFIG_VALUE_{i}"), value);
+            }
         }
         if let Some(dir) = &cmd.dir {
             command.arg("-C").arg(dir);
