@@ -752,3 +752,45 @@ async fn queued_builds_see_a_deleted_token_and_a_deleted_trigger() {
     wait_no_processes(&m, Duration::from_secs(10)).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn commands_run_in_the_root_directory() {
+    let app = spawn_runner(SandboxMode::Bwrap, |_| {}).await;
+    let f = app.fixture("mono").await;
+    commit_files(
+        &app,
+        "mono",
+        &[("apps/web/index.js", "x"), ("README.md", "x")],
+        "monorepo",
+    );
+    set_commands(&app, &f.trigger, "pwd; ls", "").await;
+    app.ok(
+        Method::PATCH,
+        &app.acct(&format!("/triggers/{}", f.trigger)),
+        Some(json!({"root_directory": "/apps/web"})),
+    )
+    .await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    assert_eq!(wait_stopped(&app, &id).await["build_outcome"], "success");
+    let logs = all_logs(&app, &id).await;
+    assert!(
+        logs.iter().any(|l| l.ends_with("/repo/apps/web")),
+        "{logs:?}"
+    );
+    assert!(logs.contains(&"index.js".to_owned()), "{logs:?}");
+    assert!(!logs.contains(&"README.md".to_owned()), "{logs:?}");
+
+    app.ok(
+        Method::PATCH,
+        &app.acct(&format!("/triggers/{}", f.trigger)),
+        Some(json!({"root_directory": "apps/missing"})),
+    )
+    .await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    assert_eq!(wait_stopped(&app, &id).await["build_outcome"], "fail");
+    assert_eq!(
+        all_logs(&app, &id).await.last().unwrap(),
+        "Failed: root directory apps/missing does not exist in the repository"
+    );
+    app.stop().await;
+}
