@@ -182,6 +182,9 @@ pub fn routes() -> Vec<Route> {
         route!(PUT "/accounts/{account_id}/builds/workers/{external_script_id}/deploy_hooks/{deploy_hook_uuid}", "updateDeployHook", Write,
             deploy_hooks::update_deploy_hook, summary: "Update a deploy hook", result: DeployHook,
             body: deploy_hooks::DeployHookRequest),
+        route!(POST "/workers/builds/deploy_hooks/{deploy_hook_uuid}", "triggerDeployHook", Public,
+            deploy_hooks::trigger_deploy_hook, summary: "Start a build from a deploy hook (no authentication: the hook id is the secret)",
+            result: deploy_hooks::HookTriggered),
         route!(DELETE "/accounts/{account_id}/builds/workers/{external_script_id}/deploy_hooks/{deploy_hook_uuid}", "deleteDeployHook", Write,
             deploy_hooks::delete_deploy_hook, summary: "Delete a deploy hook and return it", result: DeployHook),
     ]

@@ -1,11 +1,13 @@
 //! Pure domain types: identifiers, timestamps, statuses and validation rules. No I/O lives here.
 
+mod filters;
 mod ids;
 mod packages;
 mod records;
 mod time;
 mod validate;
 
+pub use filters::{branch_selected, glob_matches};
 pub use ids::{
     AccountId, BuildId, BuildTokenId, DeployHookId, EnvVarKey, RepoConnectionId, TriggerId,
     VersionId, WorkerId,

@@ -49,6 +49,9 @@ const JOIN_CGROUP_SCRIPT: &str = "echo 0 > \"$1\" || { echo 'kiln: could not joi
 const HOLD_SCRIPT: &str =
     "command=$(cat) || exit 125; cd -- \"$1\" || exit 125; exec sh -c \"$command\"";
 
+/// Longest we wait for bwrap to stop after SIGSTOP.
+const STOP_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Longest a new step may take to move into its cgroup.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -128,6 +131,8 @@ pub struct Step {
     output: Option<(ChildStdout, ChildStderr)>,
     /// A held step's stdin, where its command goes (see [`Step::spawn_held`]).
     stdin: Option<ChildStdin>,
+    /// bwrap mode: the PID namespace of the sandbox, once known.
+    namespace: Option<OsString>,
     /// Set once every process of the step is gone and its cgroup removed.
     finished: bool,
 }
@@ -262,6 +267,7 @@ impl Step {
             cgroup,
             output,
             stdin,
+            namespace: None,
             finished: false,
         })
     }
@@ -359,8 +365,14 @@ impl Step {
         Ok(match (&self.cgroup, self.mode) {
             (Some(cgroup), _) => !cgroup.populated()?,
             // bwrap exits only after its namespace init, and that exits only once the kernel has
-            // killed and reaped everything else in the namespace.
-            (None, SandboxMode::Bwrap) => true,
+            // killed and reaped everything else in the namespace; when bwrap itself was killed, the
+            // namespace is checked directly (zombies have no namespace link and do not count).
+            (None, SandboxMode::Bwrap) => match &self.namespace {
+                Some(namespace) => procfs::pids_in_namespace(namespace)
+                    .context("listing the sandbox's pids")?
+                    .is_empty(),
+                None => true,
+            },
             (None, SandboxMode::None) => {
                 !procfs::group_alive(self.pid).context("listing processes")?
             }
@@ -376,14 +388,18 @@ impl Step {
                 }
             }
             (None, SandboxMode::None) => signal_group(self.pid, libc::SIGKILL),
-            // Killing the namespace's init ends the namespace: the kernel kills everything in it.
-            // bwrap is stopped first so that it cannot create the init between our look and our kill
-            // (an init created just before bwrap dies might not have armed --die-with-parent yet).
+            // Killing the namespace's init ends the namespace: the kernel kills everything in it, and
+            // bwrap exits once it has reaped the init. bwrap is stopped while we look, so that it cannot
+            // create the init between our look and our kill.
             (None, SandboxMode::Bwrap) => {
                 if self.child.try_wait().ok().flatten().is_none() {
                     signal(self.pid, libc::SIGSTOP);
-                    if let Ok(Some((init, _))) = procfs::sandbox_init(self.pid) {
+                    wait_stopped(self.pid);
+                    if let Ok(Some((init, namespace))) = procfs::sandbox_init(self.pid) {
+                        self.namespace = Some(namespace);
                         signal(init, libc::SIGKILL);
+                        signal(self.pid, libc::SIGCONT);
+                        return;
                     }
                 }
             }
@@ -493,4 +509,14 @@ fn wait_joined(cgroup: &Cgroup, child: &mut Child) -> anyhow::Result<()> {
 /// step cgroups (killing what still runs in them). Returns how many were removed.
 pub fn remove_orphaned_cgroups() -> usize {
     cgroup::remove_orphans()
+}
+
+/// Waits (at most [`STOP_TIMEOUT`]) until `pid` is stopped or gone after a SIGSTOP.
+fn wait_stopped(pid: i32) {
+    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+    while matches!(procfs::state(pid), Some(state) if state != 'T' && state != 't')
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }

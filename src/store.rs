@@ -30,7 +30,7 @@ use crate::crypto::SecretBox;
 pub use builds::BuildSecrets;
 pub use builds::{CancelOutcome, NewBuild};
 pub use connections::{DeleteConnection, NewConnection};
-pub use deploy_hooks::HookWriteError;
+pub use deploy_hooks::{HookCall, HookWriteError};
 pub use env_vars::EnvVarChange;
 pub use logs::LogPage;
 pub use scheduling::{ClaimedBuild, LostBuild};

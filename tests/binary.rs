@@ -1242,8 +1242,7 @@ impl CurlRunner {
 #[tokio::test]
 async fn the_curl_examples_of_the_api_reference_work_against_the_binary() {
     let examples = seed_examples();
-    // 004 (`POST /workers/builds/deploy_hooks/{uuid}`, the public deploy-hook trigger) is not
-    // implemented yet, so only 002 is exercised here.
+    // 002 (the Workers Builds reference) and 004 (the public deploy-hook trigger).
     let site = Site::new().await;
     // The seed's connection names the GitHub repository Cloudflare/workers-sdk: a local copy stands in.
     let remotes = site.dir.path().join("remotes");
@@ -1448,6 +1447,35 @@ async fn the_curl_examples_of_the_api_reference_work_against_the_binary() {
         vars["result"].get("API_KEY").is_none() && vars["result"].get("NODE_ENV").is_some(),
         "{vars}"
     );
+    // 004: the public deploy-hook trigger (the example's X-Auth headers are ignored: no auth needed).
+    let hook = kiln
+        .ok(
+            &api_token.secret,
+            Method::POST,
+            &acct("/workers/my-worker/deploy_hooks"),
+            Some(json!({"deploy_hook_name": "CMS", "branch": "main"})),
+        )
+        .await;
+    c.vars.insert(
+        "DEPLOY_HOOK_UUID",
+        string(&hook["result"]["deploy_hook_uuid"]),
+    );
+    c.vars
+        .insert("CLOUDFLARE_EMAIL", "nobody@example.com".to_owned());
+    c.vars.insert("CLOUDFLARE_API_KEY", "not-a-key".to_owned());
+    let trigger_hook = c.take("POST /workers/builds/deploy_hooks/$DEPLOY_HOOK_UUID");
+    let hooked = c.ok_command("triggerDeployHook", &trigger_hook).await;
+    assert_eq!(hooked["already_exists"], json!(false), "{hooked}");
+    // The build is still queued (no runners here): the same call returns it.
+    let hooked_again = c
+        .ok_command("triggerDeployHook (again)", &trigger_hook)
+        .await;
+    assert_eq!(
+        hooked_again["already_exists"],
+        json!(true),
+        "{hooked_again}"
+    );
+
     c.ok("DELETE /accounts/$ACCOUNT_ID/builds/triggers/$TRIGGER_UUID")
         .await;
     c.ok("DELETE /accounts/$ACCOUNT_ID/builds/tokens/$BUILD_TOKEN_UUID")

@@ -2,16 +2,16 @@
 
 use axum::extract::State;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ok};
-use super::extract::{Account, ApiJson, PathParams};
+use super::extract::{Account, ApiJson, NoBody, PathParams};
 use crate::domain::{
-    DeployHook, DeployHookId, DetailedDeployHook, Invalid, MAX_HOOK_NAME_LEN, WorkerId,
-    bounded_text, branch,
+    BuildId, BuildStatus, DeployHook, DeployHookId, DetailedDeployHook, Invalid, MAX_HOOK_NAME_LEN,
+    Timestamp, WorkerId, bounded_text, branch,
 };
-use crate::store::HookWriteError;
+use crate::store::{HookCall, HookWriteError};
 
 /// Body of `createDeployHook` and `updateDeployHook`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -126,4 +126,51 @@ pub async fn delete_deploy_hook(
         .delete_deploy_hook(&account, &worker, id)
         .await?
         .map_or(Err(ApiError::NotFound), ok)
+}
+
+/// Result of `triggerDeployHook`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HookTriggered {
+    /// True when a pending (queued or initializing) build of this hook was returned instead of a new one.
+    pub already_exists: bool,
+    pub build_uuid: BuildId,
+    pub created_on: Timestamp,
+    pub status: BuildStatus,
+}
+
+/// `POST /workers/builds/deploy_hooks/{deploy_hook_uuid}` — no authentication: the hook id is the secret.
+pub async fn trigger_deploy_hook(
+    State(app): State<AppState>,
+    path: PathParams,
+    _: NoBody,
+) -> ApiResult<HookTriggered> {
+    let id = hook_id(&path)?;
+    match app.store.call_deploy_hook(id).await? {
+        HookCall::Created { build, created_on } => {
+            app.scheduler.wake();
+            ok(HookTriggered {
+                already_exists: false,
+                build_uuid: build,
+                created_on,
+                status: BuildStatus::Queued,
+            })
+        }
+        HookCall::Pending {
+            build,
+            created_on,
+            status,
+        } => ok(HookTriggered {
+            already_exists: true,
+            build_uuid: build,
+            created_on,
+            status,
+        }),
+        HookCall::NotFound => Err(ApiError::NotFound),
+        HookCall::NoTrigger { branch } => Err(ApiError::Conflict(format!(
+            "no trigger of this Worker builds branch {branch:?}: check the triggers' branch filters"
+        ))),
+        HookCall::RateLimited { retry_after_secs } => {
+            Err(ApiError::RateLimited { retry_after_secs })
+        }
+    }
 }

@@ -30,6 +30,11 @@ pub(super) fn processes() -> std::io::Result<Vec<ProcInfo>> {
     Ok(found)
 }
 
+/// The scheduler state of a process (`T` when stopped), `None` when it is gone.
+pub(super) fn state(pid: i32) -> Option<char> {
+    read_stat(pid).map(|info| info.state)
+}
+
 fn read_stat(pid: i32) -> Option<ProcInfo> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(pid, &stat)

@@ -101,6 +101,20 @@ impl Store {
         new: &NewBuild,
     ) -> anyhow::Result<Option<(BuildId, Timestamp)>> {
         let mut w = self.begin_write().await?;
+        let inserted = self.insert_build_in(&mut w, account, new).await?;
+        if inserted.is_some() {
+            w.commit().await?;
+        }
+        Ok(inserted)
+    }
+
+    /// [`Store::insert_build`] inside the caller's transaction.
+    pub(super) async fn insert_build_in(
+        &self,
+        w: &mut super::WriteTx<'_>,
+        account: &AccountId,
+        new: &NewBuild,
+    ) -> anyhow::Result<Option<(BuildId, Timestamp)>> {
         let row = sqlx::query(&format!(
             "SELECT {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS}, k.secret_enc AS k_secret \
              FROM triggers t JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
@@ -169,7 +183,6 @@ impl Store {
         .execute(&mut *w.tx)
         .await
         .context("inserting a build")?;
-        w.commit().await?;
         Ok(Some((id, now)))
     }
 

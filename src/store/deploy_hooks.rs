@@ -4,10 +4,12 @@ use anyhow::Context;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::rows::{opt_ts, text, ts};
+use super::builds::NewBuild;
+use super::rows::{list, opt_ts, text, ts};
 use super::{Store, WriteTx};
 use crate::domain::{
-    AccountId, DeployHook, DeployHookId, DetailedDeployHook, LatestHookBuild, Timestamp, WorkerId,
+    AccountId, BuildId, BuildStatus, DeployHook, DeployHookId, DetailedDeployHook, LatestHookBuild,
+    Timestamp, TriggerId, TriggerSource, WorkerId, branch_selected,
 };
 
 /// Why a hook could not be written.
@@ -225,4 +227,142 @@ async fn fetch_hook<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     .await
     .context("reading a deploy hook")?;
     row.as_ref().map(from_row).transpose()
+}
+
+/// Builds per Worker that deploy hooks may start per [`HOOK_RATE_WINDOW_MS`].
+pub const HOOK_BUILDS_PER_WORKER: i64 = 10;
+/// Builds per account that deploy hooks may start per [`HOOK_RATE_WINDOW_MS`].
+pub const HOOK_BUILDS_PER_ACCOUNT: i64 = 100;
+/// The deploy-hook rate-limit window, in milliseconds.
+pub const HOOK_RATE_WINDOW_MS: i64 = 60_000;
+
+/// What calling a deploy hook did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HookCall {
+    /// A build was queued.
+    Created {
+        build: BuildId,
+        created_on: Timestamp,
+    },
+    /// A build of this hook is still queued or initializing: it is returned instead.
+    Pending {
+        build: BuildId,
+        created_on: Timestamp,
+        status: BuildStatus,
+    },
+    /// No live hook has this id.
+    NotFound,
+    /// No live trigger of the Worker builds the hook's branch.
+    NoTrigger { branch: String },
+    /// Too many hook builds in the window; retry after this many seconds.
+    RateLimited { retry_after_secs: u64 },
+}
+
+impl Store {
+    /// Calls a deploy hook: dedupe against its pending build, rate limits, then one build of the hook's
+    /// branch with the Worker's trigger whose branch filters select it — all in one transaction.
+    pub async fn call_deploy_hook(&self, id: DeployHookId) -> anyhow::Result<HookCall> {
+        let mut w = self.begin_write().await?;
+        let hook = sqlx::query(
+            "SELECT account_id, external_script_id, branch FROM deploy_hooks WHERE uuid = $1 AND deleted_on IS NULL",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&mut *w.tx)
+        .await
+        .context("finding a deploy hook")?;
+        let Some(hook) = hook else {
+            return Ok(HookCall::NotFound);
+        };
+        let account = AccountId::from_stored(text(&hook, "account_id")?);
+        let worker = text(&hook, "external_script_id")?;
+        let branch = text(&hook, "branch")?;
+        // Hook calls of one account are serialised: the dedupe and the counts below stay true until commit.
+        self.lock_key(&mut w, &format!("hooks:{account}")).await?;
+        let pending = sqlx::query(
+            "SELECT uuid, status, created_on FROM builds WHERE deploy_hook_uuid = $1 \
+             AND status IN ('queued', 'initializing') ORDER BY id DESC LIMIT 1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&mut *w.tx)
+        .await
+        .context("looking for a pending hook build")?;
+        if let Some(p) = pending {
+            return Ok(HookCall::Pending {
+                build: BuildId::from_stored(&text(&p, "uuid")?)?,
+                created_on: ts(&p, "created_on")?,
+                status: BuildStatus::from_stored(&text(&p, "status")?)?,
+            });
+        }
+        let now = Timestamp::now();
+        let since = now.millis() - HOOK_RATE_WINDOW_MS;
+        let window = sqlx::query(
+            "SELECT COUNT(*) AS n_account, \
+             COALESCE(SUM(CASE WHEN external_script_id = $2 THEN 1 ELSE 0 END), 0) AS n_worker, \
+             MIN(created_on) AS oldest_account, \
+             MIN(CASE WHEN external_script_id = $2 THEN created_on END) AS oldest_worker \
+             FROM builds WHERE account_id = $1 AND trigger_source = 'deploy_hook' AND created_on >= $3",
+        )
+        .bind(account.as_str())
+        .bind(&worker)
+        .bind(since)
+        .fetch_one(&mut *w.tx)
+        .await
+        .context("counting hook builds")?;
+        let n_account: i64 = window.try_get("n_account")?;
+        let n_worker: i64 = window.try_get("n_worker")?;
+        let oldest = if n_worker >= HOOK_BUILDS_PER_WORKER {
+            Some(window.try_get::<Option<i64>, _>("oldest_worker")?)
+        } else if n_account >= HOOK_BUILDS_PER_ACCOUNT {
+            Some(window.try_get::<Option<i64>, _>("oldest_account")?)
+        } else {
+            None
+        };
+        if let Some(oldest) = oldest {
+            let free_at = oldest.unwrap_or(now.millis()) + HOOK_RATE_WINDOW_MS;
+            let retry_after_secs = ((free_at - now.millis()).max(0) as u64)
+                .div_ceil(1000)
+                .max(1);
+            return Ok(HookCall::RateLimited { retry_after_secs });
+        }
+        let triggers = sqlx::query(
+            "SELECT uuid, branch_includes, branch_excludes FROM triggers \
+             WHERE account_id = $1 AND external_script_id = $2 AND deleted_on IS NULL ORDER BY created_on, uuid",
+        )
+        .bind(account.as_str())
+        .bind(&worker)
+        .fetch_all(&mut *w.tx)
+        .await
+        .context("finding the hook's trigger")?;
+        let mut chosen = None;
+        for t in &triggers {
+            if branch_selected(
+                &list(t, "branch_includes")?,
+                &list(t, "branch_excludes")?,
+                &branch,
+            ) {
+                chosen = Some(TriggerId::from_stored(&text(t, "uuid")?)?);
+                break;
+            }
+        }
+        let Some(trigger) = chosen else {
+            return Ok(HookCall::NoTrigger { branch });
+        };
+        let new = NewBuild {
+            trigger,
+            source: TriggerSource::DeployHook,
+            branch: Some(branch.clone()),
+            commit_hash: None,
+            commit_message: None,
+            author: None,
+            pull_request: None,
+            deploy_hook: Some(id),
+        };
+        let Some((build, created_on)) = self.insert_build_in(&mut w, &account, &new).await? else {
+            return Ok(HookCall::NoTrigger { branch });
+        };
+        w.commit().await?;
+        self.supersede_queued_builds(trigger, &branch, build)
+            .await?;
+        Ok(HookCall::Created { build, created_on })
+    }
 }
