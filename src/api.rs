@@ -11,6 +11,7 @@ mod extract;
 mod openapi;
 mod tokens;
 mod triggers;
+mod webhooks;
 
 use std::collections::BTreeMap;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub git: std::sync::Arc<crate::git::GitCache>,
     /// Wakes the local scheduler when a build is queued and relays cancels to local runners.
     pub scheduler: crate::scheduler::SchedulerHandle,
+    /// Secrets GitHub signs webhook deliveries with (several during a rotation); none: webhooks off.
+    pub github_webhook_secrets: std::sync::Arc<Vec<String>>,
 }
 
 /// Account-level limits reported by `account/limits`.
@@ -218,8 +221,19 @@ pub fn router(state: AppState) -> Router {
         })
         .fallback(method_not_allowed),
     );
+    let webhooks = Router::new()
+        .route(
+            "/webhooks/github",
+            axum::routing::post(webhooks::receive_github_webhook)
+                .fallback(method_not_allowed)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::github::MAX_WEBHOOK_BYTES,
+                )),
+        )
+        .with_state(state.clone());
     Router::new()
         .nest(BASE, api.with_state(state))
+        .merge(webhooks)
         .fallback(no_route)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())

@@ -123,6 +123,14 @@ pub struct ServeArgs {
     /// `{repo}` its `repo_name`.
     #[arg(long, env = "KILN_GIT_URL_TEMPLATE", default_value = crate::git::DEFAULT_URL_TEMPLATE)]
     pub git_url_template: String,
+    /// Secret(s) of GitHub webhook signatures, comma-separated during a rotation.
+    #[arg(
+        long,
+        env = "KILN_GITHUB_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub github_webhook_secret: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,6 +205,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             cancel_grace: args.cancel_grace,
             log_cap_bytes: args.log_cap_mib.saturating_mul(1024 * 1024),
         },
+        github_webhook_secrets: args
+            .github_webhook_secret
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
     };
     let mut server = Server::start(&config).await?;
     tracing::info!(addr = %server.addr, backend = ?server.store.backend(), "kiln listening on http://{}", server.addr);

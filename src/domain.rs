@@ -7,7 +7,7 @@ mod records;
 mod time;
 mod validate;
 
-pub use filters::{branch_selected, glob_matches};
+pub use filters::{branch_selected, glob_matches, paths_selected};
 pub use ids::{
     AccountId, BuildId, BuildTokenId, DeployHookId, EnvVarKey, RepoConnectionId, TriggerId,
     VersionId, WorkerId,

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod crypto;
 pub mod domain;
 pub mod git;
+pub mod github;
 pub mod logs;
 pub mod runner;
 pub mod sandbox;

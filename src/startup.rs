@@ -44,6 +44,8 @@ pub struct ServeConfig {
     pub scheduler: SchedulerConfig,
     /// How builds run: sandbox, timeout, cancel grace, log cap.
     pub runner: RunnerConfig,
+    /// Secrets of GitHub webhook signatures; empty: `/webhooks/github` refuses every delivery.
+    pub github_webhook_secrets: Vec<String>,
 }
 
 /// Opens (creating if needed) the data dir and the store, running migrations.
@@ -221,6 +223,7 @@ impl Server {
             limits: config.limits,
             git,
             scheduler: handle,
+            github_webhook_secrets: Arc::new(config.github_webhook_secrets.clone()),
         });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

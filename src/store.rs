@@ -15,6 +15,7 @@ mod rows;
 mod scheduling;
 mod tokens;
 mod triggers;
+mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -35,6 +36,7 @@ pub use env_vars::EnvVarChange;
 pub use logs::LogPage;
 pub use scheduling::{ClaimedBuild, LostBuild};
 pub use triggers::{NewTrigger, TriggerPatch, TriggerWriteError};
+pub use webhooks::DeliveryOutcome;
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,6 +33,32 @@ pub fn branch_selected(includes: &[String], excludes: &[String], branch: &str) -
         && includes.iter().any(|p| glob_matches(p, branch))
 }
 
+/// Pushes with this many changed files or more always build (the payload lists at most 3,000).
+pub const WATCH_PATHS_MAX_FILES: usize = 3000;
+/// Pushes with this many commits or more always build (the payload lists at most 20).
+pub const WATCH_PATHS_MAX_COMMITS: usize = 20;
+
+/// Whether a push with these changed paths builds under these watch paths: paths matching an exclude
+/// are dropped, then any remaining path matching an include builds. Pushes whose file list is empty or
+/// may be incomplete (3,000+ files, 20+ commits) always build.
+pub fn paths_selected(
+    includes: &[String],
+    excludes: &[String],
+    changed: &[String],
+    commits: usize,
+) -> bool {
+    if changed.is_empty()
+        || changed.len() >= WATCH_PATHS_MAX_FILES
+        || commits >= WATCH_PATHS_MAX_COMMITS
+    {
+        return true;
+    }
+    changed
+        .iter()
+        .filter(|path| !excludes.iter().any(|p| glob_matches(p, path)))
+        .any(|path| includes.iter().any(|p| glob_matches(p, path)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +85,20 @@ mod tests {
         ] {
             assert!(!glob_matches(p, t), "{p} {t}");
         }
+    }
+
+    #[test]
+    fn watch_paths() {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (inc, exc) = (v(&["apps/web/*"]), v(&["*.md"]));
+        assert!(paths_selected(&inc, &exc, &v(&["apps/web/src/a.ts"]), 1));
+        assert!(!paths_selected(&inc, &exc, &v(&["apps/api/x.ts"]), 1));
+        assert!(!paths_selected(&inc, &exc, &v(&["apps/web/README.md"]), 1));
+        assert!(paths_selected(&inc, &exc, &[], 1), "no file list: build");
+        assert!(
+            paths_selected(&inc, &exc, &v(&["apps/api/x.ts"]), 20),
+            "20+ commits: build"
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 
 /// The all-accounts write token every test server accepts.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The secret the test server verifies GitHub webhook signatures with.
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret-6a1f";
 /// The account most tests work in.
 pub const ACCOUNT: &str = "023e105f4ecef8ad9ca31a8372d0c353";
 /// Another account, for isolation tests.
@@ -100,6 +102,7 @@ impl TestApp {
                 ..SchedulerConfig::default()
             },
             runner: RunnerConfig::default(),
+            github_webhook_secrets: vec![WEBHOOK_SECRET.to_owned()],
         };
         let mut config = config;
         configure(&mut config);

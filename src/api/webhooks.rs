@@ -1,0 +1,97 @@
+//! `POST /webhooks/github`: signed GitHub deliveries, each handled once.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, ok};
+use crate::domain::BuildId;
+use crate::github::{parse_push, signature_valid};
+use crate::store::DeliveryOutcome;
+
+/// What a delivery caused.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DeliveryResult {
+    pub delivery: String,
+    pub event: String,
+    /// True for a redelivery: nothing new was created.
+    pub duplicate: bool,
+    /// The builds queued.
+    pub builds: Vec<BuildId>,
+}
+
+/// Verifies the signature before reading the payload, then handles `push`; other events (and `ping`)
+/// are acknowledged. A delivery and the builds it causes are stored in one transaction before the 200.
+pub async fn receive_github_webhook(
+    State(app): State<AppState>,
+    req: Request,
+) -> ApiResult<DeliveryResult> {
+    if app.github_webhook_secrets.is_empty() {
+        return Err(ApiError::Unauthenticated);
+    }
+    let (signature, event, delivery) = {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        (
+            header("x-hub-signature-256"),
+            header("x-github-event"),
+            header("x-github-delivery"),
+        )
+    };
+    let body = Bytes::from_request(req, &()).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest("could not read the request body".into())
+        }
+    })?;
+    // Nothing is parsed, stored or logged for a delivery that is not signed with our secret.
+    let signed = signature.is_some_and(|s| signature_valid(&app.github_webhook_secrets, &body, &s));
+    if !signed {
+        return Err(ApiError::Unauthenticated);
+    }
+    let event =
+        event.ok_or_else(|| ApiError::BadRequest("X-GitHub-Event: header is required".into()))?;
+    let delivery = delivery
+        .filter(|d| !d.is_empty() && d.len() <= 128)
+        .ok_or_else(|| ApiError::BadRequest("X-GitHub-Delivery: header is required".into()))?;
+    let (duplicate, builds) = match event.as_str() {
+        "push" => {
+            let push = parse_push(&body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid push payload: {e}")))?;
+            match push {
+                Some(push) => match app.store.handle_push(&delivery, &push).await? {
+                    DeliveryOutcome::Duplicate => (true, vec![]),
+                    DeliveryOutcome::Handled(queued) => {
+                        if !queued.is_empty() {
+                            app.scheduler.wake();
+                        }
+                        (false, queued.into_iter().map(|(b, _)| b).collect())
+                    }
+                },
+                None => (!app.store.record_delivery(&delivery, &event).await?, vec![]),
+            }
+        }
+        _ => (!app.store.record_delivery(&delivery, &event).await?, vec![]),
+    };
+    tracing::info!(
+        delivery,
+        event,
+        duplicate,
+        builds = builds.len(),
+        "github delivery"
+    );
+    ok(DeliveryResult {
+        delivery,
+        event,
+        duplicate,
+        builds,
+    })
+}

@@ -1,0 +1,148 @@
+//! GitHub: webhook signatures and payloads, turned into Kiln's own events before anything else sees
+//! them.
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+/// Largest webhook body accepted, in bytes (GitHub caps payloads at 25 MB).
+pub const MAX_WEBHOOK_BYTES: usize = 25 * 1024 * 1024;
+
+/// Whether `signature` (the `X-Hub-Signature-256` header, `sha256=<hex>`) is the HMAC-SHA256 of `body`
+/// under one of `secrets` (several allow rotation). The comparison is constant-time.
+pub fn signature_valid(secrets: &[String], body: &[u8], signature: &str) -> bool {
+    let Some(hex_sig) = signature.trim().strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig) else {
+        return false;
+    };
+    secrets.iter().filter(|s| !s.is_empty()).any(|secret| {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+            return false;
+        };
+        mac.update(body);
+        mac.verify_slice(&sig).is_ok()
+    })
+}
+
+/// A push to a branch, as Kiln needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    /// GitHub's numeric repository id, as text (the connections' `repo_id`).
+    pub repo_id: String,
+    pub branch: String,
+    /// The pushed commit.
+    pub after: String,
+    pub commit_message: Option<String>,
+    pub author: Option<String>,
+    /// Paths added, removed or modified by the pushed commits.
+    pub changed_paths: Vec<String>,
+    pub commit_count: usize,
+    pub installation_id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct PushPayload {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    after: String,
+    #[serde(default)]
+    deleted: bool,
+    repository: Repository,
+    head_commit: Option<Commit>,
+    #[serde(default)]
+    commits: Vec<Commit>,
+    installation: Option<Installation>,
+}
+
+#[derive(Deserialize)]
+struct Repository {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct Installation {
+    id: i64,
+}
+
+#[derive(Deserialize)]
+struct Commit {
+    #[serde(default)]
+    message: String,
+    author: Option<Author>,
+    #[serde(default)]
+    added: Vec<String>,
+    #[serde(default)]
+    removed: Vec<String>,
+    #[serde(default)]
+    modified: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Author {
+    email: Option<String>,
+}
+
+/// Reads a `push` payload. `Ok(None)` for pushes that build nothing: tags and branch deletions.
+pub fn parse_push(body: &[u8]) -> anyhow::Result<Option<Push>> {
+    let p: PushPayload = serde_json::from_slice(body)?;
+    let Some(branch) = p.git_ref.strip_prefix("refs/heads/") else {
+        return Ok(None);
+    };
+    if p.deleted || p.after.bytes().all(|b| b == b'0') {
+        return Ok(None);
+    }
+    let mut changed: Vec<String> = p
+        .commits
+        .iter()
+        .flat_map(|c| c.added.iter().chain(&c.removed).chain(&c.modified).cloned())
+        .collect();
+    changed.sort();
+    changed.dedup();
+    Ok(Some(Push {
+        repo_id: p.repository.id.to_string(),
+        branch: branch.to_owned(),
+        after: p.after,
+        commit_message: p.head_commit.as_ref().map(|c| c.message.clone()),
+        author: p
+            .head_commit
+            .as_ref()
+            .and_then(|c| c.author.as_ref()?.email.clone()),
+        changed_paths: changed,
+        commit_count: p.commits.len(),
+        installation_id: p.installation.map(|i| i.id),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(secret: &str, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn signatures() {
+        let body = br#"{"zen":"Keep it logically awesome."}"#;
+        let secrets = vec!["old".to_owned(), "new".to_owned()];
+        assert!(signature_valid(&secrets, body, &sign("new", body)));
+        assert!(signature_valid(&secrets, body, &sign("old", body)));
+        assert!(!signature_valid(&secrets, body, &sign("other", body)));
+        assert!(!signature_valid(&secrets, b"tampered", &sign("new", body)));
+        assert!(!signature_valid(&secrets, body, "sha1=abc"));
+        assert!(!signature_valid(&secrets, body, "sha256=zz"));
+        assert!(!signature_valid(&[], body, &sign("", body)));
+    }
+
+    #[test]
+    fn tags_and_deletions_build_nothing() {
+        let tag = br#"{"ref":"refs/tags/v1","after":"abc","repository":{"id":1}}"#;
+        assert_eq!(parse_push(tag).unwrap(), None);
+        let deletion = br#"{"ref":"refs/heads/x","after":"0000000000000000000000000000000000000000","deleted":true,"repository":{"id":1}}"#;
+        assert_eq!(parse_push(deletion).unwrap(), None);
+    }
+}
