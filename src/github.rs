@@ -115,6 +115,87 @@ pub fn parse_push(body: &[u8]) -> anyhow::Result<Option<Push>> {
     }))
 }
 
+/// What a `pull_request` delivery asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullRequestAction {
+    /// Opened, reopened or new commits pushed: build the head commit.
+    Build,
+    /// Closed (merged or not): builds of the branch stop carrying it.
+    Close,
+    /// Anything else (labels, reviews, edits): nothing to do.
+    Ignore,
+}
+
+/// A pull request event, as Kiln needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestEvent {
+    pub action: PullRequestAction,
+    pub repo_id: String,
+    pub number: i64,
+    pub url: String,
+    pub created_on: crate::domain::Timestamp,
+    pub head_branch: String,
+    pub head_sha: String,
+    pub title: String,
+    pub author: Option<String>,
+    pub installation_id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct PullRequestPayload {
+    action: String,
+    number: i64,
+    pull_request: PullRequestBody,
+    repository: Repository,
+    installation: Option<Installation>,
+}
+
+#[derive(Deserialize)]
+struct PullRequestBody {
+    html_url: String,
+    created_at: String,
+    #[serde(default)]
+    title: String,
+    head: PullRequestHead,
+    user: Option<PullRequestUser>,
+}
+
+#[derive(Deserialize)]
+struct PullRequestHead {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    sha: String,
+}
+
+#[derive(Deserialize)]
+struct PullRequestUser {
+    login: String,
+}
+
+/// Reads a `pull_request` payload.
+pub fn parse_pull_request(body: &[u8]) -> anyhow::Result<PullRequestEvent> {
+    let p: PullRequestPayload = serde_json::from_slice(body)?;
+    let action = match p.action.as_str() {
+        "opened" | "reopened" | "synchronize" => PullRequestAction::Build,
+        "closed" => PullRequestAction::Close,
+        _ => PullRequestAction::Ignore,
+    };
+    let created = chrono::DateTime::parse_from_rfc3339(&p.pull_request.created_at)
+        .map_err(|e| anyhow::anyhow!("pull_request.created_at: {e}"))?;
+    Ok(PullRequestEvent {
+        action,
+        repo_id: p.repository.id.to_string(),
+        number: p.number,
+        url: p.pull_request.html_url,
+        created_on: crate::domain::Timestamp::from_millis(created.timestamp_millis()),
+        head_branch: p.pull_request.head.git_ref,
+        head_sha: p.pull_request.head.sha,
+        title: p.pull_request.title,
+        author: p.pull_request.user.map(|u| u.login),
+        installation_id: p.installation.map(|i| i.id),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -298,3 +298,152 @@ async fn a_burst_of_500_deliveries_with_100_duplicates_creates_exactly_400_build
     assert_eq!(v["result_info"]["total_count"], 400);
     app.stop().await;
 }
+
+/// A pull_request payload in GitHub's shape.
+fn pull_request(action: &str, number: i64, head: &str, sha: &str) -> Value {
+    json!({
+        "action": action,
+        "number": number,
+        "pull_request": {
+            "url": format!("https://api.github.com/repos/octo-org/monorepo/pulls/{number}"),
+            "id": 279147437, "node_id": "MDExOlB1bGxSZXF1ZXN0Mjc5MTQ3NDM3",
+            "html_url": format!("https://github.com/octo-org/monorepo/pull/{number}"),
+            "number": number, "state": if action == "closed" { "closed" } else { "open" },
+            "title": "Add a page", "user": {"login": "mona", "id": 21031067},
+            "created_at": "2026-11-20T09:30:00Z", "updated_at": "2026-11-23T10:00:00Z",
+            "head": {"label": format!("octo-org:{head}"), "ref": head, "sha": sha,
+                "repo": {"id": REPO_ID, "full_name": "octo-org/monorepo"}},
+            "base": {"label": "octo-org:main", "ref": "main", "sha": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+                "repo": {"id": REPO_ID, "full_name": "octo-org/monorepo"}},
+            "merged": false, "draft": false
+        },
+        "repository": {"id": REPO_ID, "name": "monorepo", "full_name": "octo-org/monorepo",
+            "owner": {"login": "octo-org", "id": 6811672}},
+        "sender": {"login": "mona", "id": 21031067},
+        "installation": {"id": 2311213}
+    })
+}
+
+#[tokio::test]
+async fn pull_requests_build_their_head_once_and_branch_builds_carry_the_open_pr() {
+    let app = TestApp::spawn().await;
+    monorepo(&app).await;
+    // A preview trigger for the web Worker: every branch but main.
+    let (_, prod) = app.get(&app.acct("/workers/web/triggers")).await;
+    let conn = prod["result"][0]["repo_connection"]["repo_connection_uuid"].clone();
+    let token = prod["result"][0]["build_token_uuid"].clone();
+    let preview = app
+        .ok(Method::POST, &app.acct("/triggers"), Some(json!({"external_script_id": "web",
+            "repo_connection_uuid": conn, "build_token_uuid": token, "trigger_name": "previews",
+            "branch_includes": ["*"], "branch_excludes": ["main"], "path_includes": ["apps/web/*"]})))
+        .await;
+    let preview = s(&preview["trigger_uuid"]);
+    let sha = "a".repeat(40);
+
+    let (status, v) = deliver(
+        &app,
+        "pull_request",
+        "pr-1",
+        &pull_request("opened", 7, "feature/page", &sha),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let builds = builds_of(&app, "web").await;
+    assert_eq!(
+        builds.len(),
+        1,
+        "only the preview trigger selects feature/page"
+    );
+    let b = &builds[0];
+    assert_eq!(b["trigger"]["trigger_uuid"], preview.as_str());
+    assert_eq!(
+        b["build_trigger_metadata"]["build_trigger_source"],
+        "pull_request"
+    );
+    assert_eq!(b["build_trigger_metadata"]["commit_hash"], sha.as_str());
+    assert_eq!(
+        b["pull_request"]["pull_request_url"],
+        "https://github.com/octo-org/monorepo/pull/7"
+    );
+    assert!(b["pull_request"]["created_on"].is_string());
+
+    // The push of the same commit (GitHub sends both) builds nothing more: no commit twice per trigger.
+    let (_, v) = deliver(
+        &app,
+        "push",
+        "push-same",
+        &push("refs/heads/feature/page", &sha, &["apps/web/p.ts"]),
+        None,
+    )
+    .await;
+    assert_eq!(v["result"]["builds"], json!([]), "{v}");
+    // Labels and the like build nothing.
+    let (_, v) = deliver(
+        &app,
+        "pull_request",
+        "pr-label",
+        &pull_request("labeled", 7, "feature/page", &sha),
+        None,
+    )
+    .await;
+    assert_eq!(v["result"]["builds"], json!([]), "{v}");
+
+    // A new commit pushed to the branch carries the open pull request.
+    let sha2 = "b".repeat(40);
+    let (_, v) = deliver(
+        &app,
+        "push",
+        "push-2",
+        &push("refs/heads/feature/page", &sha2, &["apps/web/p.ts"]),
+        None,
+    )
+    .await;
+    let id = s(&v["result"]["builds"][0]);
+    let b = app
+        .ok(Method::GET, &app.acct(&format!("/builds/{id}")), None)
+        .await;
+    assert_eq!(b["build_trigger_metadata"]["build_trigger_source"], "push");
+    assert_eq!(
+        b["pull_request"]["pull_request_url"],
+        "https://github.com/octo-org/monorepo/pull/7"
+    );
+    // …and the synchronize event for that commit builds nothing more.
+    let (_, v) = deliver(
+        &app,
+        "pull_request",
+        "pr-sync",
+        &pull_request("synchronize", 7, "feature/page", &sha2),
+        None,
+    )
+    .await;
+    assert_eq!(v["result"]["builds"], json!([]), "{v}");
+
+    // Once closed, later pushes carry no pull request.
+    deliver(
+        &app,
+        "pull_request",
+        "pr-close",
+        &pull_request("closed", 7, "feature/page", &sha2),
+        None,
+    )
+    .await;
+    let (_, v) = deliver(
+        &app,
+        "push",
+        "push-3",
+        &push(
+            "refs/heads/feature/page",
+            &"c".repeat(40),
+            &["apps/web/p.ts"],
+        ),
+        None,
+    )
+    .await;
+    let id = s(&v["result"]["builds"][0]);
+    let b = app
+        .ok(Method::GET, &app.acct(&format!("/builds/{id}")), None)
+        .await;
+    assert_eq!(b["pull_request"], Value::Null);
+    app.stop().await;
+}

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::AppState;
 use super::error::{ApiError, ApiResult, ok};
 use crate::domain::BuildId;
-use crate::github::{parse_push, signature_valid};
+use crate::github::{parse_pull_request, parse_push, signature_valid};
 use crate::store::DeliveryOutcome;
 
 /// What a delivery caused.
@@ -23,8 +23,8 @@ pub struct DeliveryResult {
     pub builds: Vec<BuildId>,
 }
 
-/// Verifies the signature before reading the payload, then handles `push`; other events (and `ping`)
-/// are acknowledged. A delivery and the builds it causes are stored in one transaction before the 200.
+/// Verifies the signature before reading the payload, then handles `push` and `pull_request`; other
+/// events (and `ping`) are acknowledged. A delivery and the builds it causes are stored in one transaction before the 200.
 pub async fn receive_github_webhook(
     State(app): State<AppState>,
     req: Request,
@@ -67,17 +67,14 @@ pub async fn receive_github_webhook(
             let push = parse_push(&body)
                 .map_err(|e| ApiError::BadRequest(format!("invalid push payload: {e}")))?;
             match push {
-                Some(push) => match app.store.handle_push(&delivery, &push).await? {
-                    DeliveryOutcome::Duplicate => (true, vec![]),
-                    DeliveryOutcome::Handled(queued) => {
-                        if !queued.is_empty() {
-                            app.scheduler.wake();
-                        }
-                        (false, queued.into_iter().map(|(b, _)| b).collect())
-                    }
-                },
+                Some(push) => outcome(&app, app.store.handle_push(&delivery, &push).await?),
                 None => (!app.store.record_delivery(&delivery, &event).await?, vec![]),
             }
+        }
+        "pull_request" => {
+            let ev = parse_pull_request(&body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid pull_request payload: {e}")))?;
+            outcome(&app, app.store.handle_pull_request(&delivery, &ev).await?)
         }
         _ => (!app.store.record_delivery(&delivery, &event).await?, vec![]),
     };
@@ -94,4 +91,17 @@ pub async fn receive_github_webhook(
         duplicate,
         builds,
     })
+}
+
+/// Whether the delivery was a redelivery, and the builds it queued (waking the scheduler for them).
+fn outcome(app: &AppState, outcome: DeliveryOutcome) -> (bool, Vec<BuildId>) {
+    match outcome {
+        DeliveryOutcome::Duplicate => (true, vec![]),
+        DeliveryOutcome::Handled(queued) => {
+            if !queued.is_empty() {
+                app.scheduler.wake();
+            }
+            (false, queued.into_iter().map(|(b, _)| b).collect())
+        }
+    }
 }

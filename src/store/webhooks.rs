@@ -5,11 +5,12 @@ use sqlx::Row;
 
 use super::Store;
 use super::builds::NewBuild;
-use super::rows::{list, text};
+use super::rows::{list, text, ts};
 use crate::domain::{
-    AccountId, BuildId, Timestamp, TriggerId, TriggerSource, branch_selected, paths_selected,
+    AccountId, BuildId, PullRequest, Timestamp, TriggerId, TriggerSource, branch_selected,
+    paths_selected,
 };
-use crate::github::Push;
+use crate::github::{PullRequestAction, PullRequestEvent, Push};
 
 /// What handling a push delivery did.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,97 +25,143 @@ impl Store {
     /// Records a delivery that causes no build (other events, tags, deletions); false for a redelivery.
     pub async fn record_delivery(&self, delivery: &str, event: &str) -> anyhow::Result<bool> {
         let mut w = self.begin_write().await?;
-        let done = sqlx::query(
-            "INSERT INTO webhook_deliveries (delivery_id, event, received_on, build_count) VALUES ($1, $2, $3, 0) \
-             ON CONFLICT (delivery_id) DO NOTHING",
-        )
-        .bind(delivery)
-        .bind(event)
-        .bind(Timestamp::now().millis())
-        .execute(&mut *w.tx)
-        .await
-        .context("recording a delivery")?;
+        let new = insert_delivery(&mut w, delivery, event).await?;
         w.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(new)
     }
 
     /// Queues one build of the pushed commit for every trigger of a GitHub connection to the repository
     /// whose branch filters and watch paths select the push, and records the delivery — atomically.
+    /// Builds carry the branch's open pull request; a trigger never builds one commit twice.
     pub async fn handle_push(
         &self,
         delivery: &str,
         push: &Push,
     ) -> anyhow::Result<DeliveryOutcome> {
         let mut w = self.begin_write().await?;
-        self.lock_key(&mut w, &format!("delivery:{delivery}"))
-            .await?;
-        let done = sqlx::query(
-            "INSERT INTO webhook_deliveries (delivery_id, event, received_on, build_count) VALUES ($1, 'push', $2, 0) \
-             ON CONFLICT (delivery_id) DO NOTHING",
-        )
-        .bind(delivery)
-        .bind(Timestamp::now().millis())
-        .execute(&mut *w.tx)
-        .await
-        .context("recording a delivery")?;
-        if done.rows_affected() != 1 {
+        if !insert_delivery(&mut w, delivery, "push").await? {
             return Ok(DeliveryOutcome::Duplicate);
         }
         if let Some(installation) = push.installation_id {
-            sqlx::query(
-                "INSERT INTO github_installations (repo_id, installation_id, modified_on) VALUES ($1, $2, $3) \
-                 ON CONFLICT (repo_id) DO UPDATE SET installation_id = excluded.installation_id, modified_on = excluded.modified_on",
-            )
-            .bind(&push.repo_id)
-            .bind(installation)
-            .bind(Timestamp::now().millis())
-            .execute(&mut *w.tx)
-            .await
-            .context("remembering the installation")?;
+            remember_installation(&mut w, &push.repo_id, installation).await?;
         }
-        let triggers = sqlx::query(
-            "SELECT t.uuid AS uuid, t.account_id AS account_id, t.branch_includes AS branch_includes, \
-             t.branch_excludes AS branch_excludes, t.path_includes AS path_includes, t.path_excludes AS path_excludes \
-             FROM triggers t JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
-             WHERE c.provider_type = 'github' AND c.repo_id = $1 AND c.deleted_on IS NULL AND t.deleted_on IS NULL \
-             ORDER BY t.created_on, t.uuid",
-        )
-        .bind(&push.repo_id)
-        .fetch_all(&mut *w.tx)
-        .await
-        .context("finding the repository's triggers")?;
+        let pull_request = open_pull_request(&mut w, &push.repo_id, &push.branch).await?;
         let mut queued = Vec::new();
-        for t in &triggers {
-            let branch_ok = branch_selected(
-                &list(t, "branch_includes")?,
-                &list(t, "branch_excludes")?,
-                &push.branch,
-            );
+        for t in repo_triggers(&mut w, &push.repo_id).await? {
             let paths_ok = paths_selected(
-                &list(t, "path_includes")?,
-                &list(t, "path_excludes")?,
+                &t.path_includes,
+                &t.path_excludes,
                 &push.changed_paths,
                 push.commit_count,
             );
-            if !(branch_ok && paths_ok) {
+            if !(branch_selected(&t.branch_includes, &t.branch_excludes, &push.branch) && paths_ok)
+            {
                 continue;
             }
-            let trigger = TriggerId::from_stored(&text(t, "uuid")?)?;
-            let account = AccountId::from_stored(text(t, "account_id")?);
+            if already_built(&mut w, t.id, &push.after).await? {
+                continue;
+            }
             let new = NewBuild {
-                trigger,
+                trigger: t.id,
                 source: TriggerSource::Push,
                 branch: Some(push.branch.clone()),
                 commit_hash: Some(push.after.clone()),
                 commit_message: push.commit_message.clone(),
                 author: push.author.clone(),
-                pull_request: None,
+                pull_request: pull_request.clone(),
                 deploy_hook: None,
             };
-            if let Some((build, _)) = self.insert_build_in(&mut w, &account, &new).await? {
-                queued.push((build, trigger));
+            if let Some((build, _)) = self.insert_build_in(&mut w, &t.account, &new).await? {
+                queued.push((build, t.id));
             }
         }
+        self.finish_delivery(w, delivery, &push.branch, queued)
+            .await
+    }
+
+    /// Opened, reopened or synchronized pull requests build their head commit with every trigger whose
+    /// branch filters select the head branch (unless that trigger built the commit already); closed
+    /// ones stop being attached to the branch's builds.
+    pub async fn handle_pull_request(
+        &self,
+        delivery: &str,
+        ev: &PullRequestEvent,
+    ) -> anyhow::Result<DeliveryOutcome> {
+        let mut w = self.begin_write().await?;
+        if !insert_delivery(&mut w, delivery, "pull_request").await? {
+            return Ok(DeliveryOutcome::Duplicate);
+        }
+        if let Some(installation) = ev.installation_id {
+            remember_installation(&mut w, &ev.repo_id, installation).await?;
+        }
+        let now = Timestamp::now().millis();
+        match ev.action {
+            PullRequestAction::Ignore => {}
+            PullRequestAction::Close => {
+                sqlx::query(
+                    "UPDATE pull_requests SET closed_on = $1 WHERE repo_id = $2 AND number = $3",
+                )
+                .bind(now)
+                .bind(&ev.repo_id)
+                .bind(ev.number)
+                .execute(&mut *w.tx)
+                .await
+                .context("closing a pull request")?;
+            }
+            PullRequestAction::Build => {
+                sqlx::query(
+                    "INSERT INTO pull_requests (repo_id, number, head_branch, url, created_on) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (repo_id, number) DO UPDATE SET head_branch = excluded.head_branch, url = excluded.url, closed_on = NULL",
+                )
+                .bind(&ev.repo_id)
+                .bind(ev.number)
+                .bind(&ev.head_branch)
+                .bind(&ev.url)
+                .bind(ev.created_on.millis())
+                .execute(&mut *w.tx)
+                .await
+                .context("recording a pull request")?;
+            }
+        }
+        let mut queued = Vec::new();
+        if ev.action == PullRequestAction::Build {
+            let pull_request = Some(PullRequest {
+                created_on: ev.created_on,
+                pull_request_url: ev.url.clone(),
+            });
+            for t in repo_triggers(&mut w, &ev.repo_id).await? {
+                if !branch_selected(&t.branch_includes, &t.branch_excludes, &ev.head_branch)
+                    || already_built(&mut w, t.id, &ev.head_sha).await?
+                {
+                    continue;
+                }
+                let new = NewBuild {
+                    trigger: t.id,
+                    source: TriggerSource::PullRequest,
+                    branch: Some(ev.head_branch.clone()),
+                    commit_hash: Some(ev.head_sha.clone()),
+                    commit_message: None,
+                    author: None,
+                    pull_request: pull_request.clone(),
+                    deploy_hook: None,
+                };
+                if let Some((build, _)) = self.insert_build_in(&mut w, &t.account, &new).await? {
+                    queued.push((build, t.id));
+                }
+            }
+        }
+        self.finish_delivery(w, delivery, &ev.head_branch, queued)
+            .await
+    }
+
+    /// Counts the delivery's builds, commits, then lets the new builds supersede older queued ones.
+    async fn finish_delivery(
+        &self,
+        mut w: super::WriteTx<'_>,
+        delivery: &str,
+        branch: &str,
+        queued: Vec<(BuildId, TriggerId)>,
+    ) -> anyhow::Result<DeliveryOutcome> {
         sqlx::query("UPDATE webhook_deliveries SET build_count = $1 WHERE delivery_id = $2")
             .bind(queued.len() as i64)
             .bind(delivery)
@@ -123,7 +170,7 @@ impl Store {
             .context("counting the delivery's builds")?;
         w.commit().await?;
         for (build, trigger) in &queued {
-            self.supersede_queued_builds(*trigger, &push.branch, *build)
+            self.supersede_queued_builds(*trigger, branch, *build)
                 .await?;
         }
         Ok(DeliveryOutcome::Handled(queued))
@@ -140,4 +187,121 @@ impl Store {
         row.map(|r| r.try_get("installation_id").map_err(Into::into))
             .transpose()
     }
+}
+
+/// A live trigger of a GitHub repository, with its filters.
+struct RepoTrigger {
+    id: TriggerId,
+    account: AccountId,
+    branch_includes: Vec<String>,
+    branch_excludes: Vec<String>,
+    path_includes: Vec<String>,
+    path_excludes: Vec<String>,
+}
+
+async fn repo_triggers(
+    w: &mut super::WriteTx<'_>,
+    repo_id: &str,
+) -> anyhow::Result<Vec<RepoTrigger>> {
+    let rows = sqlx::query(
+        "SELECT t.uuid AS uuid, t.account_id AS account_id, t.branch_includes AS branch_includes, \
+         t.branch_excludes AS branch_excludes, t.path_includes AS path_includes, t.path_excludes AS path_excludes \
+         FROM triggers t JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
+         WHERE c.provider_type = 'github' AND c.repo_id = $1 AND c.deleted_on IS NULL AND t.deleted_on IS NULL \
+         ORDER BY t.created_on, t.uuid",
+    )
+    .bind(repo_id)
+    .fetch_all(&mut *w.tx)
+    .await
+    .context("finding the repository's triggers")?;
+    rows.iter()
+        .map(|t| {
+            Ok(RepoTrigger {
+                id: TriggerId::from_stored(&text(t, "uuid")?)?,
+                account: AccountId::from_stored(text(t, "account_id")?),
+                branch_includes: list(t, "branch_includes")?,
+                branch_excludes: list(t, "branch_excludes")?,
+                path_includes: list(t, "path_includes")?,
+                path_excludes: list(t, "path_excludes")?,
+            })
+        })
+        .collect()
+}
+
+/// Records a delivery; false when it was recorded before (a redelivery).
+async fn insert_delivery(
+    w: &mut super::WriteTx<'_>,
+    delivery: &str,
+    event: &str,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO webhook_deliveries (delivery_id, event, received_on, build_count) VALUES ($1, $2, $3, 0) \
+         ON CONFLICT (delivery_id) DO NOTHING",
+    )
+    .bind(delivery)
+    .bind(event)
+    .bind(Timestamp::now().millis())
+    .execute(&mut *w.tx)
+    .await
+    .context("recording a delivery")?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn remember_installation(
+    w: &mut super::WriteTx<'_>,
+    repo_id: &str,
+    installation: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO github_installations (repo_id, installation_id, modified_on) VALUES ($1, $2, $3) \
+         ON CONFLICT (repo_id) DO UPDATE SET installation_id = excluded.installation_id, modified_on = excluded.modified_on",
+    )
+    .bind(repo_id)
+    .bind(installation)
+    .bind(Timestamp::now().millis())
+    .execute(&mut *w.tx)
+    .await
+    .context("remembering the installation")?;
+    Ok(())
+}
+
+/// The newest open pull request whose head is `branch`.
+async fn open_pull_request(
+    w: &mut super::WriteTx<'_>,
+    repo_id: &str,
+    branch: &str,
+) -> anyhow::Result<Option<PullRequest>> {
+    let row = sqlx::query(
+        "SELECT url, created_on FROM pull_requests WHERE repo_id = $1 AND head_branch = $2 AND closed_on IS NULL \
+         ORDER BY number DESC LIMIT 1",
+    )
+    .bind(repo_id)
+    .bind(branch)
+    .fetch_optional(&mut *w.tx)
+    .await
+    .context("finding the branch's pull request")?;
+    row.map(|r| {
+        Ok(PullRequest {
+            created_on: ts(&r, "created_on")?,
+            pull_request_url: text(&r, "url")?,
+        })
+    })
+    .transpose()
+}
+
+/// Whether `trigger` has a build of `commit` already (no commit is built twice by one trigger).
+async fn already_built(
+    w: &mut super::WriteTx<'_>,
+    trigger: TriggerId,
+    commit: &str,
+) -> anyhow::Result<bool> {
+    Ok(
+        sqlx::query("SELECT uuid FROM builds WHERE trigger_uuid = $1 AND commit_hash = $2 LIMIT 1")
+            .bind(trigger.to_string())
+            .bind(commit)
+            .fetch_optional(&mut *w.tx)
+            .await
+            .context("looking for a build of the commit")?
+            .is_some(),
+    )
 }
