@@ -4,6 +4,7 @@ mod filters;
 mod ids;
 mod packages;
 mod records;
+mod seed;
 mod time;
 mod validate;
 
@@ -14,6 +15,7 @@ pub use ids::{
 };
 pub use packages::{LOCKFILES, PackageManager};
 pub use records::*;
+pub use seed::{MAX_SEED_FILES, SeedFile, SeedRepo, encode_content, relative_path};
 pub use time::Timestamp;
 pub use validate::*;
 

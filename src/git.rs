@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::domain::SeedRepo;
+
 pub use mirror::{CommitInfo, Mirror, Resolved};
 pub use names::{check_branch, valid_refname};
 pub use run::redact_url;
@@ -247,6 +249,133 @@ impl GitCache {
         Ok(())
     }
 
+    /// Creates the first commit of `owner/repo`'s `branch` from a template (`seed`), working in `work`
+    /// (a fresh directory of the caller's), and pushes it without force: a branch that already exists
+    /// is refused by the remote. Returns the new commit.
+    pub async fn seed(
+        &self,
+        owner: &str,
+        repo: &str,
+        branch: &str,
+        seed: &SeedRepo,
+        work: &Path,
+    ) -> anyhow::Result<String> {
+        names::check_branch(branch)?;
+        let template = self.mirror(&seed.owner, &seed.repository).await?;
+        let resolved = template.resolve(seed.branch.as_deref(), None).await?;
+        let checkout = work.join("template");
+        template.checkout(&resolved.sha, &checkout).await?;
+        let source = if seed.path.is_empty() {
+            checkout.clone()
+        } else {
+            checkout.join(&seed.path)
+        };
+        anyhow::ensure!(
+            tokio::fs::metadata(&source).await.is_ok_and(|m| m.is_dir()),
+            "the template {}/{} has no directory {:?}",
+            seed.owner,
+            seed.repository,
+            seed.path
+        );
+        let tree = work.join("seed");
+        let files = seed.files.clone();
+        let copy_to = tree.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            copy_tree(&source, &copy_to)?;
+            for f in &files {
+                let path = copy_to.join(&f.filename);
+                let content = f.content();
+                let bytes = match &f.replace {
+                    Some(needle) => {
+                        let text = std::fs::read_to_string(&path).with_context(|| {
+                            format!("{}: no such text file in the template", f.filename)
+                        })?;
+                        text.replace(needle.as_str(), &String::from_utf8_lossy(&content))
+                            .into_bytes()
+                    }
+                    None => content,
+                };
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(&path, bytes).with_context(|| format!("writing {}", f.filename))?;
+            }
+            Ok(())
+        })
+        .await
+        .context("preparing the seed")??;
+        let message = format!("Initial commit from {}/{}", seed.owner, seed.repository);
+        for args in [
+            vec!["init", "--quiet", "--template=", "-b", branch],
+            vec!["add", "--all"],
+            vec![
+                "-c",
+                "user.name=Kiln",
+                "-c",
+                "user.email=kiln@localhost",
+                "commit",
+                "--quiet",
+                "-m",
+                &message,
+            ],
+        ] {
+            self.git
+                .ok(Cmd::new(self.local_timeout).dir(&tree).args(args))
+                .await
+                .context("committing the seed")?;
+        }
+        let (url, auth) = split_credentials(&self.clone_url(owner, repo));
+        // Only an empty branch is seeded (a push of an identical first commit would pass silently).
+        let heads = self
+            .git
+            .output(
+                with_auth(Cmd::new(self.fetch_timeout), auth.clone())
+                    .dir(&tree)
+                    .args(["ls-remote", "--heads", "--end-of-options", &url])
+                    .arg(format!("refs/heads/{branch}")),
+            )
+            .await?;
+        if !heads.success {
+            return Err(GitError::Fetch {
+                url: redact_url(&url),
+                stderr: heads.stderr,
+            }
+            .into());
+        }
+        anyhow::ensure!(
+            heads.stdout.is_empty(),
+            "the repository already has a branch {branch}: only an empty branch can be seeded"
+        );
+        let out = self
+            .git
+            .output(
+                with_auth(Cmd::new(self.fetch_timeout), auth)
+                    .dir(&tree)
+                    .args([
+                        "push",
+                        "--quiet",
+                        "--end-of-options",
+                        &url,
+                        &format!("HEAD:refs/heads/{branch}"),
+                    ]),
+            )
+            .await?;
+        if !out.success {
+            return Err(GitError::Fetch {
+                url: redact_url(&url),
+                stderr: out.stderr,
+            }
+            .into());
+        }
+        let sha = self
+            .git
+            .ok(Cmd::new(self.local_timeout)
+                .dir(&tree)
+                .args(["rev-parse", "HEAD"]))
+            .await?;
+        Ok(String::from_utf8_lossy(&sha).trim().to_owned())
+    }
+
     /// `git maintenance run --auto` (gc when loose objects pile up) off the build's path: git locks what
     /// it rewrites, so fetches and checkouts go on meanwhile.
     fn maintain_in_background(&self, path: &Path) {
@@ -360,6 +489,27 @@ fn with_auth(cmd: Cmd, auth: Option<String>) -> Cmd {
         Some(header) => cmd.secret_config("http.extraHeader", header),
         None => cmd,
     }
+}
+
+/// Copies a directory tree (files, directories, symlinks as symlinks), leaving out `.git`.
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        if entry.file_name() == ".git" {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether the branch the mirror's `HEAD` names exists, read from the files (no git process).

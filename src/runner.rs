@@ -310,6 +310,35 @@ impl Run<'_> {
         let git = self.ctx.git.clone();
         let (owner_name, repo_name) = (meta.provider_account_name.clone(), meta.repo_name.clone());
         let (branch, commit) = (meta.branch.clone(), meta.commit_hash.clone());
+        if let Some(seed) = &self.build.seed {
+            let Some(target) = branch.clone() else {
+                self.system("Failed: a seeded build needs a branch").await;
+                return Ok(BuildOutcome::Fail);
+            };
+            self.system(&format!(
+                "Seeding the repository from the template {}/{}...",
+                seed.owner, seed.repository
+            ))
+            .await;
+            let work = self.workspace.join("seed-work");
+            let seeded = self
+                .guard(git.seed(&owner_name, &repo_name, &target, seed, &work))
+                .await?;
+            match seeded {
+                Ok(sha) => {
+                    self.system(&format!(
+                        "Pushed the first commit {} to {target}",
+                        &sha[..sha.len().min(12)]
+                    ))
+                    .await;
+                }
+                Err(e) => {
+                    self.system(&format!("Failed: could not seed the repository: {e:#}"))
+                        .await;
+                    return Ok(BuildOutcome::Fail);
+                }
+            }
+        }
         let fetched = self
             .guard(async {
                 let mirror = git.mirror(&owner_name, &repo_name).await?;

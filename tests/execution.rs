@@ -794,3 +794,120 @@ async fn commands_run_in_the_root_directory() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn seed_repo_creates_the_first_commit_from_a_template_then_builds_it() {
+    let app = spawn_runner(SandboxMode::Bwrap, |_| {}).await;
+    let f = app.fixture("seeded").await;
+    // The template, a directory of a bigger repository.
+    let template = app
+        .git_remotes()
+        .join("templates-org")
+        .join("worker-template");
+    std::fs::create_dir_all(template.join("templates/hello")).unwrap();
+    std::fs::write(
+        template.join("templates/hello/index.js"),
+        "console.log('PLACEHOLDER');\n",
+    )
+    .unwrap();
+    std::fs::write(
+        template.join("templates/hello/build.sh"),
+        "cat index.js\ncat extra.txt\n",
+    )
+    .unwrap();
+    std::fs::write(template.join("README.md"), "not part of the seed\n").unwrap();
+    git(&template, &["init", "-q", "-b", "main"]);
+    git(&template, &["add", "-A"]);
+    git(&template, &["commit", "-q", "-m", "templates"]);
+    // The connected repository exists but is empty.
+    let target = app.git_remotes().join("octo-org").join("seeded-repo");
+    std::fs::create_dir_all(&target).unwrap();
+    git(&target, &["init", "-q", "--bare"]);
+    set_commands(&app, &f.trigger, "sh build.sh", "").await;
+
+    let seed = json!({"provider": "github", "owner": "templates-org", "repository": "worker-template",
+        "branch": "main", "path": "templates/hello", "files": [
+            {"filename": "extra.txt", "content": "ZXh0cmEgZmlsZQo=", "isBase64": true},
+            {"filename": "index.js", "content": "seeded", "replace": "PLACEHOLDER"}]});
+    let id = queue(
+        &app,
+        &f.trigger,
+        json!({"branch": "main", "seed_repo": seed}),
+    )
+    .await;
+    let b = wait_stopped(&app, &id).await;
+    let logs = all_logs(&app, &id).await;
+    assert_eq!(b["build_outcome"], "success", "{}", logs.join("\n"));
+    assert!(
+        logs.contains(&"console.log('seeded');".to_owned()),
+        "{logs:?}"
+    );
+    assert!(logs.contains(&"extra file".to_owned()), "{logs:?}");
+    let out = Command::new("git")
+        .args(["log", "-1", "--format=%s", "main"])
+        .current_dir(&target)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Initial commit from templates-org/worker-template"
+    );
+    let files = Command::new("git")
+        .args(["ls-tree", "--name-only", "main"])
+        .current_dir(&target)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&files.stdout),
+        "build.sh\nextra.txt\nindex.js\n"
+    );
+
+    // The branch exists now: seeding again is refused by the remote and the build fails.
+    let id = queue(
+        &app,
+        &f.trigger,
+        json!({"branch": "main", "seed_repo": seed}),
+    )
+    .await;
+    assert_eq!(wait_stopped(&app, &id).await["build_outcome"], "fail");
+    assert!(
+        all_logs(&app, &id)
+            .await
+            .last()
+            .unwrap()
+            .starts_with("Failed: could not seed the repository")
+    );
+
+    // Bad seeds are refused up front.
+    for (body, field) in [
+        (json!({"seed_repo": seed}), "branch"),
+        (
+            json!({"branch": "main", "seed_repo": {"provider": "gitlab", "owner": "a", "repository": "b"}}),
+            "seed_repo.provider",
+        ),
+        (
+            json!({"branch": "main", "seed_repo": {"provider": "github", "owner": "a", "repository": "b", "path": "../x"}}),
+            "seed_repo.path",
+        ),
+        (
+            json!({"branch": "main", "seed_repo": {"provider": "github", "owner": "a", "repository": "b",
+            "files": [{"filename": "a", "content": "x"}, {"filename": "b", "content": "x"}, {"filename": "c", "content": "x"}]}}),
+            "seed_repo.files",
+        ),
+        (
+            json!({"branch": "main", "seed_repo": {"provider": "github", "owner": "a", "repository": "b",
+            "files": [{"filename": "a", "content": "!!!", "isBase64": true}]}}),
+            "seed_repo.files.content",
+        ),
+    ] {
+        let (status, v) = app
+            .post(&app.acct(&format!("/triggers/{}/builds", f.trigger)), body)
+            .await;
+        assert_error(status, &v, 400, 12002);
+        assert!(
+            s(&v["errors"][0]["message"]).contains(field),
+            "{field}: {v}"
+        );
+    }
+    app.stop().await;
+}

@@ -13,8 +13,9 @@ use super::error::{ApiError, ApiResult, Success, ok};
 use super::extract::{Account, ApiJson, NoBody, PathParams, QueryParams, id_list};
 use super::triggers::trigger_id;
 use crate::domain::{
-    AccountId, Build, BuildId, BuildOutcome, Invalid, Timestamp, TriggerSource, VersionId,
-    WorkerId, branch, commit_hash,
+    AccountId, Build, BuildId, BuildOutcome, Invalid, MAX_SEED_FILES, SeedFile, SeedRepo,
+    Timestamp, TriggerSource, VersionId, WorkerId, branch, commit_hash, encode_content,
+    relative_path,
 };
 use crate::store::{CancelOutcome, NewBuild};
 
@@ -63,8 +64,85 @@ pub struct InsertedBuild {
 pub struct CreateBuildRequest {
     pub branch: Option<String>,
     pub commit_hash: Option<String>,
-    /// A template repository to seed an empty repository from (not supported yet).
-    pub seed_repo: Option<serde_json::Value>,
+    /// A template to create the (empty) connected repository's first commit from, before building.
+    pub seed_repo: Option<SeedRepoRequest>,
+}
+
+/// `seed_repo` of `createManualBuild`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SeedRepoRequest {
+    /// `github`.
+    pub provider: String,
+    pub owner: String,
+    pub repository: String,
+    /// The template's branch (default: its default branch).
+    pub branch: Option<String>,
+    /// The template's directory that becomes the repository's root (default: all of it).
+    pub path: Option<String>,
+    /// At most two files to add, or to edit (`replace`: the text replaced by `content`).
+    pub files: Option<Vec<SeedFileRequest>>,
+}
+
+/// A file of `seed_repo`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SeedFileRequest {
+    pub filename: String,
+    pub content: String,
+    #[serde(rename = "isBase64", default)]
+    pub is_base64: bool,
+    pub replace: Option<String>,
+}
+
+impl SeedRepoRequest {
+    fn validate(self) -> Result<SeedRepo, Invalid> {
+        if self.provider != "github" {
+            return Err(Invalid::field("seed_repo.provider", "must be \"github\""));
+        }
+        let slug = |field: &str, v: &str| {
+            let ok = !v.is_empty()
+                && v.len() <= 100
+                && v != "."
+                && v != ".."
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if ok {
+                Ok(v.to_owned())
+            } else {
+                Err(Invalid::field(field, "is not a valid GitHub name"))
+            }
+        };
+        let files = self.files.unwrap_or_default();
+        if files.len() > MAX_SEED_FILES {
+            return Err(Invalid::field(
+                "seed_repo.files",
+                format!("at most {MAX_SEED_FILES} files"),
+            ));
+        }
+        Ok(SeedRepo {
+            owner: slug("seed_repo.owner", &self.owner)?,
+            repository: slug("seed_repo.repository", &self.repository)?,
+            branch: self
+                .branch
+                .as_deref()
+                .map(|b| branch("seed_repo.branch", b))
+                .transpose()?,
+            path: relative_path("seed_repo.path", self.path.as_deref().unwrap_or(""), true)?,
+            files: files
+                .into_iter()
+                .map(|f| {
+                    Ok(SeedFile {
+                        filename: relative_path("seed_repo.files.filename", &f.filename, false)?,
+                        content_base64: encode_content(
+                            "seed_repo.files.content",
+                            &f.content,
+                            f.is_base64,
+                        )?,
+                        replace: f.replace.filter(|r| !r.is_empty()),
+                    })
+                })
+                .collect::<Result<_, Invalid>>()?,
+        })
+    }
 }
 
 /// The opaque log cursor: URL-safe base64 of `{"line": next line, "timestamp": seconds}`, as in the seeds.
@@ -100,10 +178,13 @@ pub async fn create_manual_build(
     ApiJson(body): ApiJson<CreateBuildRequest>,
 ) -> ApiResult<InsertedBuild> {
     let trigger = trigger_id(&path)?;
-    if body.seed_repo.is_some() {
-        return Err(
-            Invalid::field("seed_repo", "seeding a repository is not supported yet").into(),
-        );
+    let seed = body.seed_repo.map(SeedRepoRequest::validate).transpose()?;
+    if seed.is_some() && body.branch.is_none() {
+        return Err(Invalid::field(
+            "branch",
+            "is required with seed_repo (the branch to create)",
+        )
+        .into());
     }
     let branch = body
         .branch
@@ -123,6 +204,7 @@ pub async fn create_manual_build(
         author: None,
         pull_request: None,
         deploy_hook: None,
+        seed,
     };
     // An unknown trigger is a 404 even for an account out of build minutes.
     let trigger_exists = app.store.get_trigger(&account, trigger).await?.is_some();

@@ -13,7 +13,7 @@ use super::rows::{
 };
 use crate::domain::{
     AccountId, Build, BuildId, BuildOutcome, BuildStatus, BuildTriggerMetadata, DeployHookId,
-    PullRequest, Timestamp, TriggerId, TriggerSource, VersionId, WorkerId,
+    PullRequest, SeedRepo, Timestamp, TriggerId, TriggerSource, VersionId, WorkerId,
 };
 
 /// A build to queue.
@@ -27,6 +27,8 @@ pub struct NewBuild {
     pub author: Option<String>,
     pub pull_request: Option<PullRequest>,
     pub deploy_hook: Option<DeployHookId>,
+    /// Create the repository's first commit from a template before building.
+    pub seed: Option<SeedRepo>,
 }
 
 /// What cancelling a build did.
@@ -164,8 +166,8 @@ impl Store {
         let now = Timestamp::now();
         sqlx::query(
             "INSERT INTO builds (uuid, account_id, trigger_uuid, external_script_id, status, trigger_source, \
-             branch, commit_hash, metadata, secrets_enc, pull_request, deploy_hook_uuid, created_on, modified_on) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+             branch, commit_hash, metadata, secrets_enc, pull_request, deploy_hook_uuid, created_on, modified_on, seed_repo) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
         )
         .bind(id.to_string())
         .bind(account.as_str())
@@ -180,6 +182,7 @@ impl Store {
         .bind(new.pull_request.as_ref().map(serde_json::to_string).transpose()?)
         .bind(new.deploy_hook.map(|h| h.to_string()))
         .bind(now.millis())
+        .bind(new.seed.as_ref().map(serde_json::to_string).transpose()?)
         .execute(&mut *w.tx)
         .await
         .context("inserting a build")?;

@@ -356,6 +356,7 @@ impl Store {
             author: None,
             pull_request: None,
             deploy_hook: Some(id),
+            seed: None,
         };
         let Some((build, created_on)) = self.insert_build_in(&mut w, &account, &new).await? else {
             return Ok(HookCall::NoTrigger { branch });

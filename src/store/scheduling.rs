@@ -8,9 +8,10 @@ use sqlx::Row;
 
 use super::Store;
 use super::builds::BuildSecrets;
-use super::rows::text;
+use super::rows::{opt_text, text};
 use crate::domain::{
-    AccountId, BuildId, BuildOutcome, BuildTriggerMetadata, Timestamp, TriggerId, WorkerId,
+    AccountId, BuildId, BuildOutcome, BuildTriggerMetadata, SeedRepo, Timestamp, TriggerId,
+    WorkerId,
 };
 
 /// A build a runner has claimed, with what it needs to run it.
@@ -23,6 +24,8 @@ pub struct ClaimedBuild {
     pub metadata: BuildTriggerMetadata,
     pub secrets: BuildSecrets,
     pub created_on: Timestamp,
+    /// Seed the repository from a template before the checkout.
+    pub seed: Option<SeedRepo>,
 }
 
 /// A build whose runner was lost.
@@ -54,7 +57,8 @@ impl Store {
             self.lock_key(&mut w, "kiln:claim").await?;
             let row = sqlx::query(&format!(
                 "SELECT b.id AS id, b.uuid AS uuid, b.account_id AS account_id, b.trigger_uuid AS trigger_uuid, \
-                 b.external_script_id AS worker, b.metadata AS metadata, b.secrets_enc AS secrets, b.created_on AS created_on \
+                 b.external_script_id AS worker, b.metadata AS metadata, b.secrets_enc AS secrets, b.created_on AS created_on, \
+                 b.seed_repo AS seed_repo \
                  FROM builds b WHERE b.status = 'queued' AND \
                  (SELECT COUNT(*) FROM builds r WHERE r.account_id = b.account_id AND r.status IN {IN_PROGRESS}) < \
                  COALESCE((SELECT a.concurrency FROM accounts a WHERE a.account_id = b.account_id), $1) \
@@ -132,6 +136,10 @@ impl Store {
             secrets: serde_json::from_slice(&self.secrets.open(&sealed)?)
                 .context("build secrets")?,
             created_on: Timestamp::from_millis(row.try_get("created_on")?),
+            seed: opt_text(row, "seed_repo")?
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .context("build seed_repo")?,
         })
     }
 

@@ -70,6 +70,7 @@ impl Store {
                 author: push.author.clone(),
                 pull_request: pull_request.clone(),
                 deploy_hook: None,
+                seed: None,
             };
             if let Some((build, _)) = self.insert_build_in(&mut w, &t.account, &new).await? {
                 queued.push((build, t.id));
@@ -144,6 +145,7 @@ impl Store {
                     author: None,
                     pull_request: pull_request.clone(),
                     deploy_hook: None,
+                    seed: None,
                 };
                 if let Some((build, _)) = self.insert_build_in(&mut w, &t.account, &new).await? {
                     queued.push((build, t.id));
