@@ -165,6 +165,8 @@ struct PullRequestHead {
     #[serde(rename = "ref")]
     git_ref: String,
     sha: String,
+    /// `null` when the fork was deleted.
+    repo: Option<Repository>,
 }
 
 #[derive(Deserialize)]
@@ -175,7 +177,16 @@ struct PullRequestUser {
 /// Reads a `pull_request` payload.
 pub fn parse_pull_request(body: &[u8]) -> anyhow::Result<PullRequestEvent> {
     let p: PullRequestPayload = serde_json::from_slice(body)?;
+    // Pull requests from forks build nothing: their branches are not the repository's, and a build
+    // runs with the trigger's token and secrets.
+    let from_fork = p
+        .pull_request
+        .head
+        .repo
+        .as_ref()
+        .is_none_or(|r| r.id != p.repository.id);
     let action = match p.action.as_str() {
+        _ if from_fork => PullRequestAction::Ignore,
         "opened" | "reopened" | "synchronize" => PullRequestAction::Build,
         "closed" => PullRequestAction::Close,
         _ => PullRequestAction::Ignore,

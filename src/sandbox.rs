@@ -131,8 +131,8 @@ pub struct Step {
     output: Option<(ChildStdout, ChildStderr)>,
     /// A held step's stdin, where its command goes (see [`Step::spawn_held`]).
     stdin: Option<ChildStdin>,
-    /// bwrap mode: the PID namespace of the sandbox, once known.
-    namespace: Option<OsString>,
+    /// bwrap mode: the init of the sandbox's PID namespace (host pid), once known.
+    init: Option<i32>,
     /// Set once every process of the step is gone and its cgroup removed.
     finished: bool,
 }
@@ -267,7 +267,7 @@ impl Step {
             cgroup,
             output,
             stdin,
-            namespace: None,
+            init: None,
             finished: false,
         })
     }
@@ -364,13 +364,10 @@ impl Step {
         }
         Ok(match (&self.cgroup, self.mode) {
             (Some(cgroup), _) => !cgroup.populated()?,
-            // bwrap exits only after its namespace init, and that exits only once the kernel has
-            // killed and reaped everything else in the namespace; when bwrap itself was killed, the
-            // namespace is checked directly (zombies have no namespace link and do not count).
-            (None, SandboxMode::Bwrap) => match &self.namespace {
-                Some(namespace) => procfs::pids_in_namespace(namespace)
-                    .context("listing the sandbox's pids")?
-                    .is_empty(),
+            // The namespace's init exits only once the kernel has killed and reaped everything else
+            // in the namespace, so the step is gone when bwrap and the init it had are.
+            (None, SandboxMode::Bwrap) => match self.init {
+                Some(init) => matches!(procfs::state(init), None | Some('Z' | 'X')),
                 None => true,
             },
             (None, SandboxMode::None) => {
@@ -395,8 +392,8 @@ impl Step {
                 if self.child.try_wait().ok().flatten().is_none() {
                     signal(self.pid, libc::SIGSTOP);
                     wait_stopped(self.pid);
-                    if let Ok(Some((init, namespace))) = procfs::sandbox_init(self.pid) {
-                        self.namespace = Some(namespace);
+                    if let Ok(Some((init, _))) = procfs::sandbox_init(self.pid) {
+                        self.init = Some(init);
                         signal(init, libc::SIGKILL);
                         signal(self.pid, libc::SIGCONT);
                         return;

@@ -447,3 +447,56 @@ async fn pull_requests_build_their_head_once_and_branch_builds_carry_the_open_pr
     assert_eq!(b["pull_request"], Value::Null);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn fork_pull_requests_build_nothing_and_another_branch_builds_the_same_commit_again() {
+    let app = TestApp::spawn().await;
+    let (_, prod) = {
+        monorepo(&app).await;
+        app.get(&app.acct("/workers/web/triggers")).await
+    };
+    // Let the production trigger build every branch for this test.
+    let trigger = s(&prod["result"][0]["trigger_uuid"]);
+    app.ok(
+        Method::PATCH,
+        &app.acct(&format!("/triggers/{trigger}")),
+        Some(json!({"branch_includes": ["*"]})),
+    )
+    .await;
+    let mut fork = pull_request("opened", 9, "main", &"d".repeat(40));
+    fork["pull_request"]["head"]["repo"] = json!({"id": 999_999, "full_name": "someone/monorepo"});
+    let (status, v) = deliver(&app, "pull_request", "fork-1", &fork, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["builds"], json!([]), "{v}");
+    let mut deleted_fork = pull_request("opened", 10, "topic", &"e".repeat(40));
+    deleted_fork["pull_request"]["head"]["repo"] = Value::Null;
+    let (_, v) = deliver(&app, "pull_request", "fork-2", &deleted_fork, None).await;
+    assert_eq!(v["result"]["builds"], json!([]), "{v}");
+
+    // The fork's PR is not attached to the base repository's main.
+    let sha = "f".repeat(40);
+    let (_, v) = deliver(
+        &app,
+        "push",
+        "p-main",
+        &push("refs/heads/main", &sha, &["apps/web/a.ts"]),
+        None,
+    )
+    .await;
+    let id = s(&v["result"]["builds"][0]);
+    let b = app
+        .ok(Method::GET, &app.acct(&format!("/builds/{id}")), None)
+        .await;
+    assert_eq!(b["pull_request"], Value::Null);
+    // The same commit pushed to another branch (a fast-forward) builds again, for that branch.
+    let (_, v) = deliver(
+        &app,
+        "push",
+        "p-staging",
+        &push("refs/heads/staging", &sha, &["apps/web/a.ts"]),
+        None,
+    )
+    .await;
+    assert_eq!(v["result"]["builds"].as_array().unwrap().len(), 1, "{v}");
+    app.stop().await;
+}

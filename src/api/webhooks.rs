@@ -45,6 +45,10 @@ pub async fn receive_github_webhook(
             header("x-github-delivery"),
         )
     };
+    // Unsigned deliveries are refused before their body is read.
+    if signature.is_none() {
+        return Err(ApiError::Unauthenticated);
+    }
     let body = Bytes::from_request(req, &()).await.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge

@@ -42,6 +42,9 @@ impl Store {
         if !insert_delivery(&mut w, delivery, "push").await? {
             return Ok(DeliveryOutcome::Duplicate);
         }
+        // A push and a pull_request event for one commit arrive together: one at a time per repository.
+        self.lock_key(&mut w, &format!("github-repo:{}", push.repo_id))
+            .await?;
         if let Some(installation) = push.installation_id {
             remember_installation(&mut w, &push.repo_id, installation).await?;
         }
@@ -58,7 +61,7 @@ impl Store {
             {
                 continue;
             }
-            if already_built(&mut w, t.id, &push.after).await? {
+            if already_built(&mut w, t.id, &push.after, &push.branch).await? {
                 continue;
             }
             let new = NewBuild {
@@ -92,6 +95,8 @@ impl Store {
         if !insert_delivery(&mut w, delivery, "pull_request").await? {
             return Ok(DeliveryOutcome::Duplicate);
         }
+        self.lock_key(&mut w, &format!("github-repo:{}", ev.repo_id))
+            .await?;
         if let Some(installation) = ev.installation_id {
             remember_installation(&mut w, &ev.repo_id, installation).await?;
         }
@@ -132,7 +137,7 @@ impl Store {
             });
             for t in repo_triggers(&mut w, &ev.repo_id).await? {
                 if !branch_selected(&t.branch_includes, &t.branch_excludes, &ev.head_branch)
-                    || already_built(&mut w, t.id, &ev.head_sha).await?
+                    || already_built(&mut w, t.id, &ev.head_sha, &ev.head_branch).await?
                 {
                     continue;
                 }
@@ -291,19 +296,23 @@ async fn open_pull_request(
     .transpose()
 }
 
-/// Whether `trigger` has a build of `commit` already (no commit is built twice by one trigger).
+/// Whether `trigger` has a push or pull-request build of `commit` on `branch` already (a push and the
+/// pull request's event for the same commit build it once; another branch's push builds it again).
 async fn already_built(
     w: &mut super::WriteTx<'_>,
     trigger: TriggerId,
     commit: &str,
+    branch: &str,
 ) -> anyhow::Result<bool> {
-    Ok(
-        sqlx::query("SELECT uuid FROM builds WHERE trigger_uuid = $1 AND commit_hash = $2 LIMIT 1")
-            .bind(trigger.to_string())
-            .bind(commit)
-            .fetch_optional(&mut *w.tx)
-            .await
-            .context("looking for a build of the commit")?
-            .is_some(),
+    Ok(sqlx::query(
+        "SELECT uuid FROM builds WHERE trigger_uuid = $1 AND commit_hash = $2 AND branch = $3 \
+         AND trigger_source IN ('push', 'pull_request') LIMIT 1",
     )
+    .bind(trigger.to_string())
+    .bind(commit)
+    .bind(branch)
+    .fetch_optional(&mut *w.tx)
+    .await
+    .context("looking for a build of the commit")?
+    .is_some())
 }
