@@ -419,6 +419,26 @@ async fn pull_requests_build_their_head_once_and_branch_builds_carry_the_open_pr
     .await;
     assert_eq!(v["result"]["builds"], json!([]), "{v}");
 
+    // Any build of the branch carries the open pull request, a manual one too.
+    let manual = app
+        .ok(
+            Method::POST,
+            &app.acct(&format!("/triggers/{preview}/builds")),
+            Some(json!({"branch": "feature/page"})),
+        )
+        .await;
+    let b = app
+        .ok(
+            Method::GET,
+            &app.acct(&format!("/builds/{}", s(&manual["build_uuid"]))),
+            None,
+        )
+        .await;
+    assert_eq!(
+        b["pull_request"]["pull_request_url"],
+        "https://github.com/octo-org/monorepo/pull/7"
+    );
+
     // Once closed, later pushes carry no pull request.
     deliver(
         &app,

@@ -130,6 +130,15 @@ impl Store {
         .context("reading the trigger to build")?;
         let Some(row) = row else { return Ok(None) };
         let t = trigger(&row)?;
+        // Builds of a branch with an open pull request carry it, whatever started them.
+        let pull_request = match (&new.pull_request, &new.branch) {
+            (Some(pr), _) => Some(pr.clone()),
+            (None, Some(branch)) => {
+                super::webhooks::open_pull_request(w, &t.info.repo_connection.repo_id, branch)
+                    .await?
+            }
+            (None, None) => None,
+        };
         let token_secret = row
             .try_get::<Option<Vec<u8>>, _>("k_secret")?
             .map(|s| self.secrets.open_str(&s))
@@ -179,7 +188,7 @@ impl Store {
         .bind(new.commit_hash.as_deref())
         .bind(serde_json::to_string(&metadata)?)
         .bind(self.secrets.seal(&serde_json::to_vec(&secrets)?)?)
-        .bind(new.pull_request.as_ref().map(serde_json::to_string).transpose()?)
+        .bind(pull_request.as_ref().map(serde_json::to_string).transpose()?)
         .bind(new.deploy_hook.map(|h| h.to_string()))
         .bind(now.millis())
         .bind(new.seed.as_ref().map(serde_json::to_string).transpose()?)

@@ -302,9 +302,13 @@ impl Store {
         keep: BuildId,
     ) -> anyhow::Result<Vec<BuildId>> {
         let mut w = self.begin_write().await?;
+        // Concurrent supersedes of one trigger and branch would lock the same rows in different
+        // orders (a deadlock on PostgreSQL): one at a time.
+        self.lock_key(&mut w, &format!("supersede:{trigger}:{branch}"))
+            .await?;
         let rows = sqlx::query(
             "SELECT uuid FROM builds WHERE trigger_uuid = $1 AND branch = $2 AND status = 'queued' AND uuid <> $3 \
-             AND id < (SELECT id FROM builds WHERE uuid = $3)",
+             AND id < (SELECT id FROM builds WHERE uuid = $3) ORDER BY id",
         )
         .bind(trigger.to_string())
         .bind(branch)

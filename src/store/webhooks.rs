@@ -48,7 +48,6 @@ impl Store {
         if let Some(installation) = push.installation_id {
             remember_installation(&mut w, &push.repo_id, installation).await?;
         }
-        let pull_request = open_pull_request(&mut w, &push.repo_id, &push.branch).await?;
         let mut queued = Vec::new();
         for t in repo_triggers(&mut w, &push.repo_id).await? {
             let paths_ok = paths_selected(
@@ -71,7 +70,8 @@ impl Store {
                 commit_hash: Some(push.after.clone()),
                 commit_message: push.commit_message.clone(),
                 author: push.author.clone(),
-                pull_request: pull_request.clone(),
+                // Attached by insert_build when the branch has an open pull request.
+                pull_request: None,
                 deploy_hook: None,
                 seed: None,
             };
@@ -273,7 +273,7 @@ async fn remember_installation(
 }
 
 /// The newest open pull request whose head is `branch`.
-async fn open_pull_request(
+pub(super) async fn open_pull_request(
     w: &mut super::WriteTx<'_>,
     repo_id: &str,
     branch: &str,
