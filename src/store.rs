@@ -59,6 +59,8 @@ pub struct Store {
 /// A write transaction, holding the SQLite writer lock when on SQLite.
 pub(crate) struct WriteTx<'a> {
     pub tx: sqlx::Transaction<'static, sqlx::Any>,
+    /// Builds skipped in this transaction, and the build that superseded each (logged after commit).
+    superseded: Vec<(crate::domain::BuildId, crate::domain::BuildId)>,
     _guard: Option<tokio::sync::MutexGuard<'a, ()>>,
 }
 
@@ -133,7 +135,11 @@ impl Store {
             Backend::Postgres => None,
         };
         let tx = self.pool.begin().await.context("beginning a transaction")?;
-        Ok(WriteTx { tx, _guard: guard })
+        Ok(WriteTx {
+            tx,
+            superseded: Vec::new(),
+            _guard: guard,
+        })
     }
 
     /// Serialises writers on one key for the rest of a PostgreSQL transaction (SQLite is already

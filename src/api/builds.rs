@@ -215,11 +215,6 @@ pub async fn create_manual_build(
     let Some((build_uuid, created_on)) = app.store.insert_build(&account, &new).await? else {
         return Err(ApiError::NotFound);
     };
-    if let Some(branch) = &new.branch {
-        app.store
-            .supersede_queued_builds(trigger, branch, build_uuid)
-            .await?;
-    }
     app.scheduler.wake();
     ok(InsertedBuild {
         build_uuid,

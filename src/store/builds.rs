@@ -105,18 +105,22 @@ impl Store {
         let mut w = self.begin_write().await?;
         let inserted = self.insert_build_in(&mut w, account, new).await?;
         if inserted.is_some() {
-            w.commit().await?;
+            self.commit_queued(w).await?;
         }
         Ok(inserted)
     }
 
-    /// [`Store::insert_build`] inside the caller's transaction.
+    /// [`Store::insert_build`] inside the caller's transaction, which must end with
+    /// [`Store::commit_queued`]. A build of a branch supersedes the queued builds of the same trigger and
+    /// branch; the trigger is locked so that a concurrent deletion cannot miss the new build.
     pub(super) async fn insert_build_in(
         &self,
         w: &mut super::WriteTx<'_>,
         account: &AccountId,
         new: &NewBuild,
     ) -> anyhow::Result<Option<(BuildId, Timestamp)>> {
+        self.lock_key(w, &format!("trigger:{}", new.trigger))
+            .await?;
         let row = sqlx::query(&format!(
             "SELECT {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS}, k.secret_enc AS k_secret \
              FROM triggers t JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
@@ -195,6 +199,9 @@ impl Store {
         .execute(&mut *w.tx)
         .await
         .context("inserting a build")?;
+        if let Some(branch) = &new.branch {
+            self.supersede_in(w, new.trigger, branch, id).await?;
+        }
         Ok(Some((id, now)))
     }
 

@@ -361,9 +361,7 @@ impl Store {
         let Some((build, created_on)) = self.insert_build_in(&mut w, &account, &new).await? else {
             return Ok(HookCall::NoTrigger { branch });
         };
-        w.commit().await?;
-        self.supersede_queued_builds(trigger, &branch, build)
-            .await?;
+        self.commit_queued(w).await?;
         Ok(HookCall::Created { build, created_on })
     }
 }

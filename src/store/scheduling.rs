@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use sqlx::Row;
 
-use super::Store;
 use super::builds::BuildSecrets;
 use super::rows::{opt_text, text};
+use super::{Store, WriteTx};
 use crate::domain::{
     AccountId, BuildId, BuildOutcome, BuildTriggerMetadata, SeedRepo, Timestamp, TriggerId,
     WorkerId,
@@ -294,17 +294,18 @@ impl Store {
         Ok(lost)
     }
 
-    /// Marks queued builds of `trigger` on `branch` other than `keep` as `stopped`/`skipped`.
-    pub async fn supersede_queued_builds(
+    /// Marks queued builds of `trigger` on `branch` older than `keep` as `stopped`/`skipped`, inside
+    /// the transaction that queued `keep`; their log line is written by [`Store::commit_queued`].
+    pub(super) async fn supersede_in(
         &self,
+        w: &mut WriteTx<'_>,
         trigger: TriggerId,
         branch: &str,
         keep: BuildId,
-    ) -> anyhow::Result<Vec<BuildId>> {
-        let mut w = self.begin_write().await?;
+    ) -> anyhow::Result<()> {
         // Concurrent supersedes of one trigger and branch would lock the same rows in different
         // orders (a deadlock on PostgreSQL): one at a time.
-        self.lock_key(&mut w, &format!("supersede:{trigger}:{branch}"))
+        self.lock_key(w, &format!("supersede:{trigger}:{branch}"))
             .await?;
         let rows = sqlx::query(
             "SELECT uuid FROM builds WHERE trigger_uuid = $1 AND branch = $2 AND status = 'queued' AND uuid <> $3 \
@@ -317,7 +318,6 @@ impl Store {
         .await
         .context("finding superseded builds")?;
         let now = Timestamp::now();
-        let mut skipped = Vec::new();
         for row in &rows {
             let uuid = text(row, "uuid")?;
             let done = sqlx::query(
@@ -329,25 +329,24 @@ impl Store {
             .execute(&mut *w.tx)
             .await
             .context("skipping a superseded build")?;
-            if done.rows_affected() != 1 {
-                continue;
+            if done.rows_affected() == 1 {
+                w.superseded.push((BuildId::from_stored(&uuid)?, keep));
             }
-            skipped.push(BuildId::from_stored(&uuid)?);
         }
+        Ok(())
+    }
+
+    /// Commits a transaction that queued builds, then logs why the builds they superseded were skipped.
+    pub(super) async fn commit_queued(&self, mut w: WriteTx<'_>) -> anyhow::Result<()> {
+        let superseded = std::mem::take(&mut w.superseded);
         w.commit().await?;
-        for id in &skipped {
-            self.append_build_logs(
-                *id,
-                &[(
-                    now,
-                    format!(
-                        "Build skipped: superseded by a newer build ({keep}) of the same branch."
-                    ),
-                )],
-            )
-            .await?;
+        let now = Timestamp::now();
+        for (skipped, by) in superseded {
+            let line =
+                format!("Build skipped: superseded by a newer build ({by}) of the same branch.");
+            self.append_build_logs(skipped, &[(now, line)]).await?;
         }
-        Ok(skipped)
+        Ok(())
     }
 
     /// Sets an account's concurrency limit and/or monthly build minutes (`None` leaves a value as is).

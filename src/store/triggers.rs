@@ -231,6 +231,8 @@ impl Store {
     /// this id. Builds already running finish; every build stays readable.
     pub async fn delete_trigger(&self, account: &AccountId, id: TriggerId) -> anyhow::Result<bool> {
         let mut w = self.begin_write().await?;
+        // The same lock as queuing a build: no build of this trigger is queued past the deletion.
+        self.lock_key(&mut w, &format!("trigger:{id}")).await?;
         let now = Timestamp::now().millis();
         let done = sqlx::query(
             "UPDATE triggers SET deleted_on = $1, modified_on = $1 WHERE uuid = $2 AND account_id = $3 AND deleted_on IS NULL",

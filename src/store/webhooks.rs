@@ -79,8 +79,7 @@ impl Store {
                 queued.push((build, t.id));
             }
         }
-        self.finish_delivery(w, delivery, &push.branch, queued)
-            .await
+        self.finish_delivery(w, delivery, queued).await
     }
 
     /// Opened, reopened or synchronized pull requests build their head commit with every trigger whose
@@ -157,16 +156,14 @@ impl Store {
                 }
             }
         }
-        self.finish_delivery(w, delivery, &ev.head_branch, queued)
-            .await
+        self.finish_delivery(w, delivery, queued).await
     }
 
-    /// Counts the delivery's builds, commits, then lets the new builds supersede older queued ones.
+    /// Counts the delivery's builds and commits (with the supersedes the new builds made).
     async fn finish_delivery(
         &self,
         mut w: super::WriteTx<'_>,
         delivery: &str,
-        branch: &str,
         queued: Vec<(BuildId, TriggerId)>,
     ) -> anyhow::Result<DeliveryOutcome> {
         sqlx::query("UPDATE webhook_deliveries SET build_count = $1 WHERE delivery_id = $2")
@@ -175,11 +172,7 @@ impl Store {
             .execute(&mut *w.tx)
             .await
             .context("counting the delivery's builds")?;
-        w.commit().await?;
-        for (build, trigger) in &queued {
-            self.supersede_queued_builds(*trigger, branch, *build)
-                .await?;
-        }
+        self.commit_queued(w).await?;
         Ok(DeliveryOutcome::Handled(queued))
     }
 
