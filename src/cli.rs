@@ -131,6 +131,30 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub github_webhook_secret: Vec<String>,
+    /// GitHub's API (check runs are reported there when an App is configured).
+    #[arg(
+        long,
+        env = "KILN_GITHUB_API_URL",
+        default_value = "https://api.github.com"
+    )]
+    pub github_api_url: String,
+    /// The GitHub App's id.
+    #[arg(
+        long,
+        env = "KILN_GITHUB_APP_ID",
+        requires = "github_app_private_key_path"
+    )]
+    pub github_app_id: Option<String>,
+    /// The GitHub App's private key (PEM).
+    #[arg(
+        long,
+        env = "KILN_GITHUB_APP_PRIVATE_KEY_PATH",
+        requires = "github_app_id"
+    )]
+    pub github_app_private_key_path: Option<PathBuf>,
+    /// The URL users reach this server at (check runs link to builds under it).
+    #[arg(long, env = "KILN_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +209,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let github_app = match (&args.github_app_id, &args.github_app_private_key_path) {
+        (Some(app_id), Some(path)) => Some(crate::github::AppConfig {
+            api_url: args.github_api_url.clone(),
+            app_id: app_id.clone(),
+            private_key_pem: std::fs::read_to_string(path)
+                .with_context(|| format!("reading the GitHub App key {}", path.display()))?,
+        }),
+        _ => None,
+    };
     let config = ServeConfig {
         listen: args.listen,
         store: args.store.config(),
@@ -211,6 +244,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect(),
+        github_app,
+        public_url: args.public_url,
     };
     let mut server = Server::start(&config).await?;
     tracing::info!(addr = %server.addr, backend = ?server.store.backend(), "kiln listening on http://{}", server.addr);

@@ -1,6 +1,11 @@
 //! GitHub: webhook signatures and payloads, turned into Kiln's own events before anything else sees
 //! them.
 
+mod app;
+pub mod reporter;
+
+pub use app::{AppConfig, GithubApp};
+
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;

@@ -46,6 +46,10 @@ pub struct ServeConfig {
     pub runner: RunnerConfig,
     /// Secrets of GitHub webhook signatures; empty: `/webhooks/github` refuses every delivery.
     pub github_webhook_secrets: Vec<String>,
+    /// The GitHub App that check runs are reported as; `None`: nothing is reported.
+    pub github_app: Option<crate::github::AppConfig>,
+    /// The URL users reach this server at (check runs link to builds under it); `None`: the listen address.
+    pub public_url: Option<String>,
 }
 
 /// Opens (creating if needed) the data dir and the store, running migrations.
@@ -150,6 +154,7 @@ pub struct Server {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
     scheduler: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
+    reporter: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     _lock: std::fs::File,
 }
 
@@ -218,6 +223,27 @@ impl Server {
             tracing::info!("no build runners on this node (--runners 0)");
             None
         };
+        let reporter = match &config.github_app {
+            Some(app_config) => {
+                let app = Arc::new(crate::github::GithubApp::new(app_config)?);
+                let public_url = config
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}"));
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                tracing::info!(api = %app_config.api_url, "reporting check runs to GitHub");
+                Some((
+                    stop_tx,
+                    tokio::spawn(crate::github::reporter::run(
+                        store.clone(),
+                        app,
+                        public_url,
+                        stop_rx,
+                    )),
+                ))
+            }
+            None => None,
+        };
         let app = api::router(AppState {
             store: store.clone(),
             limits: config.limits,
@@ -240,6 +266,7 @@ impl Server {
             shutdown: Some(tx),
             task,
             scheduler,
+            reporter,
             _lock: lock,
         })
     }
@@ -261,6 +288,12 @@ impl Server {
                 Ok(())
             }
         };
+        if let Some((stop, task)) = self.reporter.take() {
+            let _ = stop.send(true);
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the GitHub reporter task panicked");
+            }
+        }
         if let Some((stop, task)) = self.scheduler.take() {
             let _ = stop.send(true);
             if let Err(e) = task.await {

@@ -103,6 +103,8 @@ impl TestApp {
             },
             runner: RunnerConfig::default(),
             github_webhook_secrets: vec![WEBHOOK_SECRET.to_owned()],
+            github_app: None,
+            public_url: None,
         };
         let mut config = config;
         configure(&mut config);

@@ -1,0 +1,190 @@
+//! A GitHub App: its JWT (RS256), installation tokens (cached until shortly before they expire) and the
+//! check-run calls Kiln makes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rsa::RsaPrivateKey;
+use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::pkcs1v15::SigningKey;
+use rsa::pkcs8::DecodePrivateKey;
+use rsa::signature::{SignatureEncoding, Signer};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::sync::Mutex;
+
+use crate::domain::Timestamp;
+
+/// Time limit of one GitHub API call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// An installation token is renewed this long before it expires, in milliseconds.
+const TOKEN_RENEW_MARGIN_MS: i64 = 5 * 60 * 1000;
+
+/// GitHub App settings.
+#[derive(Clone)]
+pub struct AppConfig {
+    /// `https://api.github.com`, or a fake in tests.
+    pub api_url: String,
+    pub app_id: String,
+    pub private_key_pem: String,
+}
+
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("api_url", &self.api_url)
+            .field("app_id", &self.app_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A GitHub App client.
+pub struct GithubApp {
+    api_url: String,
+    app_id: String,
+    key: SigningKey<Sha256>,
+    http: reqwest::Client,
+    tokens: Mutex<HashMap<i64, (String, i64)>>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    token: String,
+    expires_at: String,
+}
+
+impl GithubApp {
+    /// Reads the private key (PKCS#1 `RSA PRIVATE KEY`, as GitHub issues them, or PKCS#8).
+    pub fn new(config: &AppConfig) -> anyhow::Result<GithubApp> {
+        let pem = config.private_key_pem.trim();
+        let key = RsaPrivateKey::from_pkcs1_pem(pem)
+            .or_else(|_| RsaPrivateKey::from_pkcs8_pem(pem))
+            .context("the GitHub App private key is not an RSA key in PEM")?;
+        let http = reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the GitHub client")?;
+        Ok(GithubApp {
+            api_url: config.api_url.trim_end_matches('/').to_owned(),
+            app_id: config.app_id.clone(),
+            key: SigningKey::<Sha256>::new(key),
+            http,
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The App's JWT: issued a minute in the past (clock drift), valid for nine minutes.
+    pub fn jwt(&self) -> String {
+        let now = Timestamp::now().millis() / 1000;
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
+        let claims = json!({"iat": now - 60, "exp": now + 540, "iss": self.app_id});
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let signing_input = format!("{header}.{payload}");
+        let signature = self.key.sign(signing_input.as_bytes());
+        format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.to_bytes())
+        )
+    }
+
+    /// An installation access token, from the cache while it has more than five minutes left.
+    pub async fn installation_token(&self, installation: i64) -> anyhow::Result<String> {
+        let mut tokens = self.tokens.lock().await;
+        let now = Timestamp::now().millis();
+        if let Some((token, expires)) = tokens.get(&installation)
+            && *expires - TOKEN_RENEW_MARGIN_MS > now
+        {
+            return Ok(token.clone());
+        }
+        let url = format!(
+            "{}/app/installations/{installation}/access_tokens",
+            self.api_url
+        );
+        let answer: TokenAnswer = self
+            .call(reqwest::Method::POST, &url, &self.jwt(), None)
+            .await
+            .context("exchanging the App JWT for an installation token")?;
+        let expires = chrono::DateTime::parse_from_rfc3339(&answer.expires_at)
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(now + 60 * 60 * 1000);
+        tokens.insert(installation, (answer.token.clone(), expires));
+        Ok(answer.token)
+    }
+
+    /// Creates a check run; returns its id.
+    pub async fn create_check_run(
+        &self,
+        installation: i64,
+        owner: &str,
+        repo: &str,
+        body: Value,
+    ) -> anyhow::Result<i64> {
+        let token = self.installation_token(installation).await?;
+        let url = format!("{}/repos/{owner}/{repo}/check-runs", self.api_url);
+        let created: Value = self
+            .call(reqwest::Method::POST, &url, &token, Some(body))
+            .await?;
+        created["id"]
+            .as_i64()
+            .context("GitHub's check run has no id")
+    }
+
+    /// Updates a check run.
+    pub async fn update_check_run(
+        &self,
+        installation: i64,
+        owner: &str,
+        repo: &str,
+        id: i64,
+        body: Value,
+    ) -> anyhow::Result<()> {
+        let token = self.installation_token(installation).await?;
+        let url = format!("{}/repos/{owner}/{repo}/check-runs/{id}", self.api_url);
+        let _: Value = self
+            .call(reqwest::Method::PATCH, &url, &token, Some(body))
+            .await?;
+        Ok(())
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        bearer: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<T> {
+        let mut req = self
+            .http
+            .request(method.clone(), url)
+            .bearer_auth(bearer)
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            // GitHub's error text, never the token.
+            let text: String = resp
+                .text()
+                .await
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect();
+            anyhow::bail!("{method} {url}: {status}: {text}");
+        }
+        resp.json()
+            .await
+            .with_context(|| format!("{method} {url}: unreadable answer"))
+    }
+}

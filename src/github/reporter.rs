@@ -1,0 +1,114 @@
+//! Tells GitHub how builds go, outside the builds' path: a loop compares each build of a GitHub
+//! repository with what was last reported and creates or updates its check run, retrying failed calls
+//! with back-off. A failing or slow GitHub never fails or delays a build.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::app::GithubApp;
+use crate::domain::{BuildOutcome, BuildStatus, Timestamp};
+use crate::store::{ReportItem, Store};
+
+/// How often the reporter looks for builds to report.
+const INTERVAL: Duration = Duration::from_millis(250);
+/// Builds reported per round at most.
+const BATCH: i64 = 20;
+/// Wait after the first failed attempt, in milliseconds (doubled with each further failure).
+const BASE_BACKOFF_MS: i64 = 500;
+/// Longest wait between two attempts, in milliseconds.
+const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
+
+/// Runs until `shutdown` turns true.
+pub async fn run(
+    store: Store,
+    app: Arc<GithubApp>,
+    public_url: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+        let items = match store.builds_to_report(Timestamp::now(), BATCH).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "finding builds to report to GitHub failed"
+                );
+                continue;
+            }
+        };
+        for item in items {
+            let done = report(&app, &item, &public_url).await;
+            let recorded = match done {
+                Ok(id) => {
+                    tracing::info!(build.uuid = %item.build, status = item.status.as_str(), "reported to GitHub");
+                    store.report_done(item.build, id, item.status).await
+                }
+                Err(e) => {
+                    let attempts = item.attempts + 1;
+                    let backoff = (BASE_BACKOFF_MS << attempts.min(20)).min(MAX_BACKOFF_MS);
+                    tracing::warn!(build.uuid = %item.build, attempts, retry_in_ms = backoff, error = format!("{e:#}"), "reporting to GitHub failed");
+                    store
+                        .report_failed(
+                            item.build,
+                            attempts,
+                            Timestamp::from_millis(Timestamp::now().millis() + backoff),
+                        )
+                        .await
+                }
+            };
+            if let Err(e) = recorded {
+                tracing::error!(error = format!("{e:#}"), "recording a GitHub report failed");
+            }
+        }
+    }
+}
+
+/// Creates or updates the build's check run; returns its id.
+async fn report(app: &GithubApp, item: &ReportItem, public_url: &str) -> anyhow::Result<i64> {
+    let mut body = check_run_state(item.status, item.outcome);
+    match item.check_run_id {
+        None => {
+            body["name"] = json!(format!("Workers Builds: {}", item.worker));
+            body["head_sha"] = json!(item.sha);
+            body["external_id"] = json!(item.build.to_string());
+            body["details_url"] = json!(format!(
+                "{}/client/v4/accounts/{}/builds/builds/{}",
+                public_url.trim_end_matches('/'),
+                item.account,
+                item.build
+            ));
+            app.create_check_run(item.installation, &item.owner, &item.repo, body)
+                .await
+        }
+        Some(id) => {
+            app.update_check_run(item.installation, &item.owner, &item.repo, id, body)
+                .await?;
+            Ok(id)
+        }
+    }
+}
+
+/// The check run's `status` (and `conclusion` once stopped) for a build's status and outcome.
+fn check_run_state(status: BuildStatus, outcome: Option<BuildOutcome>) -> Value {
+    match status {
+        BuildStatus::Queued => json!({"status": "queued"}),
+        BuildStatus::Initializing | BuildStatus::Running => json!({"status": "in_progress"}),
+        BuildStatus::Stopped => {
+            let conclusion = match outcome {
+                Some(BuildOutcome::Success) => "success",
+                Some(BuildOutcome::Cancelled) => "cancelled",
+                Some(BuildOutcome::Skipped) => "skipped",
+                Some(BuildOutcome::Terminated) => "timed_out",
+                Some(BuildOutcome::Fail) | None => "failure",
+            };
+            json!({"status": "completed", "conclusion": conclusion, "completed_at": Timestamp::now().to_rfc3339()})
+        }
+    }
+}
