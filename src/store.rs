@@ -35,7 +35,7 @@ pub use connections::{DeleteConnection, NewConnection};
 pub use deploy_hooks::{HookCall, HookWriteError};
 pub use env_vars::EnvVarChange;
 pub use logs::LogPage;
-pub use reports::ReportItem;
+pub use reports::{CommentItem, PrBuild, ReportItem};
 pub use scheduling::{ClaimedBuild, LostBuild};
 pub use triggers::{NewTrigger, TriggerPatch, TriggerWriteError};
 pub use webhooks::DeliveryOutcome;

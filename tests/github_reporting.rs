@@ -327,3 +327,99 @@ async fn a_failing_github_api_is_retried_and_never_fails_the_build() {
     assert_eq!(calls.last().unwrap().body["conclusion"], "success");
     app.stop().await;
 }
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn deliver(app: &TestApp, event: &str, payload: Value) -> Value {
+    let body = serde_json::to_vec(&payload).unwrap();
+    app.client
+        .post(format!("{}/webhooks/github", app.base))
+        .header("x-github-event", event)
+        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+        .header("x-hub-signature-256", sign(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_pull_request_gets_one_comment_updated_in_place() {
+    let (app, fake, _public, _keys) = setup(0).await;
+    // Previews: every branch but main.
+    let (_, prod) = app.get(&app.acct("/workers/site/triggers")).await;
+    let t = &prod["result"][0];
+    app.ok(Method::POST, &app.acct("/triggers"), Some(json!({"external_script_id": "site",
+        "repo_connection_uuid": t["repo_connection"]["repo_connection_uuid"], "build_token_uuid": t["build_token_uuid"],
+        "trigger_name": "previews", "branch_includes": ["*"], "branch_excludes": ["main"],
+        "build_command": "echo preview", "deploy_command": ""})))
+        .await;
+    let repo = app.git_remotes().join("octo-org").join("site");
+    git(&repo, &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(repo.join("page.js"), "1").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "page"]);
+    let sha = head(&app);
+    let pr = json!({"action": "opened", "number": 7,
+        "pull_request": {"html_url": "https://github.com/octo-org/site/pull/7", "created_at": "2026-11-23T09:00:00Z",
+            "title": "Page", "user": {"login": "mona"},
+            "head": {"ref": "feature", "sha": sha, "repo": {"id": REPO_ID}}, "base": {"ref": "main"}},
+        "repository": {"id": REPO_ID, "name": "site", "full_name": "octo-org/site"},
+        "installation": {"id": INSTALLATION}});
+    let v = deliver(&app, "pull_request", pr).await;
+    assert_eq!(v["result"]["builds"].as_array().unwrap().len(), 1, "{v}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let comments = loop {
+        let calls = fake.calls.lock().unwrap().clone();
+        let comments: Vec<Call> = calls
+            .into_iter()
+            .filter(|c| c.path.contains("/issues/"))
+            .collect();
+        if comments
+            .last()
+            .is_some_and(|c| s(&c.body["body"]).contains("✅ Success"))
+        {
+            break comments;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no final comment: {comments:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Created once, then edited in place.
+    assert_eq!(
+        (comments[0].method.as_str(), comments[0].path.as_str()),
+        ("POST", "/repos/octo-org/site/issues/7/comments")
+    );
+    for c in &comments[1..] {
+        assert_eq!(
+            (c.method.as_str(), c.path.as_str()),
+            ("PATCH", "/repos/octo-org/site/issues/comments/99"),
+            "{c:#?}"
+        );
+    }
+    let body = s(&comments.last().unwrap().body["body"]);
+    assert!(
+        body.contains(&format!("| site | ✅ Success | `{}` |", &sha[..7])),
+        "{body}"
+    );
+    // Every call is one the fake expects.
+    for c in fake.calls.lock().unwrap().iter() {
+        assert!(
+            c.path.ends_with("/access_tokens")
+                || c.path.contains("/check-runs")
+                || c.path.contains("/issues/"),
+            "unexpected call {c:#?}"
+        );
+    }
+    app.stop().await;
+}

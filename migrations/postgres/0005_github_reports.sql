@@ -6,3 +6,18 @@ CREATE TABLE github_reports (
     attempts        BIGINT NOT NULL,
     next_attempt_on BIGINT
 );
+
+-- The pull request a build belongs to, for the PR comment (one per pull request, updated in place).
+ALTER TABLE builds ADD COLUMN pr_url TEXT;
+CREATE INDEX builds_pr_url ON builds (pr_url, id);
+
+CREATE TABLE github_pr_comments (
+    pr_url          TEXT PRIMARY KEY,
+    owner           TEXT NOT NULL,
+    repo            TEXT NOT NULL,
+    installation_id BIGINT NOT NULL,
+    comment_id      BIGINT,
+    dirty           BIGINT NOT NULL,
+    attempts        BIGINT NOT NULL,
+    next_attempt_on BIGINT
+);

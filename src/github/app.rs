@@ -151,6 +151,53 @@ impl GithubApp {
         Ok(())
     }
 
+    /// Comments on a pull request; returns the comment's id.
+    pub async fn create_comment(
+        &self,
+        installation: i64,
+        owner: &str,
+        repo: &str,
+        number: i64,
+        body: &str,
+    ) -> anyhow::Result<i64> {
+        let token = self.installation_token(installation).await?;
+        let url = format!(
+            "{}/repos/{owner}/{repo}/issues/{number}/comments",
+            self.api_url
+        );
+        let created: Value = self
+            .call(
+                reqwest::Method::POST,
+                &url,
+                &token,
+                Some(json!({"body": body})),
+            )
+            .await?;
+        created["id"].as_i64().context("GitHub's comment has no id")
+    }
+
+    /// Replaces a comment's text.
+    pub async fn update_comment(
+        &self,
+        installation: i64,
+        owner: &str,
+        repo: &str,
+        id: i64,
+        body: &str,
+    ) -> anyhow::Result<()> {
+        let token = self.installation_token(installation).await?;
+        let url = format!("{}/repos/{owner}/{repo}/issues/comments/{id}", self.api_url);
+        let _: Value = self
+            .call(
+                reqwest::Method::PATCH,
+                &url,
+                &token,
+                Some(json!({"body": body})),
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,

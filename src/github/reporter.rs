@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::app::GithubApp;
 use crate::domain::{BuildOutcome, BuildStatus, Timestamp};
-use crate::store::{ReportItem, Store};
+use crate::store::{PrBuild, ReportItem, Store};
 
 /// How often the reporter looks for builds to report.
 const INTERVAL: Duration = Duration::from_millis(250);
@@ -48,7 +48,7 @@ pub async fn run(
             let recorded = match done {
                 Ok(id) => {
                     tracing::info!(build.uuid = %item.build, status = item.status.as_str(), "reported to GitHub");
-                    store.report_done(item.build, id, item.status).await
+                    store.report_done(&item, id).await
                 }
                 Err(e) => {
                     let attempts = item.attempts + 1;
@@ -67,7 +67,100 @@ pub async fn run(
                 tracing::error!(error = format!("{e:#}"), "recording a GitHub report failed");
             }
         }
+        update_comments(&store, &app, &public_url).await;
     }
+}
+
+/// Brings the comment of every pull request whose builds changed up to date (one per pull request,
+/// edited in place, a row per Worker).
+async fn update_comments(store: &Store, app: &GithubApp, public_url: &str) {
+    let items = match store.comments_to_update(Timestamp::now(), BATCH).await {
+        Ok(items) => items,
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "finding pull request comments to update failed"
+            );
+            return;
+        }
+    };
+    for item in items {
+        let result = async {
+            let number = pr_number(&item.pr_url)?;
+            let body = render_comment(&store.pr_builds(&item.pr_url).await?, public_url);
+            match item.comment_id {
+                None => {
+                    app.create_comment(item.installation, &item.owner, &item.repo, number, &body)
+                        .await
+                }
+                Some(id) => {
+                    app.update_comment(item.installation, &item.owner, &item.repo, id, &body)
+                        .await?;
+                    Ok(id)
+                }
+            }
+        }
+        .await;
+        let recorded = match result {
+            Ok(id) => store.comment_done(&item.pr_url, id, item.generation).await,
+            Err(e) => {
+                let attempts = item.attempts + 1;
+                let backoff = (BASE_BACKOFF_MS << attempts.min(20)).min(MAX_BACKOFF_MS);
+                tracing::warn!(pr = %item.pr_url, attempts, retry_in_ms = backoff, error = format!("{e:#}"), "updating a pull request comment failed");
+                store
+                    .comment_failed(
+                        &item.pr_url,
+                        attempts,
+                        Timestamp::from_millis(Timestamp::now().millis() + backoff),
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "recording a pull request comment failed"
+            );
+        }
+    }
+}
+
+/// The number of a pull request from its URL (`…/pull/<n>`).
+fn pr_number(url: &str) -> anyhow::Result<i64> {
+    url.rsplit('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no pull request number in {url}"))
+}
+
+/// The comment: a row per Worker with its newest build's status, commit and link.
+pub fn render_comment(builds: &[PrBuild], public_url: &str) -> String {
+    let mut body = String::from(
+        "## Deploying with Workers Builds\n\n| Worker | Status | Commit | Build |\n|---|---|---|---|\n",
+    );
+    for b in builds {
+        let status = match (b.status, b.outcome) {
+            (BuildStatus::Queued, _) => "⏳ Queued",
+            (BuildStatus::Initializing | BuildStatus::Running, _) => "🔄 Building",
+            (BuildStatus::Stopped, Some(BuildOutcome::Success)) => "✅ Success",
+            (BuildStatus::Stopped, Some(BuildOutcome::Cancelled)) => "⏹️ Cancelled",
+            (BuildStatus::Stopped, Some(BuildOutcome::Skipped)) => "⏭️ Skipped",
+            (BuildStatus::Stopped, Some(BuildOutcome::Terminated)) => "⌛ Timed out",
+            (BuildStatus::Stopped, _) => "❌ Failed",
+        };
+        let commit = b.commit.as_deref().map_or("-", |c| &c[..c.len().min(7)]);
+        let link = format!(
+            "{}/client/v4/accounts/{}/builds/builds/{}",
+            public_url.trim_end_matches('/'),
+            b.account,
+            b.build
+        );
+        body.push_str(&format!(
+            "| {} | {status} | `{commit}` | [View build]({link}) |\n",
+            b.worker
+        ));
+    }
+    body
 }
 
 /// Creates or updates the build's check run; returns its id.

@@ -179,8 +179,8 @@ impl Store {
         let now = Timestamp::now();
         sqlx::query(
             "INSERT INTO builds (uuid, account_id, trigger_uuid, external_script_id, status, trigger_source, \
-             branch, commit_hash, metadata, secrets_enc, pull_request, deploy_hook_uuid, created_on, modified_on, seed_repo) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
+             branch, commit_hash, metadata, secrets_enc, pull_request, deploy_hook_uuid, created_on, modified_on, seed_repo, pr_url) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15)",
         )
         .bind(id.to_string())
         .bind(account.as_str())
@@ -196,6 +196,7 @@ impl Store {
         .bind(new.deploy_hook.map(|h| h.to_string()))
         .bind(now.millis())
         .bind(new.seed.as_ref().map(serde_json::to_string).transpose()?)
+        .bind(pull_request.as_ref().map(|pr| pr.pull_request_url.clone()))
         .execute(&mut *w.tx)
         .await
         .context("inserting a build")?;

@@ -21,6 +21,32 @@ pub struct ReportItem {
     pub outcome: Option<BuildOutcome>,
     pub check_run_id: Option<i64>,
     pub attempts: i64,
+    /// The pull request the build belongs to.
+    pub pr_url: Option<String>,
+}
+
+/// A pull request whose comment is behind its builds.
+#[derive(Debug, Clone)]
+pub struct CommentItem {
+    pub pr_url: String,
+    pub owner: String,
+    pub repo: String,
+    pub installation: i64,
+    pub comment_id: Option<i64>,
+    /// Changes not yet in the comment (a counter: updates made meanwhile are not lost).
+    pub generation: i64,
+    pub attempts: i64,
+}
+
+/// The newest build of one Worker for a pull request's comment.
+#[derive(Debug, Clone)]
+pub struct PrBuild {
+    pub build: BuildId,
+    pub account: AccountId,
+    pub worker: String,
+    pub status: BuildStatus,
+    pub outcome: Option<BuildOutcome>,
+    pub commit: Option<String>,
 }
 
 impl Store {
@@ -34,7 +60,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT b.uuid AS uuid, b.account_id AS account_id, b.external_script_id AS worker, b.status AS status, \
              b.outcome AS outcome, b.commit_hash AS sha, c.provider_account_name AS owner, c.repo_name AS repo, \
-             i.installation_id AS installation, r.check_run_id AS check_run_id, COALESCE(r.attempts, 0) AS attempts \
+             i.installation_id AS installation, r.check_run_id AS check_run_id, COALESCE(r.attempts, 0) AS attempts, \
+             b.pr_url AS pr_url \
              FROM builds b JOIN triggers t ON t.uuid = b.trigger_uuid \
              JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
              JOIN github_installations i ON i.repo_id = c.repo_id \
@@ -65,19 +92,30 @@ impl Store {
                         .transpose()?,
                     check_run_id: r.try_get("check_run_id")?,
                     attempts: r.try_get("attempts")?,
+                    pr_url: opt_text(r, "pr_url")?,
                 })
             })
             .collect()
     }
 
-    /// Records a successful report.
-    pub async fn report_done(
-        &self,
-        build: BuildId,
-        check_run_id: i64,
-        status: BuildStatus,
-    ) -> anyhow::Result<()> {
+    /// Records a successful report; the build's pull request comment then needs an update.
+    pub async fn report_done(&self, item: &ReportItem, check_run_id: i64) -> anyhow::Result<()> {
+        let (build, status) = (item.build, item.status);
         let mut w = self.begin_write().await?;
+        if let Some(pr_url) = &item.pr_url {
+            sqlx::query(
+                "INSERT INTO github_pr_comments (pr_url, owner, repo, installation_id, dirty, attempts) \
+                 VALUES ($1, $2, $3, $4, 1, 0) ON CONFLICT (pr_url) DO UPDATE SET dirty = github_pr_comments.dirty + 1, \
+                 installation_id = excluded.installation_id",
+            )
+            .bind(pr_url)
+            .bind(&item.owner)
+            .bind(&item.repo)
+            .bind(item.installation)
+            .execute(&mut *w.tx)
+            .await
+            .context("marking a pull request comment for update")?;
+        }
         sqlx::query(
             "INSERT INTO github_reports (build_uuid, check_run_id, reported_status, attempts, next_attempt_on) \
              VALUES ($1, $2, $3, 0, NULL) ON CONFLICT (build_uuid) DO UPDATE SET check_run_id = excluded.check_run_id, \
@@ -110,6 +148,107 @@ impl Store {
         .execute(&mut *w.tx)
         .await
         .context("recording a failed report")?;
+        w.commit().await
+    }
+
+    /// Pull requests whose comment needs an update and whose retry time has come.
+    pub async fn comments_to_update(
+        &self,
+        now: Timestamp,
+        limit: i64,
+    ) -> anyhow::Result<Vec<CommentItem>> {
+        let rows = sqlx::query(
+            "SELECT pr_url, owner, repo, installation_id, comment_id, dirty, attempts FROM github_pr_comments \
+             WHERE dirty > 0 AND (next_attempt_on IS NULL OR next_attempt_on <= $1) ORDER BY pr_url LIMIT $2",
+        )
+        .bind(now.millis())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("finding pull request comments to update")?;
+        rows.iter()
+            .map(|r| {
+                Ok(CommentItem {
+                    pr_url: text(r, "pr_url")?,
+                    owner: text(r, "owner")?,
+                    repo: text(r, "repo")?,
+                    installation: r.try_get("installation_id")?,
+                    comment_id: r.try_get("comment_id")?,
+                    generation: r.try_get("dirty")?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The newest build of each Worker for a pull request, in the order the Workers were first built.
+    pub async fn pr_builds(&self, pr_url: &str) -> anyhow::Result<Vec<PrBuild>> {
+        let rows = sqlx::query(
+            "SELECT uuid, account_id, external_script_id, status, outcome, commit_hash FROM builds \
+             WHERE pr_url = $1 ORDER BY id",
+        )
+        .bind(pr_url)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading a pull request's builds")?;
+        let mut out: Vec<PrBuild> = Vec::new();
+        for r in &rows {
+            let b = PrBuild {
+                build: BuildId::from_stored(&text(r, "uuid")?)?,
+                account: AccountId::from_stored(text(r, "account_id")?),
+                worker: text(r, "external_script_id")?,
+                status: BuildStatus::from_stored(&text(r, "status")?)?,
+                outcome: opt_text(r, "outcome")?
+                    .map(|o| BuildOutcome::from_stored(&o))
+                    .transpose()?,
+                commit: opt_text(r, "commit_hash")?,
+            };
+            match out.iter_mut().find(|x| x.worker == b.worker) {
+                Some(slot) => *slot = b,
+                None => out.push(b),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records the comment as up to date with the `generation` of changes it was made from.
+    pub async fn comment_done(
+        &self,
+        pr_url: &str,
+        comment_id: i64,
+        generation: i64,
+    ) -> anyhow::Result<()> {
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE github_pr_comments SET comment_id = $1, dirty = dirty - $2, attempts = 0, next_attempt_on = NULL \
+             WHERE pr_url = $3",
+        )
+        .bind(comment_id)
+        .bind(generation)
+        .bind(pr_url)
+        .execute(&mut *w.tx)
+        .await
+        .context("recording a pull request comment")?;
+        w.commit().await
+    }
+
+    /// Records a failed comment update and when to try again.
+    pub async fn comment_failed(
+        &self,
+        pr_url: &str,
+        attempts: i64,
+        retry_on: Timestamp,
+    ) -> anyhow::Result<()> {
+        let mut w = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE github_pr_comments SET attempts = $1, next_attempt_on = $2 WHERE pr_url = $3",
+        )
+        .bind(attempts)
+        .bind(retry_on.millis())
+        .bind(pr_url)
+        .execute(&mut *w.tx)
+        .await
+        .context("recording a failed comment update")?;
         w.commit().await
     }
 }
