@@ -136,6 +136,23 @@ impl GitCache {
     /// mutex) and processes (a file lock); a caller that waited for a fetch which started after its
     /// own call reuses that fetch. A failed first clone leaves nothing behind.
     pub async fn mirror(&self, owner: &str, repo: &str) -> anyhow::Result<Mirror> {
+        self.mirror_with_token(owner, repo, None).await
+    }
+
+    /// [`GitCache::mirror`] of a private repository: `token` (a GitHub installation token) reaches git
+    /// as an `Authorization` header through its environment, never its command line.
+    pub async fn mirror_with_token(
+        &self,
+        owner: &str,
+        repo: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<Mirror> {
+        use base64::Engine;
+        let auth = token.map(|t| {
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{t}"));
+            format!("Authorization: Basic {basic}")
+        });
         names::check_slug("repository owner", owner)?;
         names::check_slug("repository name", repo)?;
         let path = self.mirror_path(owner, repo);
@@ -153,10 +170,10 @@ impl GitCache {
             let started = Instant::now();
             let _file_lock = lock_file(path.with_extension("lock")).await?;
             if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                self.fetch(&path, &url).await?;
+                self.fetch(&path, &url, auth.clone()).await?;
                 self.maintain_in_background(&path);
             } else {
-                self.create(&path, &url).await?;
+                self.create(&path, &url, auth.clone()).await?;
             }
             *last_fetch = Some(started);
         }
@@ -169,7 +186,7 @@ impl GitCache {
     }
 
     /// Creates the mirror in `tmp/` and renames it into place once complete.
-    async fn create(&self, path: &Path, url: &str) -> anyhow::Result<()> {
+    async fn create(&self, path: &Path, url: &str, auth: Option<String>) -> anyhow::Result<()> {
         let tmp_root = self.root.join("tmp");
         tokio::fs::create_dir_all(&tmp_root)
             .await
@@ -184,8 +201,8 @@ impl GitCache {
                 .arg(&tmp_path))
             .await
             .context("creating a bare repository")?;
-        self.update_head(&tmp_path, url).await?;
-        self.fetch(&tmp_path, url).await?;
+        self.update_head(&tmp_path, url, auth.clone()).await?;
+        self.fetch(&tmp_path, url, auth).await?;
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
@@ -212,13 +229,19 @@ impl GitCache {
     }
 
     /// Fetches branches and tags into the mirror at `path`, pruning deleted ones.
-    async fn fetch(&self, path: &Path, url: &str) -> anyhow::Result<()> {
-        let (url, auth) = split_credentials(url);
+    async fn fetch(
+        &self,
+        path: &Path,
+        url: &str,
+        token_auth: Option<String>,
+    ) -> anyhow::Result<()> {
+        let (url, url_auth) = split_credentials(url);
+        let auth = token_auth.or(url_auth);
         let url = url.as_str();
         let out = self
             .git
             .output(
-                with_auth(Cmd::new(self.fetch_timeout), auth)
+                with_auth(Cmd::new(self.fetch_timeout), auth.clone())
                     .dir(path)
                     .args([
                         // Housekeeping runs after the fetch, off the build's path (below).
@@ -244,7 +267,7 @@ impl GitCache {
         }
         // The default branch: set at creation, refreshed when the branch HEAD names is gone.
         if !head_branch_exists(path).await {
-            self.update_head(path, url).await?;
+            self.update_head(path, url, auth).await?;
         }
         Ok(())
     }
@@ -397,8 +420,14 @@ impl GitCache {
     }
 
     /// Points the mirror's `HEAD` at the remote's default branch (left alone for an empty remote).
-    async fn update_head(&self, path: &Path, url: &str) -> anyhow::Result<()> {
-        let (url, auth) = split_credentials(url);
+    async fn update_head(
+        &self,
+        path: &Path,
+        url: &str,
+        token_auth: Option<String>,
+    ) -> anyhow::Result<()> {
+        let (url, url_auth) = split_credentials(url);
+        let auth = token_auth.or(url_auth);
         let url = url.as_str();
         let out = self
             .git

@@ -48,6 +48,8 @@ pub struct RunnerContext {
     /// Kiln's data dir: workspaces live under it and it is hidden from builds.
     pub data_dir: PathBuf,
     pub config: RunnerConfig,
+    /// The GitHub App whose installation tokens clone private repositories, when configured.
+    pub github: Option<Arc<crate::github::GithubApp>>,
 }
 
 /// The hosted product's message for a deleted or rolled build token.
@@ -339,9 +341,12 @@ impl Run<'_> {
                 }
             }
         }
+        let github_token = self.installation_token().await;
         let fetched = self
             .guard(async {
-                let mirror = git.mirror(&owner_name, &repo_name).await?;
+                let mirror = git
+                    .mirror_with_token(&owner_name, &repo_name, github_token.as_deref())
+                    .await?;
                 let resolved = mirror.resolve(branch.as_deref(), commit.as_deref()).await?;
                 anyhow::Ok((mirror, resolved))
             })
@@ -465,6 +470,36 @@ impl Run<'_> {
     }
 
     /// Runs one command; on stop or timeout its processes get TERM, then KILL after the grace.
+    /// A GitHub installation token for the build's repository when an App is configured and the
+    /// repository's installation is known (private repositories need it); `None` otherwise.
+    async fn installation_token(&self) -> Option<String> {
+        let app = self.ctx.github.as_ref()?;
+        if self.build.metadata.provider_type != crate::domain::ProviderType::Github {
+            return None;
+        }
+        let installation = match self.ctx.store.get_installation(&self.build.repo_id).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "reading the repository's installation failed"
+                );
+                return None;
+            }
+        };
+        match app.installation_token(installation).await {
+            Ok(token) => Some(token),
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "no installation token: cloning without one"
+                );
+                None
+            }
+        }
+    }
+
     /// Runs one command, in `held` (a step spawned early with [`Step::spawn_held`]) when given.
     async fn run_step(
         &mut self,

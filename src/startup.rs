@@ -188,6 +188,12 @@ impl Server {
             data_dir.join("git"),
             config.git_url_template.clone(),
         ));
+        let github = config
+            .github_app
+            .as_ref()
+            .map(crate::github::GithubApp::new)
+            .transpose()?
+            .map(Arc::new);
         let handle = SchedulerHandle::default();
         let scheduler = if config.scheduler.runners > 0 {
             let orphans = tokio::task::spawn_blocking(crate::sandbox::remove_orphaned_cgroups)
@@ -209,6 +215,7 @@ impl Server {
                 git: git.clone(),
                 data_dir: data_dir.clone(),
                 config: config.runner.clone(),
+                github: github.clone(),
             };
             let scheduler = Scheduler::new(
                 store.clone(),
@@ -223,9 +230,9 @@ impl Server {
             tracing::info!("no build runners on this node (--runners 0)");
             None
         };
-        let reporter = match &config.github_app {
-            Some(app_config) => {
-                let app = Arc::new(crate::github::GithubApp::new(app_config)?);
+        let reporter = match (&config.github_app, &github) {
+            (Some(app_config), Some(app)) => {
+                let app = app.clone();
                 let public_url = config
                     .public_url
                     .clone()
@@ -242,7 +249,7 @@ impl Server {
                     )),
                 ))
             }
-            None => None,
+            _ => None,
         };
         let app = api::router(AppState {
             store: store.clone(),

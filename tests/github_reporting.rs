@@ -75,6 +75,12 @@ async fn fake_handler(State(fake): State<Fake>, req: Request) -> impl IntoRespon
         ("PATCH", "/repos/octo-org/site/check-runs/4242") => {
             (StatusCode::OK, Json(json!({"id": 4242})))
         }
+        ("POST", "/repos/octo-org/site/issues/7/comments") => {
+            (StatusCode::CREATED, Json(json!({"id": 99})))
+        }
+        ("PATCH", "/repos/octo-org/site/issues/comments/99") => {
+            (StatusCode::OK, Json(json!({"id": 99})))
+        }
         _ => (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))),
     }
 }
@@ -395,7 +401,42 @@ async fn a_pull_request_gets_one_comment_updated_in_place() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // A new commit on the branch: its build updates the same comment.
+    std::fs::write(repo.join("page.js"), "2").unwrap();
+    git(&repo, &["commit", "-q", "-am", "page v2"]);
+    let sha2 = head(&app);
+    let v = deliver(
+        &app,
+        "push",
+        json!({"ref": "refs/heads/feature", "after": sha2, "repository": {"id": REPO_ID},
+            "head_commit": {"message": "page v2", "author": {"email": "mona@example.com"}},
+            "commits": [{"added": [], "removed": [], "modified": ["page.js"]}],
+            "installation": {"id": INSTALLATION}}),
+    )
+    .await;
+    assert_eq!(v["result"]["builds"].as_array().unwrap().len(), 1, "{v}");
+    let comments = loop {
+        let calls = fake.calls.lock().unwrap().clone();
+        let comments: Vec<Call> = calls
+            .into_iter()
+            .filter(|c| c.path.contains("/issues/"))
+            .collect();
+        let row = format!("| site | ✅ Success | `{}` |", &sha2[..7]);
+        if comments
+            .last()
+            .is_some_and(|c| s(&c.body["body"]).contains(&row))
+        {
+            break comments;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no updated comment: {comments:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sha = sha2;
     // Created once, then edited in place.
+    assert!(comments.len() >= 2, "{comments:#?}");
     assert_eq!(
         (comments[0].method.as_str(), comments[0].path.as_str()),
         ("POST", "/repos/octo-org/site/issues/7/comments")
@@ -421,5 +462,75 @@ async fn a_pull_request_gets_one_comment_updated_in_place() {
             "unexpected call {c:#?}"
         );
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn private_repositories_are_cloned_with_the_installation_token() {
+    let keys = tempfile::tempdir().unwrap();
+    let (private, _public) = key_pair(keys.path());
+    let (fake, fake_url) = start_fake().await;
+    // The fake also stands in for GitHub's git server: it records the clone's headers, then answers 404.
+    let app = TestApp::spawn_with(|c| {
+        c.scheduler.runners = 1;
+        c.runner.sandbox = kiln::sandbox::SandboxMode::None;
+        c.git_url_template = format!("{fake_url}/git/{{owner}}/{{repo}}.git");
+        c.github_app = Some(kiln::github::AppConfig {
+            api_url: fake_url.clone(),
+            app_id: APP_ID.to_owned(),
+            private_key_pem: private,
+        });
+    })
+    .await;
+    let conn = app
+        .ok(Method::PUT, &app.acct("/repos/connections"), Some(json!({"provider_type": "github",
+            "provider_account_id": "1", "provider_account_name": "octo-org", "repo_id": REPO_ID.to_string(),
+            "repo_name": "site"})))
+        .await;
+    let token = app
+        .ok(
+            Method::POST,
+            &app.acct("/tokens"),
+            Some(json!({"build_token_name": "t",
+            "build_token_secret": "cf-secret-1234", "cloudflare_token_id": "cf"})),
+        )
+        .await;
+    app.ok(Method::POST, &app.acct("/triggers"), Some(json!({"external_script_id": "site",
+        "repo_connection_uuid": conn["repo_connection_uuid"], "build_token_uuid": token["build_token_uuid"],
+        "trigger_name": "prod", "branch_includes": ["main"], "build_command": "echo built", "deploy_command": ""})))
+        .await;
+    let build = push(&app, &"9".repeat(40)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let b = app
+            .ok(Method::GET, &app.acct(&format!("/builds/{build}")), None)
+            .await;
+        if b["status"] == "stopped" {
+            assert_eq!(b["build_outcome"], "fail", "the fake serves no repository");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    use base64::Engine;
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("x-access-token:ghs_faketoken123")
+    );
+    let calls = fake.calls.lock().unwrap().clone();
+    let clone = calls
+        .iter()
+        .find(|c| c.path.starts_with("/git/octo-org/site.git/"))
+        .unwrap_or_else(|| panic!("git never asked the server: {calls:#?}"));
+    assert_eq!(clone.auth, expected);
+    // The token is in no log line of the build.
+    let logs = app
+        .ok(
+            Method::GET,
+            &app.acct(&format!("/builds/{build}/logs")),
+            None,
+        )
+        .await;
+    assert!(!logs.to_string().contains("ghs_faketoken123"), "{logs}");
     app.stop().await;
 }

@@ -26,6 +26,8 @@ pub struct ClaimedBuild {
     pub created_on: Timestamp,
     /// Seed the repository from a template before the checkout.
     pub seed: Option<SeedRepo>,
+    /// The connected repository's id at its provider (GitHub's numeric id).
+    pub repo_id: String,
 }
 
 /// A build whose runner was lost.
@@ -58,7 +60,8 @@ impl Store {
             let row = sqlx::query(&format!(
                 "SELECT b.id AS id, b.uuid AS uuid, b.account_id AS account_id, b.trigger_uuid AS trigger_uuid, \
                  b.external_script_id AS worker, b.metadata AS metadata, b.secrets_enc AS secrets, b.created_on AS created_on, \
-                 b.seed_repo AS seed_repo \
+                 b.seed_repo AS seed_repo, (SELECT c.repo_id FROM triggers t JOIN repo_connections c \
+                 ON c.uuid = t.repo_connection_uuid WHERE t.uuid = b.trigger_uuid) AS repo_id \
                  FROM builds b WHERE b.status = 'queued' AND \
                  (SELECT COUNT(*) FROM builds r WHERE r.account_id = b.account_id AND r.status IN {IN_PROGRESS}) < \
                  COALESCE((SELECT a.concurrency FROM accounts a WHERE a.account_id = b.account_id), $1) \
@@ -136,6 +139,7 @@ impl Store {
             secrets: serde_json::from_slice(&self.secrets.open(&sealed)?)
                 .context("build secrets")?,
             created_on: Timestamp::from_millis(row.try_get("created_on")?),
+            repo_id: opt_text(row, "repo_id")?.unwrap_or_default(),
             seed: opt_text(row, "seed_repo")?
                 .map(|s| serde_json::from_str(&s))
                 .transpose()

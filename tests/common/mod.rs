@@ -83,6 +83,11 @@ impl TestApp {
 
     /// Starts a server on a fresh database after `configure` adjusted the configuration.
     pub async fn spawn_with(configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
+        // Kiln's warnings and errors show in the output of a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("kiln=warn"))
+            .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = ServeConfig {
             listen: "127.0.0.1:0".to_owned(),
