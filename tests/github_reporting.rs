@@ -383,7 +383,8 @@ async fn a_pull_request_gets_one_comment_updated_in_place() {
     assert_eq!(v["result"]["builds"].as_array().unwrap().len(), 1, "{v}");
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let comments = loop {
+    // The first build's comment.
+    loop {
         let calls = fake.calls.lock().unwrap().clone();
         let comments: Vec<Call> = calls
             .into_iter()
@@ -393,14 +394,14 @@ async fn a_pull_request_gets_one_comment_updated_in_place() {
             .last()
             .is_some_and(|c| s(&c.body["body"]).contains("✅ Success"))
         {
-            break comments;
+            break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "no final comment: {comments:#?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
     // A new commit on the branch: its build updates the same comment.
     std::fs::write(repo.join("page.js"), "2").unwrap();
     git(&repo, &["commit", "-q", "-am", "page v2"]);
