@@ -236,7 +236,9 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks)
         .fallback(no_route)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            tracing::debug_span!("request", method = %req.method(), path = %loggable_path(req.uri().path()))
+        }))
 }
 
 async fn no_route() -> ApiError {
@@ -245,4 +247,33 @@ async fn no_route() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+/// Path prefix of the public deploy-hook endpoint, whose last segment is the hook's secret id.
+const HOOK_TRIGGER_PREFIX: &str = "/client/v4/workers/builds/deploy_hooks/";
+
+/// A request path fit for logs: a deploy hook's id is a credential and is left out. The query string
+/// (log cursors and the like) is not logged either.
+fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.strip_prefix(HOOK_TRIGGER_PREFIX) {
+        Some(_) => format!("{HOOK_TRIGGER_PREFIX}{{deploy_hook_uuid}}").into(),
+        None => path.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_ids_stay_out_of_logs() {
+        let id = "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e";
+        let logged =
+            loggable_path(&format!("/client/v4/workers/builds/deploy_hooks/{id}")).into_owned();
+        assert!(!logged.contains(id), "{logged}");
+        assert_eq!(
+            loggable_path("/client/v4/accounts/a/builds/tokens"),
+            "/client/v4/accounts/a/builds/tokens"
+        );
+    }
 }
