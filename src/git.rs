@@ -235,8 +235,7 @@ impl GitCache {
         url: &str,
         token_auth: Option<String>,
     ) -> anyhow::Result<()> {
-        let (url, url_auth) = split_credentials(url);
-        let auth = token_auth.or(url_auth);
+        let (url, auth) = remote_and_auth(url, token_auth);
         let url = url.as_str();
         let out = self
             .git
@@ -426,8 +425,7 @@ impl GitCache {
         url: &str,
         token_auth: Option<String>,
     ) -> anyhow::Result<()> {
-        let (url, url_auth) = split_credentials(url);
-        let auth = token_auth.or(url_auth);
+        let (url, auth) = remote_and_auth(url, token_auth);
         let url = url.as_str();
         let out = self
             .git
@@ -511,6 +509,13 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The URL to give git and the `Authorization` header to send: an installation token's header wins
+/// over credentials written in the URL.
+fn remote_and_auth(url: &str, token_auth: Option<String>) -> (String, Option<String>) {
+    let (url, url_auth) = split_credentials(url);
+    (url, token_auth.or(url_auth))
 }
 
 fn with_auth(cmd: Cmd, auth: Option<String>) -> Cmd {

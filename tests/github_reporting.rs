@@ -176,23 +176,17 @@ async fn setup(fail_first: usize) -> (TestApp, Fake, String, tempfile::TempDir) 
     git(&repo, &["init", "-q", "-b", "main"]);
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "site"]);
-    let conn = app
-        .ok(Method::PUT, &app.acct("/repos/connections"), Some(json!({"provider_type": "github",
-            "provider_account_id": "1", "provider_account_name": "octo-org", "repo_id": REPO_ID.to_string(),
-            "repo_name": "site"})))
+    let (conn, token) = app
+        .github_repo("octo-org", "site", &REPO_ID.to_string())
         .await;
-    let token = app
-        .ok(
-            Method::POST,
-            &app.acct("/tokens"),
-            Some(json!({"build_token_name": "t",
-            "build_token_secret": "cf-secret-1234", "cloudflare_token_id": "cf"})),
-        )
-        .await;
-    app.ok(Method::POST, &app.acct("/triggers"), Some(json!({"external_script_id": "site",
-        "repo_connection_uuid": conn["repo_connection_uuid"], "build_token_uuid": token["build_token_uuid"],
-        "trigger_name": "prod", "branch_includes": ["main"], "build_command": "echo built", "deploy_command": ""})))
-        .await;
+    app.trigger(
+        "site",
+        &conn,
+        &token,
+        json!({"branch_includes": ["main"], "build_command": "echo built",
+        "deploy_command": ""}),
+    )
+    .await;
     (app, fake, public, keys)
 }
 
@@ -483,23 +477,17 @@ async fn private_repositories_are_cloned_with_the_installation_token() {
         });
     })
     .await;
-    let conn = app
-        .ok(Method::PUT, &app.acct("/repos/connections"), Some(json!({"provider_type": "github",
-            "provider_account_id": "1", "provider_account_name": "octo-org", "repo_id": REPO_ID.to_string(),
-            "repo_name": "site"})))
+    let (conn, token) = app
+        .github_repo("octo-org", "site", &REPO_ID.to_string())
         .await;
-    let token = app
-        .ok(
-            Method::POST,
-            &app.acct("/tokens"),
-            Some(json!({"build_token_name": "t",
-            "build_token_secret": "cf-secret-1234", "cloudflare_token_id": "cf"})),
-        )
-        .await;
-    app.ok(Method::POST, &app.acct("/triggers"), Some(json!({"external_script_id": "site",
-        "repo_connection_uuid": conn["repo_connection_uuid"], "build_token_uuid": token["build_token_uuid"],
-        "trigger_name": "prod", "branch_includes": ["main"], "build_command": "echo built", "deploy_command": ""})))
-        .await;
+    app.trigger(
+        "site",
+        &conn,
+        &token,
+        json!({"branch_includes": ["main"], "build_command": "echo built",
+        "deploy_command": ""}),
+    )
+    .await;
     let build = push(&app, &"9".repeat(40)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

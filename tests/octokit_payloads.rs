@@ -58,27 +58,14 @@ async fn a_real_push_payload_builds_its_repository() {
         .find(|p| p["ref"] == "refs/heads/master")
         .expect("a branch push");
     let repo_id = push["repository"]["id"].as_u64().unwrap().to_string();
-    let conn = app
-        .ok(
-            Method::PUT,
-            &app.acct("/repos/connections"),
-            Some(json!({"provider_type": "github",
-            "provider_account_id": "21031067", "provider_account_name": "Codertocat",
-            "repo_id": repo_id, "repo_name": "Hello-World"})),
-        )
-        .await;
-    let token = app
-        .ok(
-            Method::POST,
-            &app.acct("/tokens"),
-            Some(json!({"build_token_name": "t",
-            "build_token_secret": "cf-secret-1234", "cloudflare_token_id": "cf"})),
-        )
-        .await;
-    app.ok(Method::POST, &app.acct("/triggers"), Some(json!({"external_script_id": "hello",
-        "repo_connection_uuid": conn["repo_connection_uuid"], "build_token_uuid": token["build_token_uuid"],
-        "trigger_name": "prod", "branch_includes": ["master"]})))
-        .await;
+    let (conn, token) = app.github_repo("Codertocat", "Hello-World", &repo_id).await;
+    app.trigger(
+        "hello",
+        &conn,
+        &token,
+        json!({"branch_includes": ["master"]}),
+    )
+    .await;
     let body = serde_json::to_vec(&push).unwrap();
     let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
     mac.update(&body);

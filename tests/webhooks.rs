@@ -81,32 +81,14 @@ fn push(git_ref: &str, after: &str, files: &[&str]) -> Value {
 
 /// Two Workers built from one repository: `web` (apps/web) and `api` (apps/api), production on main.
 async fn monorepo(app: &TestApp) -> (String, String) {
-    let conn = app
-        .ok(
-            Method::PUT,
-            &app.acct("/repos/connections"),
-            Some(json!({"provider_type": "github",
-            "provider_account_id": "6811672", "provider_account_name": "octo-org",
-            "repo_id": REPO_ID.to_string(), "repo_name": "monorepo"})),
-        )
-        .await;
-    let token = app
-        .ok(
-            Method::POST,
-            &app.acct("/tokens"),
-            Some(json!({"build_token_name": "t",
-            "build_token_secret": "cf-secret-value-1", "cloudflare_token_id": "cf"})),
-        )
+    let (conn, token) = app
+        .github_repo("octo-org", "monorepo", &REPO_ID.to_string())
         .await;
     let mut ids = Vec::new();
     for worker in ["web", "api"] {
-        let t = app
-            .ok(Method::POST, &app.acct("/triggers"), Some(json!({"external_script_id": worker,
-                "repo_connection_uuid": conn["repo_connection_uuid"], "build_token_uuid": token["build_token_uuid"],
-                "trigger_name": "prod", "branch_includes": ["main"], "branch_excludes": [],
-                "path_includes": [format!("apps/{worker}/*")], "path_excludes": ["*.md"]})))
-            .await;
-        ids.push(s(&t["trigger_uuid"]));
+        let extra = json!({"branch_includes": ["main"], "branch_excludes": [],
+            "path_includes": [format!("apps/{worker}/*")], "path_excludes": ["*.md"]});
+        ids.push(app.trigger(worker, &conn, &token, extra).await);
     }
     (ids[0].clone(), ids[1].clone())
 }

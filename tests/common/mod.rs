@@ -267,6 +267,40 @@ impl TestApp {
         v["result"].clone()
     }
 
+    /// A connection to the GitHub repository `owner/repo` (numeric id `repo_id`) and a build token;
+    /// returns their ids.
+    pub async fn github_repo(&self, owner: &str, repo: &str, repo_id: &str) -> (String, String) {
+        let conn = self
+            .ok(Method::PUT, &self.acct("/repos/connections"), Some(json!({"provider_type": "github",
+                "provider_account_id": "6811672", "provider_account_name": owner, "repo_id": repo_id,
+                "repo_name": repo})))
+            .await;
+        let token = self
+            .ok(
+                Method::POST,
+                &self.acct("/tokens"),
+                Some(json!({"build_token_name": "t",
+                "build_token_secret": "cf-secret-1234", "cloudflare_token_id": "cf"})),
+            )
+            .await;
+        (
+            s(&conn["repo_connection_uuid"]),
+            s(&token["build_token_uuid"]),
+        )
+    }
+
+    /// A trigger for `worker` on a connection; `extra` fields are merged into the request body.
+    pub async fn trigger(&self, worker: &str, conn: &str, token: &str, extra: Value) -> String {
+        let mut body = json!({"external_script_id": worker, "repo_connection_uuid": conn,
+            "build_token_uuid": token, "trigger_name": "prod"});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        s(&self
+            .ok(Method::POST, &self.acct("/triggers"), Some(body))
+            .await["trigger_uuid"])
+    }
+
     /// Creates a connection, a build token and a trigger for `worker`; returns their ids.
     pub async fn fixture(&self, worker: &str) -> Fixture {
         let conn = self
