@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the API server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API tokens.
     Tokens {
         #[command(subcommand)]
@@ -155,6 +155,39 @@ pub struct ServeArgs {
     /// The URL users reach this server at (check runs link to builds under it).
     #[arg(long, env = "KILN_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// A build variable every build gets unless its trigger sets it (repeatable; in the environment
+    /// variable, one `KEY=VALUE` per line).
+    #[arg(long = "build-env", env = "KILN_BUILD_ENV", value_parser = parse_key_value, value_delimiter = '\n')]
+    pub build_env: Vec<(String, String)>,
+    /// Variables of Kiln's own environment passed into every build when set (comma-separated;
+    /// default: the proxy and CA variables).
+    #[arg(
+        long,
+        env = "KILN_BUILD_ENV_PASSTHROUGH",
+        value_delimiter = ',',
+        default_values_t = crate::runner::DEFAULT_ENV_PASSTHROUGH.iter().map(|s| (*s).to_owned())
+    )]
+    pub build_env_passthrough: Vec<String>,
+    /// The npm registry toolchains are fetched from, also handed to builds when not the default.
+    #[arg(long, env = "KILN_NPM_REGISTRY", default_value = DEFAULT_NPM_REGISTRY)]
+    pub npm_registry: String,
+}
+
+/// npm's public registry.
+pub const DEFAULT_NPM_REGISTRY: &str = "https://registry.npmjs.org/";
+
+/// `KEY=VALUE` with a variable name of letters, digits and `_`, not starting with a digit.
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    let valid = !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!("{key:?} is not a valid variable name"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,7 +235,7 @@ pub struct CreateTokenArgs {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Tokens { command } => tokens(command).await,
         Command::Accounts { command } => accounts(command).await,
     }
@@ -237,6 +270,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             build_timeout: args.build_timeout,
             cancel_grace: args.cancel_grace,
             log_cap_bytes: args.log_cap_mib.saturating_mul(1024 * 1024),
+            host_env: crate::runner::HostEnv {
+                passthrough: args
+                    .build_env_passthrough
+                    .into_iter()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+                defaults: args.build_env,
+                npm_registry: (args.npm_registry.trim_end_matches('/')
+                    != DEFAULT_NPM_REGISTRY.trim_end_matches('/'))
+                .then(|| args.npm_registry.clone()),
+            },
         },
         github_webhook_secrets: args
             .github_webhook_secret

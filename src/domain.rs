@@ -3,17 +3,23 @@
 mod filters;
 mod ids;
 mod packages;
+mod project;
 mod records;
 mod seed;
 mod time;
 mod validate;
 
-pub use filters::{branch_selected, glob_matches, paths_selected};
+pub use filters::{branch_selected, glob_matches, is_preview_trigger, paths_selected};
 pub use ids::{
     AccountId, BuildId, BuildTokenId, DeployHookId, EnvVarKey, RepoConnectionId, TriggerId,
     VersionId, WorkerId,
 };
-pub use packages::{LOCKFILES, PackageManager};
+pub use packages::PackageManager;
+pub use project::{
+    DEFAULT_BUN_VERSION, DEFAULT_NODE_VERSION, DEFAULT_PNPM_VERSION, DEFAULT_YARN_VERSION,
+    MAX_PROJECT_FILE_BYTES, PROJECT_FILES, ProjectDir, ProjectPlan, Requested, VersionSource,
+    parse_package_manager_field, plan_project, project_dirs,
+};
 pub use records::*;
 pub use seed::{MAX_SEED_FILES, SeedFile, SeedRepo, encode_content, relative_path};
 pub use time::Timestamp;

@@ -2,6 +2,9 @@
 //! build and deploy commands in the sandbox, streamed and masked logs, version capture, outcome.
 
 mod env;
+mod project;
+
+pub use env::{DEFAULT_ENV_PASSTHROUGH, HostEnv};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::domain::{BuildId, BuildOutcome, Timestamp, VersionId};
+use crate::domain::{BuildId, BuildOutcome, Timestamp, VersionId, plan_project};
 use crate::git::GitCache;
 use crate::logs::{LogSink, LogSinkConfig, Masker, pump};
 use crate::sandbox::{SandboxMode, Step, StepSpec};
@@ -28,6 +31,8 @@ pub struct RunnerConfig {
     pub cancel_grace: Duration,
     /// Stored log bytes per build (head and tail are kept).
     pub log_cap_bytes: u64,
+    /// What builds get from the host: passed-through variables, server-wide defaults, the registry.
+    pub host_env: HostEnv,
 }
 
 impl Default for RunnerConfig {
@@ -37,6 +42,7 @@ impl Default for RunnerConfig {
             build_timeout: Duration::from_secs(20 * 60),
             cancel_grace: Duration::from_secs(10),
             log_cap_bytes: crate::logs::DEFAULT_LOG_CAP_BYTES,
+            host_env: HostEnv::default(),
         }
     }
 }
@@ -369,11 +375,14 @@ impl Run<'_> {
         };
         let env = env::build_env(
             self.build,
-            self.workspace,
-            &token,
-            resolved.branch.as_deref(),
-            &resolved.sha,
-            self.ctx.config.sandbox,
+            &env::EnvContext {
+                workspace: self.workspace,
+                token: &token,
+                branch: resolved.branch.as_deref(),
+                sha: &resolved.sha,
+                mode: self.ctx.config.sandbox,
+                host: &self.ctx.config.host_env,
+            },
         );
         let spec = |command: &str| StepSpec {
             mode: self.ctx.config.sandbox,
@@ -436,10 +445,26 @@ impl Run<'_> {
             return Ok(BuildOutcome::Fail);
         }
 
-        if let Some(install) = env::install_command(&cwd, &env).await {
+        let dirs = project::load_project_dirs(&repo, root).await;
+        let plan = plan_project(&dirs, &env::var_map(&env));
+        let install = plan
+            .install_command()
+            .filter(|_| !env::skip_install(&env))
+            .zip(plan.install_dir.as_deref());
+        if let Some((install, dir)) = install {
             self.system(&format!("Installing project dependencies: {install}"))
                 .await;
-            if self.run_step(spec(&install), held.take()).await? != Some(0) {
+            let mut step = spec(&install);
+            if dir != root {
+                // A workspace installs at its root; build and deploy still run in the root directory.
+                step.cwd = if dir.is_empty() {
+                    repo.clone()
+                } else {
+                    repo.join(dir)
+                };
+            }
+            let early = if step.cwd == cwd { held.take() } else { None };
+            if self.run_step(step, early).await? != Some(0) {
                 self.system("Failed: error occurred while installing tools or dependencies")
                     .await;
                 return Ok(BuildOutcome::Fail);

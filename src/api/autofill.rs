@@ -4,14 +4,16 @@
 //! the wrangler config file and the Worker names it declares, the package manager, and the
 //! `package.json` scripts (PRODUCT-NOTES §9). Decisions the public material leaves open:
 //!
-//! * Only `root_directory` itself is inspected (default: the repository root), not its parents.
+//! * The wrangler config and `scripts` come from `root_directory` itself (default: the repository
+//!   root); the package manager is found as builds find it, from the root directory up to the
+//!   repository root (a workspace's lockfile and `packageManager` at its root count).
 //! * Config file precedence is wrangler's own: `wrangler.json`, then `wrangler.jsonc`, then
 //!   `wrangler.toml`. Both JSON names are read as JSONC, as wrangler does.
 //! * A config file that does not parse still names `config_file`; the fields read from it are `null`.
 //!   `env_worker_names` is `null` without an `env` section, else `env.<e>.name` or `<name>-<e>`.
-//! * Package manager: `packageManager` in `package.json` (`pnpm@9.1.0` → `pnpm`) when it names a
-//!   known one, else the first lockfile of `pnpm-lock.yaml`, `yarn.lock`, `bun.lock`/`bun.lockb`,
-//!   `package-lock.json`/`npm-shrinkwrap.json`, `uv.lock`, else `npm` when there is a `package.json`.
+//! * Package manager: [`crate::domain::plan_project`], the runner's own rule (`packageManager`, then
+//!   the nearest lockfile, then `npm` for a `package.json`); else `uv` for a `uv.lock` in the root
+//!   directory.
 //! * `scripts` is `null` without a readable `package.json`, `{}` when it has no scripts.
 //! * Errors: no live connection → 404/12000; invalid `provider_type`, `branch` or `root_directory`, an
 //!   unknown branch, or a repository that cannot be fetched → 400/12002 with a message naming the
@@ -27,7 +29,10 @@ use serde_json::Value;
 use super::AppState;
 use super::error::{ApiError, ApiResult, ok};
 use super::extract::{Account, PathParams, QueryParams};
-use crate::domain::{PackageManager, ProviderType};
+use crate::domain::{
+    MAX_PROJECT_FILE_BYTES, PROJECT_FILES, PackageManager, ProjectDir, ProviderType, plan_project,
+    project_dirs,
+};
 use crate::git::{GitError, Mirror};
 
 /// Wrangler config files, in wrangler's order of precedence.
@@ -126,37 +131,56 @@ fn git_error(err: anyhow::Error, repo: &str) -> ApiError {
     ApiError::BadRequest(message)
 }
 
-/// Reads the root directory of commit `sha` and builds the answer.
+/// Reads the root directory of commit `sha` (and, for the package manager, its parents up to the
+/// repository root, as builds do) and builds the answer.
 async fn inspect(mirror: &Mirror, sha: &str, root: &str) -> anyhow::Result<ConfigAutofill> {
-    let names = mirror.list_dir(sha, root).await?;
-    let has = |name: &str| names.iter().any(|n| n == name);
-    let config_file = CONFIG_FILES.iter().copied().find(|f| has(f));
-    let join = |name: &str| {
-        if root.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{root}/{name}")
+    let mut dirs = Vec::new();
+    let mut config_file = None;
+    let mut config_text = None;
+    let mut has_uv_lock = false;
+    for (level, path) in project_dirs(root).into_iter().enumerate() {
+        let names = mirror.list_dir(sha, &path).await?;
+        if level == 0 && names.is_empty() && !path.is_empty() {
+            // No such root directory: nothing to suggest (a build would fail there).
+            return Ok(ConfigAutofill::default());
         }
-    };
-    let mut wanted = Vec::new();
-    if let Some(f) = config_file {
-        wanted.push(join(f));
+        let has = |name: &str| names.iter().any(|n| n == name);
+        let join = |name: &str| {
+            if path.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{path}/{name}")
+            }
+        };
+        let present: Vec<&str> = PROJECT_FILES.iter().copied().filter(|f| has(f)).collect();
+        let mut wanted: Vec<String> = present.iter().map(|f| join(f)).collect();
+        let level_config = (level == 0)
+            .then(|| CONFIG_FILES.iter().copied().find(|f| has(f)))
+            .flatten();
+        if let Some(f) = level_config {
+            wanted.push(join(f));
+        }
+        let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let mut contents = mirror.read_files(sha, &wanted_refs).await?.into_iter();
+        let mut files = BTreeMap::new();
+        for name in &present {
+            if let Some(bytes) = contents.next().flatten() {
+                let capped = (bytes.len() as u64 <= MAX_PROJECT_FILE_BYTES).then_some(bytes);
+                files.insert((*name).to_owned(), capped);
+            }
+        }
+        if level == 0 {
+            config_file = level_config;
+            config_text = level_config.and_then(|_| contents.next().flatten());
+            has_uv_lock = has("uv.lock");
+        }
+        dirs.push(ProjectDir { path, files });
     }
-    let has_package_json = has("package.json");
-    if has_package_json {
-        wanted.push(join("package.json"));
-    }
-    let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
-    let mut contents = mirror.read_files(sha, &wanted_refs).await?.into_iter();
-    let config_text = config_file.and_then(|_| contents.next().flatten());
-    let package_json = if has_package_json {
-        contents
-            .next()
-            .flatten()
-            .and_then(|bytes| parse_json(&bytes))
-    } else {
-        None
-    };
+    let package_json = dirs
+        .first()
+        .and_then(|d| d.files.get("package.json"))
+        .and_then(|b| b.as_deref())
+        .and_then(parse_json);
 
     let mut answer = ConfigAutofill {
         config_file: config_file.map(str::to_owned),
@@ -186,12 +210,8 @@ async fn inspect(mirror: &Mirror, sha: &str, root: &str) -> anyhow::Result<Confi
         }
     }
 
-    // An unreadable package.json still makes it a Node project.
-    let unreadable = Value::Object(serde_json::Map::new());
-    let pj = package_json
-        .as_ref()
-        .or(has_package_json.then_some(&unreadable));
-    answer.package_manager = PackageManager::detect(has, pj);
+    let plan = plan_project(&dirs, &BTreeMap::new());
+    answer.package_manager = plan.manager.or(has_uv_lock.then_some(PackageManager::Uv));
     answer.scripts = package_json.as_ref().map(|p| {
         p.get("scripts")
             .and_then(Value::as_object)

@@ -9,12 +9,15 @@ use super::error::{ApiError, ApiResult, ok, ok_empty};
 use super::extract::{Account, ApiJson, NoBody, PathParams};
 use crate::domain::{
     BuildTokenId, Invalid, MAX_NAME_LEN, MAX_TRIGGERS_PER_WORKER, RepoConnectionId, Trigger,
-    TriggerId, WorkerId, bounded_text, command, patterns, root_directory,
+    TriggerId, WorkerId, bounded_text, command, is_preview_trigger, patterns, root_directory,
 };
 use crate::store::{NewTrigger, TriggerPatch, TriggerWriteError};
 
 /// Deploy command of a trigger created without one (the hosted product's default).
 pub const DEFAULT_DEPLOY_COMMAND: &str = "npx wrangler deploy";
+/// Deploy command of a preview trigger ([`is_preview_trigger`]) created without one: the hosted
+/// product's non-production branch deploy command (PRODUCT-NOTES §3).
+pub const DEFAULT_PREVIEW_DEPLOY_COMMAND: &str = "npx wrangler versions upload";
 
 /// Body of `createTrigger`. Fields after `trigger_name` take the hosted product's defaults when absent.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -25,7 +28,8 @@ pub struct CreateTriggerRequest {
     pub trigger_name: String,
     /// Default: empty (no build step).
     pub build_command: Option<String>,
-    /// Default: `npx wrangler deploy`.
+    /// Default: `npx wrangler deploy`; for a preview trigger (`branch_includes: ["*"]` with
+    /// `branch_excludes`), `npx wrangler versions upload`.
     pub deploy_command: Option<String>,
     /// Default: `/`.
     pub root_directory: Option<String>,
@@ -62,6 +66,15 @@ fn opt<T>(v: Option<&T>, f: impl FnOnce(&T) -> Result<T, Invalid>) -> Result<Opt
 
 impl CreateTriggerRequest {
     fn validate(self) -> Result<NewTrigger, Invalid> {
+        let branch_includes =
+            patterns("branch_includes", &self.branch_includes.unwrap_or_default())?;
+        let branch_excludes =
+            patterns("branch_excludes", &self.branch_excludes.unwrap_or_default())?;
+        let default_deploy = if is_preview_trigger(&branch_includes, &branch_excludes) {
+            DEFAULT_PREVIEW_DEPLOY_COMMAND
+        } else {
+            DEFAULT_DEPLOY_COMMAND
+        };
         Ok(NewTrigger {
             external_script_id: WorkerId::parse("external_script_id", &self.external_script_id)?,
             repo_connection_uuid: RepoConnectionId::parse(
@@ -73,19 +86,11 @@ impl CreateTriggerRequest {
             build_command: command("build_command", self.build_command.as_deref().unwrap_or(""))?,
             deploy_command: command(
                 "deploy_command",
-                self.deploy_command
-                    .as_deref()
-                    .unwrap_or(DEFAULT_DEPLOY_COMMAND),
+                self.deploy_command.as_deref().unwrap_or(default_deploy),
             )?,
             root_directory: root_directory(self.root_directory.as_deref().unwrap_or("/"))?,
-            branch_includes: patterns(
-                "branch_includes",
-                &self.branch_includes.unwrap_or_default(),
-            )?,
-            branch_excludes: patterns(
-                "branch_excludes",
-                &self.branch_excludes.unwrap_or_default(),
-            )?,
+            branch_includes,
+            branch_excludes,
             path_includes: patterns(
                 "path_includes",
                 &self.path_includes.unwrap_or_else(|| vec!["*".to_owned()]),

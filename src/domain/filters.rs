@@ -110,3 +110,23 @@ mod tests {
         assert!(!branch_selected(&v(&[]), &v(&[]), "main"));
     }
 }
+
+/// Whether branch filters make a trigger the Worker's preview trigger: every branch (`*`) minus
+/// others (the production branch), the canonical pair of Cloudflare's Builds API guide
+/// (PRODUCT-NOTES §3). Its builds are non-production branch builds.
+pub fn is_preview_trigger(branch_includes: &[String], branch_excludes: &[String]) -> bool {
+    branch_includes.iter().any(|p| p == "*") && !branch_excludes.is_empty()
+}
+
+#[cfg(test)]
+mod preview_tests {
+    use super::is_preview_trigger;
+
+    #[test]
+    fn preview_is_star_minus_production() {
+        let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert!(is_preview_trigger(&v(&["*"]), &v(&["main"])));
+        assert!(!is_preview_trigger(&v(&["main"]), &v(&[])));
+        assert!(!is_preview_trigger(&v(&["*"]), &v(&[])));
+    }
+}

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use crate::domain::PackageManager;
 use crate::sandbox::SandboxMode;
 use crate::store::ClaimedBuild;
 
@@ -13,23 +12,74 @@ pub const WRANGLER_OUTPUT_DIR: &str = "wrangler-output";
 /// `PATH` for builds when Kiln's own is unset.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// System variables, then the trigger's variables, which override them.
-pub fn build_env(
-    build: &ClaimedBuild,
-    ws: &Path,
-    token: &str,
-    branch: Option<&str>,
-    sha: &str,
-    mode: SandboxMode,
-) -> Vec<(String, String)> {
-    let tmp = match mode {
+/// Directory (inside the workspace) whose links point at this build's toolchains; first on `PATH`.
+pub const TOOLCHAIN_BIN_DIR: &str = "toolchain/bin";
+
+/// Variables of Kiln's own environment passed into every build unless configured otherwise: the
+/// proxy and CA settings a build needs on a network like Kiln's (issue 7; DESIGN.md §3b).
+pub const DEFAULT_ENV_PASSTHROUGH: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "NODE_EXTRA_CA_CERTS",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
+/// Server-wide settings that shape every build's environment.
+#[derive(Debug, Clone)]
+pub struct HostEnv {
+    /// Names of Kiln's own variables copied into builds when set ([`DEFAULT_ENV_PASSTHROUGH`]).
+    pub passthrough: Vec<String>,
+    /// `--build-env KEY=VALUE` defaults; the passthrough values and system variables yield to them,
+    /// a trigger's own variables override them.
+    pub defaults: Vec<(String, String)>,
+    /// The npm registry builds use, when not npm's default (`--npm-registry`).
+    pub npm_registry: Option<String>,
+}
+
+impl Default for HostEnv {
+    fn default() -> Self {
+        HostEnv {
+            passthrough: DEFAULT_ENV_PASSTHROUGH
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            defaults: Vec::new(),
+            npm_registry: None,
+        }
+    }
+}
+
+/// What the environment is built from, besides the build itself.
+pub struct EnvContext<'a> {
+    pub workspace: &'a Path,
+    pub token: &'a str,
+    pub branch: Option<&'a str>,
+    pub sha: &'a str,
+    pub mode: SandboxMode,
+    pub host: &'a HostEnv,
+}
+
+/// System variables (DESIGN.md §3, PRODUCT-NOTES §4), then Kiln's passed-through variables, then the
+/// server's `--build-env` defaults, then the trigger's variables, each overriding the ones before.
+pub fn build_env(build: &ClaimedBuild, cx: &EnvContext<'_>) -> Vec<(String, String)> {
+    let ws = cx.workspace;
+    let tmp = match cx.mode {
         SandboxMode::Bwrap => "/tmp".to_owned(),
         SandboxMode::None => ws.join("tmp").display().to_string(),
     };
+    let host_path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned());
+    let worker = build.worker.to_string();
     let mut env: Vec<(String, String)> = vec![
         (
             "PATH".into(),
-            std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned()),
+            format!("{}:{host_path}", ws.join(TOOLCHAIN_BIN_DIR).display()),
         ),
         ("HOME".into(), ws.join("home").display().to_string()),
         ("TMPDIR".into(), tmp),
@@ -37,52 +87,77 @@ pub fn build_env(
         ("CI".into(), "true".into()),
         ("WORKERS_CI".into(), "1".into()),
         ("WORKERS_CI_BUILD_UUID".into(), build.id.to_string()),
-        ("WORKERS_CI_COMMIT_SHA".into(), sha.to_owned()),
+        ("WORKERS_CI_COMMIT_SHA".into(), cx.sha.to_owned()),
         (
             "WORKERS_CI_BRANCH".into(),
-            branch.unwrap_or_default().to_owned(),
+            cx.branch.unwrap_or_default().to_owned(),
         ),
         ("CLOUDFLARE_ACCOUNT_ID".into(), build.account.to_string()),
-        ("CLOUDFLARE_API_TOKEN".into(), token.to_owned()),
+        ("CLOUDFLARE_API_TOKEN".into(), cx.token.to_owned()),
+        // What Workers Builds sets for wrangler (PRODUCT-NOTES §4): the connected Worker's tag and name
+        // (one opaque identifier in Kiln, DESIGN.md §2), and preview aliases for non-production builds.
+        ("WRANGLER_CI_MATCH_TAG".into(), worker.clone()),
+        ("WRANGLER_CI_OVERRIDE_NAME".into(), worker),
+        (
+            "WRANGLER_CI_GENERATE_PREVIEW_ALIAS".into(),
+            build.preview_trigger.to_string(),
+        ),
         (
             "WRANGLER_OUTPUT_FILE_DIRECTORY".into(),
             ws.join(WRANGLER_OUTPUT_DIR).display().to_string(),
         ),
         ("NO_UPDATE_NOTIFIER".into(), "1".into()),
+        // Toolchains come from Kiln's store; Corepack must not try to download over them.
+        ("COREPACK_ENABLE_DOWNLOAD_PROMPT".into(), "0".into()),
+        ("COREPACK_ENABLE_STRICT".into(), "0".into()),
     ];
+    if let Some(registry) = &cx.host.npm_registry {
+        for name in [
+            "NPM_CONFIG_REGISTRY",
+            "COREPACK_NPM_REGISTRY",
+            "YARN_NPM_REGISTRY_SERVER",
+            "YARN_REGISTRY",
+        ] {
+            env.push((name.into(), registry.clone()));
+        }
+    }
+    let passed = cx
+        .host
+        .passthrough
+        .iter()
+        .filter_map(|name| Some((name.clone(), std::env::var(name).ok()?)));
     let plain = build
         .metadata
         .environment_variables
         .iter()
         .filter_map(|(k, v)| v.value.clone().map(|value| (k.clone(), value)));
-    let user = plain.chain(
-        build
-            .secrets
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    for (key, value) in user {
+    let secrets = build
+        .secrets
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()));
+    let overrides = passed
+        .chain(cx.host.defaults.iter().cloned())
+        .chain(plain)
+        .chain(secrets);
+    for (key, value) in overrides {
         env.retain(|(k, _)| *k != key);
         env.push((key, value));
     }
     env
 }
 
-/// The install command for a `package.json` in `cwd`, unless `SKIP_DEPENDENCY_INSTALL` is `1`/`true`.
-pub async fn install_command(cwd: &Path, env: &[(String, String)]) -> Option<String> {
-    let skip = env.iter().any(|(k, v)| {
+/// Whether `SKIP_DEPENDENCY_INSTALL` is `1`/`true` (PRODUCT-NOTES §4).
+pub fn skip_install(env: &[(String, String)]) -> bool {
+    env.iter().any(|(k, v)| {
         k == "SKIP_DEPENDENCY_INSTALL"
             && matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true")
-    });
-    if skip {
-        return None;
-    }
-    let text = tokio::fs::read(cwd.join("package.json")).await.ok()?;
-    let package_json = serde_json::from_slice(&text).unwrap_or(serde_json::Value::Null);
-    let has = |f: &str| cwd.join(f).is_file();
-    let pm = PackageManager::detect(has, Some(&package_json))?;
-    Some(pm.install_command(has).to_owned())
+    })
+}
+
+/// The build's variables as a map, for [`crate::domain::plan_project`].
+pub fn var_map(env: &[(String, String)]) -> std::collections::BTreeMap<String, String> {
+    env.iter().cloned().collect()
 }
 
 /// Largest wrangler output file read, in bytes; the directory is writable by the build.

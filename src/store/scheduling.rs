@@ -28,6 +28,11 @@ pub struct ClaimedBuild {
     pub seed: Option<SeedRepo>,
     /// The connected repository's id at its provider (GitHub's numeric id).
     pub repo_id: String,
+    /// The trigger's `build_caching_enabled` when the build was claimed (PRODUCT-NOTES §5).
+    pub build_caching_enabled: bool,
+    /// The trigger is a preview trigger ([`crate::domain::is_preview_trigger`]): its builds are
+    /// non-production branch builds.
+    pub preview_trigger: bool,
 }
 
 /// A build whose runner was lost.
@@ -61,7 +66,10 @@ impl Store {
                 "SELECT b.id AS id, b.uuid AS uuid, b.account_id AS account_id, b.trigger_uuid AS trigger_uuid, \
                  b.external_script_id AS worker, b.metadata AS metadata, b.secrets_enc AS secrets, b.created_on AS created_on, \
                  b.seed_repo AS seed_repo, (SELECT c.repo_id FROM triggers t JOIN repo_connections c \
-                 ON c.uuid = t.repo_connection_uuid WHERE t.uuid = b.trigger_uuid) AS repo_id \
+                 ON c.uuid = t.repo_connection_uuid WHERE t.uuid = b.trigger_uuid) AS repo_id, \
+                 (SELECT t.build_caching_enabled FROM triggers t WHERE t.uuid = b.trigger_uuid) AS caching, \
+                 (SELECT t.branch_includes FROM triggers t WHERE t.uuid = b.trigger_uuid) AS branch_includes, \
+                 (SELECT t.branch_excludes FROM triggers t WHERE t.uuid = b.trigger_uuid) AS branch_excludes \
                  FROM builds b WHERE b.status = 'queued' AND \
                  (SELECT COUNT(*) FROM builds r WHERE r.account_id = b.account_id AND r.status IN {IN_PROGRESS}) < \
                  COALESCE((SELECT a.concurrency FROM accounts a WHERE a.account_id = b.account_id), $1) \
@@ -140,6 +148,22 @@ impl Store {
                 .context("build secrets")?,
             created_on: Timestamp::from_millis(row.try_get("created_on")?),
             repo_id: opt_text(row, "repo_id")?.unwrap_or_default(),
+            build_caching_enabled: row
+                .try_get::<Option<i64>, _>("caching")?
+                .is_some_and(|v| v != 0),
+            preview_trigger: {
+                let list = |name: &str| -> anyhow::Result<Vec<String>> {
+                    Ok(opt_text(row, name)?
+                        .map(|t| serde_json::from_str(&t))
+                        .transpose()
+                        .with_context(|| format!("trigger {name}"))?
+                        .unwrap_or_default())
+                };
+                crate::domain::is_preview_trigger(
+                    &list("branch_includes")?,
+                    &list("branch_excludes")?,
+                )
+            },
             seed: opt_text(row, "seed_repo")?
                 .map(|s| serde_json::from_str(&s))
                 .transpose()
