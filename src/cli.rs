@@ -1,4 +1,4 @@
-//! The `kiln` command line: `serve` and `tokens`.
+//! The `kiln` command line: `serve`, `tokens`, `accounts` and `toolchains`.
 
 use std::path::PathBuf;
 
@@ -14,6 +14,7 @@ use crate::runner::RunnerConfig;
 use crate::sandbox::SandboxMode;
 use crate::scheduler::SchedulerConfig;
 use crate::startup::{self, ServeConfig, Server, StoreConfig};
+use crate::toolchain::{Tool, ToolchainStore, bundled_npm_spec};
 
 /// Kiln: a self-hosted build service speaking the Cloudflare Workers Builds API.
 #[derive(Debug, Parser)]
@@ -37,6 +38,53 @@ pub enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// The toolchain store (Node.js, npm, pnpm, yarn, bun).
+    Toolchains {
+        #[command(subcommand)]
+        command: ToolchainsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ToolchainsCommand {
+    /// Install toolchains: `node@22 pnpm@10 yarn@4.9.1 bun` (a bare name: the hosted default).
+    /// Installing Node also installs the npm it bundles.
+    Install {
+        /// `tool@spec` or `tool`; tools: node, npm, pnpm, yarn, bun; specs: `22`, `22.16.0`, `^10`, …
+        #[arg(required = true, value_name = "TOOL@SPEC")]
+        tools: Vec<String>,
+        #[command(flatten)]
+        store: ToolchainArgs,
+    },
+    /// List installed toolchains.
+    List {
+        #[command(flatten)]
+        store: ToolchainArgs,
+    },
+}
+
+/// Where the toolchain store is and where it fills from.
+#[derive(Debug, Args)]
+pub struct ToolchainArgs {
+    /// Kiln's data directory; the store is `<data-dir>/toolchains` unless `--toolchain-dir` says.
+    #[arg(long, env = "KILN_DATA_DIR", default_value = "./kiln-data")]
+    pub data_dir: PathBuf,
+    /// The toolchain store directory.
+    #[arg(long, env = "KILN_TOOLCHAIN_DIR")]
+    pub toolchain_dir: Option<PathBuf>,
+    /// The npm registry toolchains are fetched from.
+    #[arg(long, env = "KILN_NPM_REGISTRY", default_value = crate::toolchain::DEFAULT_REGISTRY, hide_env_values = true)]
+    pub npm_registry: String,
+}
+
+impl ToolchainArgs {
+    fn open(&self) -> anyhow::Result<ToolchainStore> {
+        let root = self
+            .toolchain_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("toolchains"));
+        ToolchainStore::open(root, &self.npm_registry)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +286,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args).await,
         Command::Tokens { command } => tokens(command).await,
         Command::Accounts { command } => accounts(command).await,
+        Command::Toolchains { command } => toolchains(command).await,
     }
 }
 
@@ -443,6 +492,73 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 println!("{account:<34} {:<12} {}", show(concurrency), show(minutes));
             }
             Ok(())
+        }
+    }
+}
+
+async fn toolchains(command: ToolchainsCommand) -> anyhow::Result<()> {
+    match command {
+        ToolchainsCommand::Install { tools, store } => {
+            // Parse all before installing any, so a typo fails fast.
+            let wanted = tools
+                .iter()
+                .map(|t| parse_tool_spec(t))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let store = store.open()?;
+            for (tool, spec) in wanted {
+                let version = install_one(&store, tool, &spec).await?;
+                if tool == Tool::Node {
+                    install_one(&store, Tool::Npm, bundled_npm_spec(&version)).await?;
+                }
+            }
+            Ok(())
+        }
+        ToolchainsCommand::List { store } => {
+            let store = store.open()?;
+            for (tool, version) in store.list()? {
+                println!("{tool}@{version}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `node@22` → (Node, "22"); `bun` → (Bun, the hosted default).
+fn parse_tool_spec(text: &str) -> anyhow::Result<(Tool, String)> {
+    let (name, spec) = match text.split_once('@') {
+        Some((name, spec)) => (name, spec.trim()),
+        None => (text, ""),
+    };
+    let tool: Tool = name.parse().map_err(|e| anyhow::anyhow!("{text}: {e}"))?;
+    let spec = if spec.is_empty() {
+        tool.default_version()
+    } else {
+        spec
+    };
+    Ok((tool, spec.to_owned()))
+}
+
+/// Resolves and installs one toolchain, printing progress; returns the exact version.
+async fn install_one(store: &ToolchainStore, tool: Tool, spec: &str) -> anyhow::Result<String> {
+    use std::io::Write;
+    let version = store.resolve(tool, spec).await?;
+    eprint!("Installing {} {version} ... ", tool.log_name());
+    let _ = std::io::stderr().flush();
+    match store.ensure(tool, &version, None).await {
+        Ok(installed) => {
+            eprintln!(
+                "{}",
+                if installed.downloaded {
+                    "done"
+                } else {
+                    "already installed"
+                }
+            );
+            Ok(version)
+        }
+        Err(e) => {
+            eprintln!("failed");
+            Err(e.into())
         }
     }
 }
