@@ -240,6 +240,13 @@ async fn main() {
             "--git-url-template",
             &format!("file://{}/{{owner}}/{{repo}}", remotes.display()),
         ])
+        // Toolchains are shared with the test suite's store: downloaded once, not per run.
+        .arg("--toolchain-dir")
+        .arg(
+            std::env::var_os("KILN_TEST_TOOLCHAIN_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| std::env::temp_dir().join("kiln-test-toolchains")),
+        )
         .env("KILN_BOOTSTRAP_TOKEN", TOKEN)
         .env("KILN_LOG", "warn")
         .kill_on_drop(true);

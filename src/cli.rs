@@ -219,10 +219,12 @@ pub struct ServeArgs {
     /// The npm registry toolchains are fetched from, also handed to builds when not the default.
     #[arg(long, env = "KILN_NPM_REGISTRY", default_value = DEFAULT_NPM_REGISTRY)]
     pub npm_registry: String,
+    /// The toolchain store shared by builds (default: `<data-dir>/toolchains`).
+    #[arg(long, env = "KILN_TOOLCHAIN_DIR")]
+    pub toolchain_dir: Option<PathBuf>,
 }
 
-/// npm's public registry.
-pub const DEFAULT_NPM_REGISTRY: &str = "https://registry.npmjs.org/";
+use crate::toolchain::DEFAULT_REGISTRY as DEFAULT_NPM_REGISTRY;
 
 /// `KEY=VALUE` with a variable name of letters, digits and `_`, not starting with a digit.
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -331,6 +333,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     != DEFAULT_NPM_REGISTRY.trim_end_matches('/'))
                 .then(|| args.npm_registry.clone()),
             },
+            toolchain_dir: args.toolchain_dir,
+            npm_registry: args.npm_registry,
         },
         github_webhook_secrets: args
             .github_webhook_secret

@@ -3,6 +3,7 @@
 
 mod env;
 mod project;
+mod tools;
 
 pub use env::{DEFAULT_ENV_PASSTHROUGH, HostEnv};
 
@@ -20,6 +21,7 @@ use crate::logs::{LogSink, LogSinkConfig, Masker, pump};
 use crate::sandbox::{SandboxMode, Step, StepSpec};
 use crate::scheduler::Stop;
 use crate::store::{ClaimedBuild, Store};
+use crate::toolchain::ToolchainStore;
 
 /// Runner settings.
 #[derive(Debug, Clone)]
@@ -33,6 +35,10 @@ pub struct RunnerConfig {
     pub log_cap_bytes: u64,
     /// What builds get from the host: passed-through variables, server-wide defaults, the registry.
     pub host_env: HostEnv,
+    /// The toolchain store; `None`: `<data_dir>/toolchains`.
+    pub toolchain_dir: Option<PathBuf>,
+    /// The npm registry toolchains are fetched from (`--npm-registry`).
+    pub npm_registry: String,
 }
 
 impl Default for RunnerConfig {
@@ -43,6 +49,8 @@ impl Default for RunnerConfig {
             cancel_grace: Duration::from_secs(10),
             log_cap_bytes: crate::logs::DEFAULT_LOG_CAP_BYTES,
             host_env: HostEnv::default(),
+            toolchain_dir: None,
+            npm_registry: crate::toolchain::DEFAULT_REGISTRY.to_owned(),
         }
     }
 }
@@ -56,6 +64,8 @@ pub struct RunnerContext {
     pub config: RunnerConfig,
     /// The GitHub App whose installation tokens clone private repositories, when configured.
     pub github: Option<Arc<crate::github::GithubApp>>,
+    /// Where builds' toolchains come from (read-only to builds).
+    pub toolchains: ToolchainStore,
 }
 
 /// The hosted product's message for a deleted or rolled build token.
@@ -259,13 +269,31 @@ struct Run<'a> {
 /// A step's end: its exit code, or `None` when it was killed by a signal.
 type ExitCode = Option<i32>;
 
-impl Run<'_> {
-    /// A system line, masked like user output.
-    async fn system(&self, line: &str) {
+/// Writes Kiln's own lines into a build's log, masked like user output.
+#[derive(Clone, Copy)]
+struct SystemLog<'a> {
+    sink: &'a LogSink,
+    masker: &'a Masker,
+}
+
+impl SystemLog<'_> {
+    async fn line(&self, line: &str) {
         let masked = self.masker.mask_str(line).into_owned();
         if let Err(e) = self.sink.push(Timestamp::now(), masked).await {
             tracing::error!(error = format!("{e:#}"), "logging a system line failed");
         }
+    }
+}
+
+impl Run<'_> {
+    /// A system line, masked like user output.
+    async fn system(&self, line: &str) {
+        SystemLog {
+            sink: self.sink,
+            masker: &self.masker,
+        }
+        .line(line)
+        .await;
     }
 
     /// Waits for `fut` unless the build is stopped or times out first.
@@ -391,7 +419,10 @@ impl Run<'_> {
             env: env.clone(),
             workspace: self.workspace.to_path_buf(),
             hidden: vec![self.ctx.data_dir.clone()],
-            read_only: vec![mirror.path.clone()],
+            read_only: vec![
+                mirror.path.clone(),
+                self.ctx.toolchains.root().to_path_buf(),
+            ],
         };
         // The first step's sandbox starts while the commit is checked out; it gets its command after.
         let mut held = match Step::spawn_held(&spec("")) {
@@ -447,6 +478,38 @@ impl Run<'_> {
 
         let dirs = project::load_project_dirs(&repo, root).await;
         let plan = plan_project(&dirs, &env::var_map(&env));
+        let masker = self.masker.clone();
+        let log = SystemLog {
+            sink: self.sink,
+            masker: &masker,
+        };
+        let provisioned = self
+            .guard(tools::provision(&self.ctx.toolchains, &plan, log))
+            .await?;
+        match provisioned {
+            Ok(installed) => {
+                let bin = self.workspace.join(env::TOOLCHAIN_BIN_DIR);
+                if let Err(e) = tools::link_commands(&bin, &installed).await {
+                    tracing::error!(error = %e, "linking the toolchains failed");
+                    self.system("Failed: could not prepare the build's tools")
+                        .await;
+                    return Ok(BuildOutcome::Fail);
+                }
+            }
+            // A project that is not a Node project and asks for nothing still builds with the host's
+            // tools when the store cannot be filled (e.g. no registry access).
+            Err(failed) if plan.manager.is_none() && plan.node.is_default() => {
+                self.system(&format!(
+                    "Warning: {}; continuing with the host's tools",
+                    failed.line.trim_start_matches("Failed: ")
+                ))
+                .await;
+            }
+            Err(failed) => {
+                self.system(&failed.line).await;
+                return Ok(BuildOutcome::Fail);
+            }
+        }
         let install = plan
             .install_command()
             .filter(|_| !env::skip_install(&env))

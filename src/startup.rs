@@ -210,12 +210,23 @@ impl Server {
                 sandbox = %config.runner.sandbox,
                 "running builds on this node"
             );
+            let toolchain_dir = config
+                .runner
+                .toolchain_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("toolchains"));
+            let toolchains =
+                crate::toolchain::ToolchainStore::open(&toolchain_dir, &config.runner.npm_registry)
+                    .with_context(|| {
+                        format!("opening the toolchain store {}", toolchain_dir.display())
+                    })?;
             let runner = RunnerContext {
                 store: store.clone(),
                 git: git.clone(),
                 data_dir: data_dir.clone(),
                 config: config.runner.clone(),
                 github: github.clone(),
+                toolchains,
             };
             let scheduler = Scheduler::new(
                 store.clone(),

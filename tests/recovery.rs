@@ -49,6 +49,8 @@ async fn start(data: &Path, db: Option<&str>, remotes: &Path) -> Kiln {
                 "--git-url-template",
                 &format!("file://{}/{{owner}}/{{repo}}", remotes.display()),
             ])
+            .arg("--toolchain-dir")
+            .arg(common::shared_toolchain_dir())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KILN_BOOTSTRAP_TOKEN", ADMIN_TOKEN)

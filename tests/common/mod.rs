@@ -66,6 +66,16 @@ pub async fn fresh_database_url() -> Option<String> {
     }
 }
 
+/// The toolchain store every test server shares (`KILN_TEST_TOOLCHAIN_DIR`, else a fixed directory
+/// under the temp dir), so that a test run downloads each toolchain once.
+pub fn shared_toolchain_dir() -> PathBuf {
+    let dir = std::env::var_os("KILN_TEST_TOOLCHAIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("kiln-test-toolchains"));
+    std::fs::create_dir_all(&dir).expect("create the shared toolchain dir");
+    dir
+}
+
 /// A running server and a client for it.
 pub struct TestApp {
     pub base: String,
@@ -106,7 +116,10 @@ impl TestApp {
                 runners: 0,
                 ..SchedulerConfig::default()
             },
-            runner: RunnerConfig::default(),
+            runner: RunnerConfig {
+                toolchain_dir: Some(shared_toolchain_dir()),
+                ..RunnerConfig::default()
+            },
             github_webhook_secrets: vec![WEBHOOK_SECRET.to_owned()],
             github_app: None,
             public_url: None,
