@@ -10,18 +10,15 @@
 use std::ffi::{CString, OsString};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 /// The build user `kiln serve` uses unless told otherwise; created when missing.
 pub const DEFAULT_BUILD_USER: &str = "kiln-build";
 
-/// How long a start keeps trying to create the build user while another process holds the lock on
-/// `/etc/passwd` (several Kiln processes starting at once).
-const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause between two attempts to create the build user.
-const CREATE_RETRY: Duration = Duration::from_millis(100);
+/// Lock file (the first whose directory exists; both are root's) that Kiln processes hold while they
+/// create the build user.
+const USERADD_LOCK: [&str; 2] = ["/run/kiln-useradd.lock", "/etc/.kiln-useradd.lock"];
 
 /// A uid and gid that build steps run as (no supplementary groups).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -198,49 +195,58 @@ fn lookup_user(name: &str) -> anyhow::Result<Option<BuildUser>> {
     }
 }
 
-/// Creates the system user `name` with its own group. Another Kiln process starting at the same time
-/// may be creating it too: a failed `useradd` (the user exists, or `/etc/passwd` is locked) is followed
-/// by another look, and retried until [`CREATE_TIMEOUT`].
+/// Creates the system user `name` with its own group. Several Kiln processes may start at once:
+/// `useradd` waits for another's lock on `/etc/passwd` but then adds the name a second time (it checked
+/// before), so creations are serialized by [`USERADD_LOCK`], and the user is looked up again under it.
 fn create_user(name: &str) -> anyhow::Result<BuildUser> {
-    let deadline = Instant::now() + CREATE_TIMEOUT;
-    loop {
-        let output = std::process::Command::new("useradd")
-            .args([
-                "--system",
-                "--user-group",
-                "--no-create-home",
-                "--home-dir",
-                "/nonexistent",
-                "--shell",
-                "/usr/sbin/nologin",
-                "--",
-                name,
-            ])
-            .stdin(Stdio::null())
-            .output();
-        if let Some(user) = lookup_user(name)? {
-            if matches!(&output, Ok(out) if out.status.success()) {
-                tracing::info!(
-                    user = name,
-                    uid = user.uid,
-                    gid = user.gid,
-                    "created the build user"
-                );
-            }
-            return Ok(user);
-        }
-        if Instant::now() >= deadline {
-            let why = match output {
-                Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                Err(e) => format!("cannot run useradd: {e}"),
-            };
-            bail!(
-                "the build user {name} does not exist and could not be created ({why}); create it, \
-                 or give --build-user uid:gid"
-            );
-        }
-        std::thread::sleep(CREATE_RETRY);
+    let lock_path = USERADD_LOCK
+        .iter()
+        .map(Path::new)
+        .find(|path| path.parent().is_some_and(Path::is_dir))
+        .context("no directory for the useradd lock")?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    if let Some(user) = lookup_user(name)? {
+        return Ok(user);
     }
+    let output = std::process::Command::new("useradd")
+        .args([
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--",
+            name,
+        ])
+        .stdin(Stdio::null())
+        .output();
+    // Whatever useradd said, the user may exist now (made by someone else meanwhile).
+    if let Some(user) = lookup_user(name)? {
+        tracing::info!(
+            user = name,
+            uid = user.uid,
+            gid = user.gid,
+            "created the build user"
+        );
+        return Ok(user);
+    }
+    let why = match output {
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        Err(e) => format!("cannot run useradd: {e}"),
+    };
+    bail!(
+        "the build user {name} does not exist and could not be created ({why}); create it, or give \
+         --build-user uid:gid"
+    )
 }
 
 #[cfg(test)]
@@ -278,6 +284,36 @@ mod tests {
             Some(BuildUser { uid: 0, gid: 0 })
         );
         assert_eq!(lookup_user("kiln-no-such-user-x7").expect("lookup"), None);
+    }
+
+    #[test]
+    fn concurrent_starts_create_the_missing_user_once_and_agree_on_it() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let name = format!("kiln-t{:08}", rand::random::<u32>() % 100_000_000);
+        let spec = BuildUserSpec::Name(name.clone());
+        // Several Kiln processes starting at once: each runs its own useradd.
+        let users: Vec<_> = std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..4).map(|_| scope.spawn(|| spec.resolve())).collect();
+            starts
+                .into_iter()
+                .map(|start| start.join().expect("join"))
+                .collect()
+        });
+        let removed = std::process::Command::new("userdel")
+            .arg(&name)
+            .status()
+            .is_ok_and(|status| status.success());
+        let users: Vec<BuildUser> = users
+            .into_iter()
+            .map(|user| user.expect("resolve").expect("as root"))
+            .collect();
+        assert!(removed, "userdel {name}");
+        assert!(users.iter().all(|user| *user == users[0]), "{users:?}");
+        assert_ne!(users[0].uid, 0);
+        assert_eq!(lookup_user(&name).expect("lookup"), None);
     }
 
     #[test]
