@@ -190,6 +190,12 @@ async fn baseline_once(mirror: &Path, dest: &Path, command: &str) -> Duration {
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // Run as root, `kiln serve` checks that its build user reaches the data dir below this directory.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .expect("chmod tempdir");
     let remotes = dir.path().join("remotes");
     let repo = remotes.join("bench-org").join("bench-repo");
     std::fs::create_dir_all(repo.join("src")).expect("mkdir");

@@ -11,7 +11,7 @@ use crate::api::Limits;
 use crate::crypto::{hash_credential, new_credential};
 use crate::domain::{AccountId, AccountScope, ApiToken, CredentialKind, Permission, Timestamp};
 use crate::runner::RunnerConfig;
-use crate::sandbox::SandboxMode;
+use crate::sandbox::{BuildUserSpec, SandboxMode};
 use crate::scheduler::SchedulerConfig;
 use crate::startup::{self, ServeConfig, Server, StoreConfig};
 use crate::toolchain::{Tool, ToolchainStore, bundled_npm_spec};
@@ -155,6 +155,10 @@ pub struct ServeArgs {
     /// How build commands run: `bwrap` (bubblewrap sandbox) or `none` (directly on the host).
     #[arg(long, env = "KILN_SANDBOX", default_value = "bwrap")]
     pub sandbox: SandboxMode,
+    /// Who build steps run as when Kiln runs as root: a user name (created as a system user if it
+    /// does not exist) or numeric `uid:gid`. When Kiln is not root, steps run as Kiln's own user.
+    #[arg(long, env = "KILN_BUILD_USER", default_value = crate::sandbox::DEFAULT_BUILD_USER)]
+    pub build_user: BuildUserSpec,
     /// Longest a build may take, e.g. `20m`, `90s`, `1h`.
     #[arg(long, env = "KILN_BUILD_TIMEOUT", default_value = "20m", value_parser = parse_duration)]
     pub build_timeout: Duration,
@@ -335,6 +339,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             toolchain_dir: args.toolchain_dir,
             npm_registry: args.npm_registry,
+            build_user: args.build_user,
         },
         github_webhook_secrets: args
             .github_webhook_secret

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::domain::{BuildId, BuildOutcome, Timestamp, VersionId, plan_project};
 use crate::git::GitCache;
 use crate::logs::{LogSink, LogSinkConfig, Masker, pump};
-use crate::sandbox::{SandboxMode, Step, StepSpec};
+use crate::sandbox::{BuildUser, BuildUserSpec, SandboxMode, Step, StepSpec};
 use crate::scheduler::Stop;
 use crate::store::{ClaimedBuild, Store};
 use crate::toolchain::ToolchainStore;
@@ -39,6 +39,9 @@ pub struct RunnerConfig {
     pub toolchain_dir: Option<PathBuf>,
     /// The npm registry toolchains are fetched from (`--npm-registry`).
     pub npm_registry: String,
+    /// Who build steps run as when Kiln runs as root (resolved at start into
+    /// [`RunnerContext::build_user`]); ignored otherwise.
+    pub build_user: BuildUserSpec,
 }
 
 impl Default for RunnerConfig {
@@ -51,6 +54,7 @@ impl Default for RunnerConfig {
             host_env: HostEnv::default(),
             toolchain_dir: None,
             npm_registry: crate::toolchain::DEFAULT_REGISTRY.to_owned(),
+            build_user: BuildUserSpec::default(),
         }
     }
 }
@@ -66,6 +70,8 @@ pub struct RunnerContext {
     pub github: Option<Arc<crate::github::GithubApp>>,
     /// Where builds' toolchains come from (read-only to builds).
     pub toolchains: ToolchainStore,
+    /// The unprivileged user steps run as; `None`: Kiln's own (Kiln is not root).
+    pub build_user: Option<BuildUser>,
 }
 
 /// The hosted product's message for a deleted or rolled build token.
@@ -316,7 +322,7 @@ impl Run<'_> {
         let id = self.build.id;
         let meta = &self.build.metadata;
         self.system("Initializing build environment...").await;
-        if let Err(e) = prepare_workspace(self.workspace).await {
+        if let Err(e) = prepare_workspace(self.workspace, self.ctx.build_user).await {
             tracing::error!(error = format!("{e:#}"), "preparing the workspace failed");
             self.system("Failed: could not prepare the build environment")
                 .await;
@@ -423,6 +429,7 @@ impl Run<'_> {
                 mirror.path.clone(),
                 self.ctx.toolchains.root().to_path_buf(),
             ],
+            user: self.ctx.build_user,
         };
         // The first step's sandbox starts while the commit is checked out; it gets its command after.
         let mut held = match Step::spawn_held(&spec("")) {
@@ -441,6 +448,19 @@ impl Run<'_> {
             ))
             .await;
             return Ok(BuildOutcome::Fail);
+        }
+        if let Some(user) = self.ctx.build_user {
+            let tree = repo.clone();
+            let owned = tokio::task::spawn_blocking(move || give_tree(&tree, user)).await;
+            if let Err(e) = owned.map_err(anyhow::Error::from).and_then(|r| r) {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "handing the checkout to the build user failed"
+                );
+                self.system("Failed: could not prepare the build environment")
+                    .await;
+                return Ok(BuildOutcome::Fail);
+            }
         }
         // The commit's message and author go into the build's metadata off the critical path: the
         // build command starts meanwhile (awaited before the outcome is recorded).
@@ -682,9 +702,48 @@ async fn wait_stop(rx: &mut watch::Receiver<Stop>) -> Stop {
     }
 }
 
-async fn prepare_workspace(ws: &Path) -> anyhow::Result<()> {
+/// Creates the workspace with the build's HOME, TMPDIR and wrangler output dir, all owned by `user`
+/// (when steps run as one) and private to it.
+async fn prepare_workspace(ws: &Path, user: Option<BuildUser>) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     for dir in ["home", "tmp", env::WRANGLER_OUTPUT_DIR] {
         tokio::fs::create_dir_all(ws.join(dir)).await?;
+    }
+    for dir in [
+        ws,
+        &ws.join("home"),
+        &ws.join("tmp"),
+        &ws.join(env::WRANGLER_OUTPUT_DIR),
+    ] {
+        if let Some(user) = user {
+            std::os::unix::fs::lchown(dir, Some(user.uid), Some(user.gid))?;
+        }
+        tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).await?;
+    }
+    Ok(())
+}
+
+/// Gives the checked-out tree to the build user. The content is the build's (symlinks anywhere
+/// included): links themselves are changed, never followed, and never descended into.
+fn give_tree(root: &Path, user: BuildUser) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        std::os::unix::fs::lchown(&dir, Some(user.uid), Some(user.gid))
+            .with_context(|| format!("chown {}", dir.display()))?;
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            let path = entry.path();
+            // `file_type` is the entry's own type (lstat): a symlink to a directory is a symlink.
+            if entry.file_type()?.is_dir() {
+                dirs.push(path);
+            } else {
+                std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid))
+                    .with_context(|| format!("chown {}", path.display()))?;
+            }
+        }
     }
     Ok(())
 }

@@ -4,8 +4,13 @@
 //! **Isolation.** In [`SandboxMode::Bwrap`] the step runs under bubblewrap: the host filesystem read-only,
 //! a private `/tmp`, `/dev` and `/proc`, the [`StepSpec::hidden`] directories replaced by empty tmpfs,
 //! the workspace writable, private PID, IPC and UTS namespaces, all capabilities dropped (the step
-//! stays uid 0, but cannot unmount what hides the data dir or remount `/` read-write), the network
-//! shared with the host. [`SandboxMode::None`] runs the command directly, as Kiln's own user.
+//! cannot unmount what hides the data dir or remount `/` read-write), the network shared with the
+//! host. [`SandboxMode::None`] runs the command directly, with Kiln's view of the machine.
+//!
+//! **User.** With [`StepSpec::user`] (Kiln runs as root) the step runs as that unprivileged uid and
+//! gid in both modes: `setpriv` drops the privileges right before `bwrap` or `sh` is exec'd (see
+//! [`user`]), so bwrap builds its sandbox in a user namespace of its own, and the step cannot read
+//! root-only files, write the host or signal Kiln. Without one it runs as Kiln's own user.
 //!
 //! **Killing.** Every process a step starts dies with it, including background jobs and daemons that
 //! called `setsid` or double-forked, both when `sh` exits normally (like the hosted product, which
@@ -26,6 +31,7 @@ mod cgroup;
 mod procfs;
 #[cfg(test)]
 mod tests;
+mod user;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -40,10 +46,12 @@ use tokio::time::Instant;
 pub use bwrap::bwrap_available;
 use bwrap::{Paths, bwrap_args_for, bwrap_path};
 use cgroup::Cgroup;
+pub use user::{BuildUser, BuildUserSpec, DEFAULT_BUILD_USER, InvalidBuildUser};
 
 /// The shell that moves a step into its cgroup before exec'ing it.
 const SHELL: &str = "/bin/sh";
-/// `$1`: the cgroup's `cgroup.procs`; the rest: the step's program and arguments.
+/// `$1`: the cgroup's `cgroup.procs`; the rest: the step's program and arguments. It runs as Kiln's
+/// user (only root may write `cgroup.procs`); the program is `setpriv` when the step drops privileges.
 const JOIN_CGROUP_SCRIPT: &str = "echo 0 > \"$1\" || { echo 'kiln: could not join the build step cgroup' >&2; exit 125; }; shift; exec \"$@\"";
 /// What a held step runs: `$1` is the working directory, the command arrives on stdin.
 const HOLD_SCRIPT: &str =
@@ -118,6 +126,9 @@ pub struct StepSpec {
     /// Re-exposed read-only after hiding and after the workspace (e.g. this repository's git mirror
     /// under the data dir). Bwrap mode only.
     pub read_only: Vec<PathBuf>,
+    /// Run as this unprivileged user (Kiln must be root); `None`: as Kiln's own user. It needs
+    /// `workspace` (owned by it) and, in bwrap mode, the `read_only` paths within its reach.
+    pub user: Option<BuildUser>,
 }
 
 /// A running step. Dropping it kills every process of the step (without waiting for them).
@@ -209,17 +220,23 @@ impl Step {
                 .into();
             (argv, &paths.cwd)
         };
-        let (program, args): (OsString, Vec<OsString>) = match spec.mode {
-            SandboxMode::Bwrap => (
-                bwrap_path().context("bwrap is not installed")?.into(),
-                bwrap_args_for(&paths, dir, argv),
-            ),
-            SandboxMode::None => {
-                let mut argv = argv.into_iter();
-                let program = argv.next().unwrap_or_else(|| "sh".into());
-                (program, argv.collect())
+        let mut argv: Vec<OsString> = match spec.mode {
+            SandboxMode::Bwrap => {
+                let bwrap = bwrap_path().context("bwrap is not installed")?;
+                std::iter::once(bwrap.into())
+                    .chain(bwrap_args_for(&paths, dir, argv))
+                    .collect()
             }
+            SandboxMode::None => argv,
         };
+        if let Some(user) = &spec.user {
+            // bwrap sets no_new_privs itself (and a set-uid bwrap would need the privileges).
+            let prefix = user.setpriv_prefix(spec.mode == SandboxMode::None)?;
+            argv.splice(0..0, prefix);
+        }
+        let mut argv = argv.into_iter();
+        let program = argv.next().context("an empty command line")?;
+        let args: Vec<OsString> = argv.collect();
         // The step joins its cgroup before anything of it runs: a small `sh` moves itself in, then
         // execs the step (same pid). Doing it in a `pre_exec` hook would force a full fork() of Kiln,
         // which costs 10-25 ms in a busy server; without one, std spawns with posix_spawn.

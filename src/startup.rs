@@ -16,7 +16,7 @@ use crate::crypto::{SecretBox, hash_credential};
 use crate::domain::{AccountScope, ApiToken, CredentialKind, Permission, Timestamp};
 use crate::git::GitCache;
 use crate::runner::{RunnerConfig, RunnerContext};
-use crate::sandbox::{SandboxMode, bwrap_available};
+use crate::sandbox::{BuildUser, SandboxMode, bwrap_available};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
 use crate::store::Store;
 
@@ -56,21 +56,72 @@ pub struct ServeConfig {
 pub async fn open_store(config: &StoreConfig) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    restrict_permissions(&config.data_dir);
+    if let Err(e) = set_mode(&config.data_dir, DATA_DIR_MODE) {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "could not restrict the data dir's permissions"
+        );
+    }
     let secrets = SecretBox::load(config.secret_key.as_deref(), &config.data_dir)?;
     let url = config
         .database_url
         .clone()
         .unwrap_or_else(|| Store::sqlite_url(&config.data_dir));
-    Store::connect(&url, secrets).await
+    if let Some(db) = sqlite_file(&url) {
+        private_database_file(&db)?;
+    }
+    let store = Store::connect(&url, secrets).await?;
+    // The key file is created 0600; one from elsewhere (or an older Kiln) may not be.
+    let key = config.data_dir.join(crate::crypto::KEY_FILE);
+    if key.exists() {
+        set_mode(&key, PRIVATE_FILE_MODE)?;
+    }
+    Ok(store)
 }
 
-fn restrict_permissions(dir: &Path) {
+/// The data dir: others (the build user, whose workspaces are inside) may pass through but not list
+/// it; everything in it that is not theirs is owner-only ([`PRIVATE_FILE_MODE`]).
+const DATA_DIR_MODE: u32 = 0o711;
+/// The database, the secret key, the lock and the node id.
+const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Directories in the data dir that builds pass through: `workspaces` (each workspace belongs to its
+/// build) and the git cache, whose mirrors builds read objects from (a checkout's alternates).
+const PASS_THROUGH_DIR_MODE: u32 = 0o711;
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    // The data dir holds the database and the secret key: owner only.
-    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
-        tracing::warn!(error = %e, dir = %dir.display(), "could not restrict data dir permissions");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the permissions of {} to {mode:o}", path.display()))
+}
+
+/// The file of a `sqlite:` URL (`None` for an in-memory database or another backend).
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+/// Creates the SQLite file owner-only before SQLite does (with 0644), and restricts an existing one;
+/// SQLite creates its `-wal` and `-shm` files with the database file's mode.
+fn private_database_file(db: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(db)
+        .with_context(|| format!("opening {}", db.display()))?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        if path.exists() {
+            set_mode(&path, PRIVATE_FILE_MODE)?;
+        }
     }
+    Ok(())
 }
 
 /// Registers `token` as an all-accounts write token (idempotent: stored once, by hash).
@@ -103,13 +154,16 @@ const NODE_ID_FILE: &str = "node-id";
 
 /// Takes the data dir's lock: one `kiln serve` per data dir (its workspaces and its node id).
 fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(PRIVATE_FILE_MODE)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
+    set_mode(&path, PRIVATE_FILE_MODE)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
@@ -132,15 +186,64 @@ fn remove_stale_workspaces(data_dir: &Path) {
     }
 }
 
+/// Creates (or fixes the modes of) the directories in the data dir that the build user passes
+/// through: `workspaces`, and the git cache down to `mirrors` (whose entries git creates 0755: a
+/// build that knows an owner's name can read that owner's mirrors, see DESIGN.md §3b).
+fn prepare_build_dirs(data_dir: &Path) -> anyhow::Result<()> {
+    for dir in ["workspaces", "git", "git/mirrors"] {
+        let path = data_dir.join(dir);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        set_mode(&path, PASS_THROUGH_DIR_MODE)?;
+    }
+    Ok(())
+}
+
+/// The user build steps run as (created if needed), checked to reach its workspaces; `None` when
+/// Kiln is not root. Logged once.
+async fn build_user(config: &RunnerConfig, data_dir: &Path) -> anyhow::Result<Option<BuildUser>> {
+    let spec = config.build_user.clone();
+    let workspaces = data_dir.join("workspaces");
+    tokio::task::spawn_blocking(move || {
+        let Some(user) = spec.resolve()? else {
+            // SAFETY: geteuid has no preconditions.
+            let uid = unsafe { libc::geteuid() };
+            tracing::info!(uid, "Kiln does not run as root: build steps run as Kiln's own user");
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            user.can_enter(&workspaces)?,
+            "the build user {spec} (uid {}) cannot reach {}: every directory above the data dir \
+             must be searchable by it (e.g. chmod o+x)",
+            user.uid,
+            workspaces.display()
+        );
+        tracing::info!(build_user = %spec, uid = user.uid, gid = user.gid, "build steps run as an unprivileged user");
+        Ok(Some(user))
+    })
+    .await
+    .context("resolving the build user")?
+}
+
 /// This node's id, created on first start: builds it leased are recognised as orphans after a restart.
 fn node_id(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join(NODE_ID_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Ok(id) if !id.trim().is_empty() => {
+            set_mode(&path, PRIVATE_FILE_MODE)?;
+            Ok(id.trim().to_owned())
+        }
         Ok(_) => anyhow::bail!("{} is empty", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
             let id = uuid::Uuid::new_v4().simple().to_string();
-            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(PRIVATE_FILE_MODE)
+                .open(&path)
+                .and_then(|mut file| file.write_all(id.as_bytes()))
+                .with_context(|| format!("writing {}", path.display()))?;
             Ok(id)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -169,6 +272,7 @@ impl Server {
         let lock = lock_data_dir(data_dir)?;
         // Workspaces of builds that ran before a crash: nothing of them is needed any more.
         remove_stale_workspaces(data_dir);
+        prepare_build_dirs(data_dir)?;
         if let Some(token) = config.bootstrap_token.as_deref().filter(|t| !t.is_empty()) {
             register_bootstrap_token(&store, token).await?;
         }
@@ -227,6 +331,7 @@ impl Server {
                 config: config.runner.clone(),
                 github: github.clone(),
                 toolchains,
+                build_user: build_user(&config.runner, data_dir).await?,
             };
             let scheduler = Scheduler::new(
                 store.clone(),

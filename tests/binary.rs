@@ -116,8 +116,15 @@ struct Listed {
 
 impl Site {
     async fn new() -> Site {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // `kiln serve` checks that its build user (the tests run as root) reaches the data dir.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod tempdir");
         Site {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
             database_url: fresh_database_url().await,
         }
     }

@@ -911,3 +911,128 @@ async fn seed_repo_creates_the_first_commit_from_a_template_then_builds_it() {
     }
     app.stop().await;
 }
+
+/// What a build may and may not do as the build user, checked by the build itself: every check
+/// prints `ok <name>` or `BAD <name>`.
+fn build_user_probe(data: &Path, root_only: &Path, etc_probe: &str) -> String {
+    format!(
+        r#"check() {{ name=$1; shift; if "$@" >/dev/null 2>&1; then echo "ok $name"; else echo "BAD $name"; fi; }}
+refuse() {{ name=$1; shift; if "$@" >/dev/null 2>&1; then echo "BAD $name"; else echo "ok $name"; fi; }}
+echo "uid=$(id -u) gid=$(id -g) groups=$(id -G)"
+refuse read-root-only cat {root_only}
+refuse read-shadow cat /etc/shadow
+refuse write-etc sh -c 'echo x > {etc_probe}'
+refuse write-data-dir sh -c 'echo x > {data}/kiln-probe'
+refuse read-database cat {data}/kiln.db
+refuse read-key cat {data}/secret.key
+refuse signal-kiln kill -TERM "$KILN_PID"
+check write-workspace sh -c 'echo w > in-workspace && test -s in-workspace'
+check write-home sh -c 'echo h > "$HOME/in-home" && test -s "$HOME/in-home"'
+check write-tmp sh -c 'echo t > "$TMPDIR/in-tmp" && test -s "$TMPDIR/in-tmp"'
+check home-owned test -O "$HOME"
+check checkout-owned test -O .git/HEAD
+check wrangler-output-writable sh -c 'echo > "$WRANGLER_OUTPUT_FILE_DIRECTORY/x.json"'
+echo "head=$(git log -1 --format=%H)"
+"#,
+        data = data.display(),
+        root_only = root_only.display(),
+    )
+}
+
+async fn builds_run_as_the_build_user(mode: SandboxMode) {
+    let app = spawn_runner(mode, |_| {}).await;
+    let user = kiln::sandbox::BuildUserSpec::default()
+        .resolve()
+        .expect("the build user exists once the server started");
+    let Some(user) = user else {
+        eprintln!("not root: builds run as the test's own user");
+        app.stop().await;
+        return;
+    };
+    // Outside /tmp (private in bwrap mode) and outside the data dir: the host's root-only file.
+    let private = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(
+        private.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let root_only = private.path().join("github-app.pem");
+    std::fs::write(&root_only, "-----BEGIN RSA PRIVATE KEY-----").unwrap();
+    std::fs::set_permissions(
+        &root_only,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let etc_probe = format!("/etc/kiln-probe-{}", rand_digits());
+    let f = app.fixture("unprivileged").await;
+    let script = build_user_probe(&app.data_dir(), &root_only, &etc_probe);
+    let repo = commit_files(&app, "unprivileged", &[("probe.sh", &script)], "probe");
+    set_commands(&app, &f.trigger, "sh probe.sh", "").await;
+    app.ok(
+        Method::PATCH,
+        &app.acct(&format!("/triggers/{}/environment_variables", f.trigger)),
+        Some(json!({"KILN_PID": {"is_secret": false, "value": std::process::id().to_string()}})),
+    )
+    .await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    let b = wait_stopped(&app, &id).await;
+    let logs = all_logs(&app, &id).await;
+    let all = logs.join("\n");
+    assert_eq!(b["build_outcome"], "success", "{mode}: {all}");
+    let (uid, gid) = (user.uid, user.gid);
+    assert!(
+        logs.contains(&format!("uid={uid} gid={gid} groups={gid}")),
+        "{mode}: {all}"
+    );
+    assert!(!logs.iter().any(|l| l.starts_with("BAD ")), "{mode}: {all}");
+    assert_eq!(
+        logs.iter().filter(|l| l.starts_with("ok ")).count(),
+        13,
+        "{mode}: {all}"
+    );
+    assert!(
+        logs.contains(&format!("head={}", head(&repo))),
+        "{mode}: {all}"
+    );
+    assert!(!Path::new(&etc_probe).exists(), "{mode}");
+    assert!(!app.data_dir().join("kiln-probe").exists(), "{mode}");
+    // Kiln is still serving (and this process, Kiln's, was not signalled).
+    get_build(&app, &id).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn builds_run_as_the_build_user_in_the_sandbox() {
+    builds_run_as_the_build_user(SandboxMode::Bwrap).await;
+}
+
+#[tokio::test]
+async fn builds_run_as_the_build_user_without_the_sandbox() {
+    builds_run_as_the_build_user(SandboxMode::None).await;
+}
+
+#[tokio::test]
+async fn the_data_dir_is_passable_but_its_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_runner(SandboxMode::None, |_| {}).await;
+    let data = app.data_dir();
+    let mode = |name: &str| {
+        std::fs::metadata(data.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode(""), 0o711);
+    for dir in ["workspaces", "git", "git/mirrors"] {
+        assert_eq!(mode(dir), 0o711, "{dir}");
+    }
+    let mut files = vec!["secret.key", "kiln.lock", "node-id"];
+    if backend() == Backend::Sqlite {
+        files.extend(["kiln.db", "kiln.db-wal", "kiln.db-shm"]);
+    }
+    for file in files {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
+    app.stop().await;
+}

@@ -161,6 +161,12 @@ fn git(dir: &Path, args: &[&str]) {
 #[tokio::test]
 async fn kill_9_mid_build_terminates_the_running_build_and_runs_the_queued_ones() {
     let dir = tempfile::tempdir().unwrap();
+    // The build user (the tests run as root) passes through to its workspace in the data dir.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let remotes = dir.path().join("remotes");
     let db = fresh_database_url().await;

@@ -164,9 +164,14 @@ pub fn var_map(env: &[(String, String)]) -> std::collections::BTreeMap<String, S
 const MAX_WRANGLER_OUTPUT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The last `version_id` of a `deploy` or `version-upload` entry in wrangler's ND-JSON output files.
-/// Only regular files are read (no symlinks, FIFOs or devices the build may have planted), each up to
+/// Only a real directory and regular files in it are read (no symlinks, FIFOs or devices the build
+/// may have planted), each up to
 /// [`MAX_WRANGLER_OUTPUT_BYTES`].
 pub async fn version_from_wrangler_output(dir: &Path) -> Option<String> {
+    // The build owns the workspace: it may have replaced the directory with a link elsewhere.
+    if !tokio::fs::symlink_metadata(dir).await.ok()?.is_dir() {
+        return None;
+    }
     let mut entries = tokio::fs::read_dir(dir).await.ok()?;
     let mut files = Vec::new();
     while let Ok(Some(e)) = entries.next_entry().await {

@@ -78,7 +78,11 @@ impl Paths {
 
 /// bwrap's arguments to run `argv` in `chdir`. bwrap applies mount options in order, each source
 /// taken from the host: hidden dirs are covered after `/tmp` (bwrap creates mount points inside the
-/// tmpfs as needed), then the workspace is bound on top, then the read-only paths.
+/// tmpfs as needed), then the workspace is bound on top, then the read-only paths, then the covers
+/// are made read-only.
+///
+/// When bwrap starts as the (unprivileged) build user it makes its own user namespace, mapping only
+/// that uid: the step is that user inside and out, and owns its `/tmp`, `/dev/shm` and covers.
 pub(super) fn bwrap_args_for(paths: &Paths, chdir: &Path, argv: Vec<OsString>) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--die-with-parent",
@@ -119,6 +123,11 @@ pub(super) fn bwrap_args_for(paths: &Paths, chdir: &Path, argv: Vec<OsString>) -
     for path in &paths.read_only {
         args.extend(["--ro-bind".into(), path.into(), path.into()]);
     }
+    // The covers themselves read-only (the mounts on them stay as they are): the build owns these
+    // tmpfs, so it could otherwise write there (harmless, private) and look as if it wrote the data dir.
+    for hidden in &paths.hidden {
+        args.extend(["--remount-ro".into(), hidden.into()]);
+    }
     args.extend(["--chdir".into(), chdir.into()]);
     args.push("--".into());
     args.extend(argv);
@@ -128,17 +137,21 @@ pub(super) fn bwrap_args_for(paths: &Paths, chdir: &Path, argv: Vec<OsString>) -
 /// Where `bwrap` is on Kiln's `PATH` (the step's own `PATH` may differ).
 pub(super) fn bwrap_path() -> Option<&'static Path> {
     static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
-    PATH.get_or_init(|| {
-        use std::os::unix::fs::PermissionsExt;
-        let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-        std::env::split_paths(&search)
-            .map(|dir| dir.join("bwrap"))
-            .find(|path| {
-                path.metadata()
-                    .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-            })
-    })
-    .as_deref()
+    PATH.get_or_init(|| program_on_path("bwrap")).as_deref()
+}
+
+/// The executable `name` on Kiln's `PATH`, then in `/usr/bin` and `/bin`.
+pub(super) fn program_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let search = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&search)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|path| {
+            path.metadata()
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Whether bubblewrap is installed and can create the namespaces a step needs here (checked once, by

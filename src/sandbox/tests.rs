@@ -27,7 +27,30 @@ fn modes() -> Vec<SandboxMode> {
     }
 }
 
-/// A data dir (hidden in bwrap mode) holding a secret, a git mirror (read-only) and the workspace.
+/// The user steps run as when the tests run as root: numeric ids, which need no passwd entry.
+const TEST_BUILD_USER: BuildUser = BuildUser {
+    uid: 65534,
+    gid: 65534,
+};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// [`TEST_BUILD_USER`] as root; `None` (steps run as the test's user) otherwise.
+fn build_user() -> Option<BuildUser> {
+    is_root().then_some(TEST_BUILD_USER)
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A data dir (hidden in bwrap mode) holding a secret, a git mirror (read-only) and the workspace,
+/// laid out as Kiln does: the data dir passable but not listable, the secret owner-only, the workspace
+/// with its HOME and TMPDIR owned by the build user.
 struct Fixture {
     _root: tempfile::TempDir,
     data: PathBuf,
@@ -38,13 +61,24 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let root = tempfile::tempdir().expect("tempdir");
+        set_mode(root.path(), 0o711);
         let data = root.path().join("data");
         let mirror = data.join("mirrors/repo.git");
         let workspace = data.join("builds/b1/workspace");
         std::fs::create_dir_all(&mirror).expect("mkdir mirror");
         std::fs::create_dir_all(workspace.join("home")).expect("mkdir workspace");
+        std::fs::create_dir_all(workspace.join("tmp")).expect("mkdir workspace");
+        for dir in [&data, &data.join("builds"), &data.join("builds/b1")] {
+            set_mode(dir, 0o711);
+        }
         std::fs::write(data.join("secret.key"), "top secret").expect("write key");
+        set_mode(&data.join("secret.key"), 0o600);
         std::fs::write(mirror.join("HEAD"), "ref: refs/heads/main\n").expect("write HEAD");
+        if let Some(user) = build_user() {
+            for dir in [&workspace, &workspace.join("home"), &workspace.join("tmp")] {
+                std::os::unix::fs::lchown(dir, Some(user.uid), Some(user.gid)).expect("chown");
+            }
+        }
         Fixture {
             _root: root,
             data,
@@ -67,11 +101,19 @@ impl Fixture {
                     "HOME".into(),
                     self.workspace.join("home").display().to_string(),
                 ),
+                (
+                    "TMPDIR".into(),
+                    match mode {
+                        SandboxMode::Bwrap => "/tmp".into(),
+                        SandboxMode::None => self.workspace.join("tmp").display().to_string(),
+                    },
+                ),
                 ("KILN_TEST_SECRET".into(), "s3cr3t-value".into()),
             ],
             workspace: self.workspace.clone(),
             hidden: vec![self.data.clone()],
             read_only: vec![self.mirror.clone()],
+            user: build_user(),
         }
     }
 }
@@ -152,7 +194,11 @@ async fn the_environment_is_exactly_the_spec_and_not_on_any_command_line() {
             .collect();
         names.retain(|name| !["PWD", "OLDPWD", "SHLVL", "_"].contains(name));
         names.sort_unstable();
-        assert_eq!(names, ["HOME", "KILN_TEST_SECRET", "PATH"], "{mode}: {out}");
+        assert_eq!(
+            names,
+            ["HOME", "KILN_TEST_SECRET", "PATH", "TMPDIR"],
+            "{mode}: {out}"
+        );
         assert!(out.contains("KILN_TEST_SECRET=s3cr3t-value"), "{mode}");
     }
     let spec = fixture.spec(SandboxMode::Bwrap, "true");
@@ -432,5 +478,68 @@ async fn a_held_step_runs_nothing_until_released_then_runs_in_its_directory() {
             })
             .is_err()
         );
+    }
+}
+
+#[tokio::test]
+async fn steps_run_as_the_build_user_and_cannot_touch_what_is_not_theirs() {
+    if !is_root() {
+        eprintln!("not root: steps run as the test's own user, nothing to drop");
+        return;
+    }
+    let fixture = Fixture::new();
+    // A root-only file outside /tmp (bwrap gives steps a private /tmp) and outside the data dir.
+    let private = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    set_mode(private.path(), 0o755);
+    let key = private.path().join("app-private-key.pem");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----").expect("write key");
+    set_mode(&key, 0o600);
+    let user = TEST_BUILD_USER;
+    for mode in modes() {
+        let check = |command: String| {
+            let spec = fixture.spec(mode, &command);
+            async move { run(&spec).await }
+        };
+        let (status, out, err) = check("id -u; id -g; id -G".into()).await;
+        assert!(status.success(), "{mode}: {err}");
+        let (uid, gid) = (user.uid, user.gid);
+        assert_eq!(out, format!("{uid}\n{gid}\n{gid}\n"), "{mode}");
+
+        for command in [format!("cat {}", key.display()), "cat /etc/shadow".into()] {
+            let (status, out, _) = check(command.clone()).await;
+            assert!(
+                !status.success() && out.is_empty(),
+                "{mode}: {command} read {out}"
+            );
+        }
+        let probe = PathBuf::from(format!("/etc/kiln-probe-{}", rand::random::<u32>()));
+        let (status, _, _) = check(format!("echo x > {}", probe.display())).await;
+        assert!(
+            !status.success() && !probe.exists(),
+            "{mode}: wrote {probe:?}"
+        );
+        let next_to_key = fixture.data.join("probe");
+        let (status, _, _) = check(format!("echo x > {}", next_to_key.display())).await;
+        assert!(!status.success(), "{mode}: wrote into the data dir");
+        assert!(!next_to_key.exists(), "{mode}");
+        let (status, _, _) = check(format!("cat {}/secret.key", fixture.data.display())).await;
+        assert!(!status.success(), "{mode}: read the secret key");
+
+        // Kiln (this test process) cannot be signalled: a delivered TERM would end the test run.
+        let (status, _, _) = check(format!("kill -TERM {}", std::process::id())).await;
+        assert!(!status.success(), "{mode}: signalled Kiln");
+
+        let (status, out, err) = check(
+            "echo w > in-workspace && echo h > \"$HOME/in-home\" && echo t > \"$TMPDIR/in-tmp\" \
+             && cat in-workspace \"$HOME/in-home\" \"$TMPDIR/in-tmp\""
+                .into(),
+        )
+        .await;
+        assert!(status.success(), "{mode}: {err}");
+        assert_eq!(out, "w\nh\nt\n", "{mode}");
+        use std::os::unix::fs::MetadataExt;
+        let made = std::fs::metadata(fixture.workspace.join("in-workspace")).expect("stat");
+        assert_eq!((made.uid(), made.gid()), (uid, gid), "{mode}");
+        std::fs::remove_file(fixture.workspace.join("in-workspace")).expect("rm");
     }
 }

@@ -99,6 +99,13 @@ impl TestApp {
             .with_env_filter(tracing_subscriber::EnvFilter::new("kiln=warn"))
             .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
+        // Build steps run as an unprivileged user (the tests run as root) that must reach its
+        // workspace in the data dir below this directory, as on a real host.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod tempdir");
         let config = ServeConfig {
             listen: "127.0.0.1:0".to_owned(),
             store: StoreConfig {
