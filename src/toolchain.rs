@@ -225,11 +225,14 @@ pub struct ToolchainStore {
     max_download_bytes: u64,
 }
 
+/// Held while this process installs one `(tool, version)`.
+type InstallGate = Arc<tokio::sync::Mutex<()>>;
+
 struct Inner {
     root: PathBuf,
     registry: Registry,
     /// One async lock per `(tool, version)` so tasks of this process wait for one download.
-    installing: Mutex<HashMap<(Tool, String), Arc<tokio::sync::Mutex<()>>>>,
+    installing: Mutex<HashMap<(Tool, String), InstallGate>>,
 }
 
 impl ToolchainStore {

@@ -22,13 +22,15 @@ use tokio::net::TcpListener;
 /// The store shared by the real-registry tests (and by runs): `KILN_TEST_TOOLCHAIN_DIR`, else a
 /// fixed dir under the temp dir, so each toolchain is downloaded once.
 fn shared_store() -> ToolchainStore {
+    ToolchainStore::open(shared_dir(), DEFAULT_REGISTRY).expect("open the shared toolchain store")
+}
+
+fn shared_dir() -> PathBuf {
     let dir = std::env::var_os("KILN_TEST_TOOLCHAIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("kiln-test-toolchains"));
     std::fs::create_dir_all(&dir).expect("create the shared toolchain dir");
-    let registry =
-        std::env::var("KILN_TEST_NPM_REGISTRY").unwrap_or_else(|_| DEFAULT_REGISTRY.to_owned());
-    ToolchainStore::open(dir, &registry).expect("open the shared toolchain store")
+    dir
 }
 
 /// Runs `cmd args` with PATH set to `bin_dirs` + `/usr/bin:/bin` only and a scratch HOME and cwd;
@@ -396,6 +398,34 @@ async fn node_and_its_npm_run() {
 }
 
 #[tokio::test]
+async fn cli_installs_node_with_its_npm() {
+    let dir = shared_dir();
+    let node = shared_store().resolve(Tool::Node, "22").await.unwrap();
+    let out = kiln_on(&["install", "node@22"], &dir, DEFAULT_REGISTRY)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // "done" or, when another test or run got there first, "already installed".
+    assert!(
+        stderr.contains(&format!("Installing nodejs {node} ... ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Installing npm 10."), "{stderr}");
+    let out = kiln_on(&["list"], &dir, DEFAULT_REGISTRY)
+        .output()
+        .await
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.lines().any(|l| l == format!("node@{node}")),
+        "{listed}"
+    );
+    assert!(listed.lines().any(|l| l.starts_with("npm@10.")), "{listed}");
+}
+
+#[tokio::test]
 async fn package_managers_and_bun_run() {
     let store = shared_store();
     let node_version = store.resolve(Tool::Node, "22").await.expect("resolve node");
@@ -714,12 +744,16 @@ async fn resolves_ranges_and_offline_against_installed() {
 /// `kiln toolchains <args>` on `store_dir` filled from `registry`; async, so the fake registry on
 /// this test's runtime keeps answering while it runs.
 fn kiln(args: &[&str], store_dir: &Path, registry: &FakeRegistry) -> tokio::process::Command {
+    kiln_on(args, store_dir, &registry.url)
+}
+
+fn kiln_on(args: &[&str], store_dir: &Path, registry: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
     cmd.arg("toolchains")
         .args(args)
         .arg("--toolchain-dir")
         .arg(store_dir)
-        .args(["--npm-registry", &registry.url])
+        .args(["--npm-registry", registry])
         .env("KILN_LOG", "warn");
     cmd
 }

@@ -189,7 +189,7 @@ pub(crate) fn unpack(tarball: &Path, dest: &Path, max_bytes: u64) -> Result<(), 
                     max_bytes / (1024 * 1024)
                 )));
             }
-            let executable = entry.header().mode().map_or(false, |m| m & 0o111 != 0);
+            let executable = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
             entry
                 .unpack(&target)
                 .map_err(io_err(format!("unpacking {}", rel.display())))?;
@@ -300,15 +300,14 @@ fn check_tree(root: &Path, dir: &Path) -> Result<(), UnpackError> {
             .map_err(io_err(format!("reading {}", path.display())))?;
         if kind.is_dir() {
             check_tree(root, &path)?;
-        } else if kind.is_symlink() {
-            if let Ok(real) = path.canonicalize() {
-                if !real.starts_with(root) {
-                    return Err(refused(format!(
-                        "symlink {} resolves outside the package",
-                        path.strip_prefix(root).unwrap_or(&path).display()
-                    )));
-                }
-            }
+        } else if kind.is_symlink()
+            && let Ok(real) = path.canonicalize()
+            && !real.starts_with(root)
+        {
+            return Err(refused(format!(
+                "symlink {} resolves outside the package",
+                path.strip_prefix(root).unwrap_or(&path).display()
+            )));
         }
     }
     Ok(())
