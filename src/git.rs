@@ -13,6 +13,7 @@
 mod mirror;
 mod names;
 mod run;
+mod submodules;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,9 @@ pub use mirror::{CommitInfo, Mirror, Resolved};
 pub use names::{check_branch, valid_refname};
 pub use run::redact_url;
 use run::{Cmd, Git};
+pub use submodules::{
+    MAX_GITMODULES_BYTES, MAX_SUBMODULE_DEPTH, MAX_SUBMODULES, SubmoduleCheckout,
+};
 
 /// Clone URL of a repository when nothing else is configured.
 pub const DEFAULT_URL_TEMPLATE: &str = "https://github.com/{owner}/{repo}.git";
