@@ -7,8 +7,9 @@
 //! that credentials in it (a future app token) do not persist in a mirror's config.
 //!
 //! Layout under the root: `mirrors/<owner>/<repo>.git` (bare repositories), `mirrors/<owner>/<repo>.lock`
-//! (the cross-process fetch lock), `tmp/` (mirrors being created, renamed into place once complete) and
-//! `home/` (git's `HOME`, empty, so no user configuration applies).
+//! (the cross-process fetch lock), `external/<sha256 of the URL>.git` (mirrors of submodules on other
+//! hosts than the URL template's), `tmp/` (mirrors being created, renamed into place once complete)
+//! and `home/` (git's `HOME`, empty, so no user configuration applies).
 
 mod mirror;
 mod names;

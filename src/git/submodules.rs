@@ -359,12 +359,15 @@ fn parse_gitmodules(out: &[u8]) -> anyhow::Result<Vec<Entry>> {
 /// Where the repository at `url` (from `.gitmodules`) comes from, `base` being the clone URL of the
 /// repository whose `.gitmodules` it is and `template` the URL template (both without credentials).
 fn resolve_source(url: &str, base: &str, template: &str) -> anyhow::Result<Source> {
-    if url.is_empty()
-        || url.starts_with('-')
-        || url.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        anyhow::bail!("refusing the URL: empty, option-like, or with spaces or control characters");
-    }
+    anyhow::ensure!(!url.is_empty(), "refusing the URL: it is empty");
+    anyhow::ensure!(
+        !url.starts_with('-'),
+        "refusing the URL: it starts with '-' (an option)"
+    );
+    anyhow::ensure!(
+        !url.chars().any(|c| c.is_control() || c.is_whitespace()),
+        "refusing the URL: it contains spaces or control characters"
+    );
     let absolute = if url.starts_with("./") || url.starts_with("../") {
         resolve_relative(base, url).with_context(|| {
             format!(
