@@ -7,12 +7,14 @@
 //! that credentials in it (a future app token) do not persist in a mirror's config.
 //!
 //! Layout under the root: `mirrors/<owner>/<repo>.git` (bare repositories), `mirrors/<owner>/<repo>.lock`
-//! (the cross-process fetch lock), `tmp/` (mirrors being created, renamed into place once complete) and
-//! `home/` (git's `HOME`, empty, so no user configuration applies).
+//! (the cross-process fetch lock), `external/<sha256 of the URL>.git` (mirrors of submodules on other
+//! hosts than the URL template's), `tmp/` (mirrors being created, renamed into place once complete)
+//! and `home/` (git's `HOME`, empty, so no user configuration applies).
 
 mod mirror;
 mod names;
 mod run;
+mod submodules;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,9 @@ pub use mirror::{CommitInfo, Mirror, Resolved};
 pub use names::{check_branch, valid_refname};
 pub use run::redact_url;
 use run::{Cmd, Git};
+pub use submodules::{
+    MAX_GITMODULES_BYTES, MAX_SUBMODULE_DEPTH, MAX_SUBMODULES, SubmoduleCheckout,
+};
 
 /// Clone URL of a repository when nothing else is configured.
 pub const DEFAULT_URL_TEMPLATE: &str = "https://github.com/{owner}/{repo}.git";
@@ -147,16 +152,21 @@ impl GitCache {
         repo: &str,
         token: Option<&str>,
     ) -> anyhow::Result<Mirror> {
-        use base64::Engine;
-        let auth = token.map(|t| {
-            let basic =
-                base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{t}"));
-            format!("Authorization: Basic {basic}")
-        });
         names::check_slug("repository owner", owner)?;
         names::check_slug("repository name", repo)?;
         let path = self.mirror_path(owner, repo);
         let url = self.clone_url(owner, repo);
+        self.mirror_at(path, &url, token_header(token)).await
+    }
+
+    /// The up-to-date mirror at `path` of the repository at `url` (created or fetched), `auth` being
+    /// the `Authorization` header of an installation token.
+    async fn mirror_at(
+        &self,
+        path: PathBuf,
+        url: &str,
+        auth: Option<String>,
+    ) -> anyhow::Result<Mirror> {
         let slot = {
             let mut map = self
                 .fetches
@@ -170,19 +180,57 @@ impl GitCache {
             let started = Instant::now();
             let _file_lock = lock_file(path.with_extension("lock")).await?;
             if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                self.fetch(&path, &url, auth.clone()).await?;
+                self.fetch(&path, url, auth.clone()).await?;
                 self.maintain_in_background(&path);
             } else {
-                self.create(&path, &url, auth.clone()).await?;
+                self.create(&path, url, auth.clone()).await?;
             }
             *last_fetch = Some(started);
         }
-        Ok(Mirror::new(
-            path,
-            redact_url(&url),
-            self.git.clone(),
-            self.local_timeout,
-        ))
+        Ok(self.open_mirror(path, url))
+    }
+
+    /// The mirror at `path` as it is, without fetching.
+    fn open_mirror(&self, path: PathBuf, url: &str) -> Mirror {
+        Mirror::new(path, redact_url(url), self.git.clone(), self.local_timeout)
+    }
+
+    /// Fetches one commit by id into the mirror at `path`, under `refs/kiln/commits/<sha>` (so that
+    /// neither `--prune` nor gc removes it): for a commit on no branch or tag, such as a submodule's
+    /// recorded commit. Needs a server that serves any reachable commit (protocol v2 does).
+    async fn fetch_commit(
+        &self,
+        path: &Path,
+        url: &str,
+        token_auth: Option<String>,
+        sha: &str,
+    ) -> anyhow::Result<()> {
+        let (url, auth) = remote_and_auth(url, token_auth);
+        let out = self
+            .git
+            .output(
+                remote_cmd(self.fetch_timeout, &url, auth)
+                    .dir(path)
+                    .args([
+                        "-c",
+                        "maintenance.auto=false",
+                        "fetch",
+                        "--quiet",
+                        "--no-write-fetch-head",
+                        "--end-of-options",
+                        &url,
+                    ])
+                    .arg(format!("+{sha}:refs/kiln/commits/{sha}")),
+            )
+            .await?;
+        if !out.success {
+            return Err(GitError::Fetch {
+                url: redact_url(&url),
+                stderr: out.stderr,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Creates the mirror in `tmp/` and renames it into place once complete.
@@ -240,7 +288,7 @@ impl GitCache {
         let out = self
             .git
             .output(
-                with_auth(Cmd::new(self.fetch_timeout), auth.clone())
+                remote_cmd(self.fetch_timeout, url, auth.clone())
                     .dir(path)
                     .args([
                         // Housekeeping runs after the fetch, off the build's path (below).
@@ -429,11 +477,13 @@ impl GitCache {
         let url = url.as_str();
         let out = self
             .git
-            .output(
-                with_auth(Cmd::new(self.fetch_timeout), auth)
-                    .dir(path)
-                    .args(["ls-remote", "--symref", "--end-of-options", url, "HEAD"]),
-            )
+            .output(remote_cmd(self.fetch_timeout, url, auth).dir(path).args([
+                "ls-remote",
+                "--symref",
+                "--end-of-options",
+                url,
+                "HEAD",
+            ]))
             .await?;
         if !out.success {
             return Err(GitError::Fetch {
@@ -516,6 +566,41 @@ fn percent_decode(s: &str) -> String {
 fn remote_and_auth(url: &str, token_auth: Option<String>) -> (String, Option<String>) {
     let (url, url_auth) = split_credentials(url);
     (url, token_auth.or(url_auth))
+}
+
+/// The `Authorization` header that carries a GitHub installation token.
+fn token_header(token: Option<&str>) -> Option<String> {
+    use base64::Engine;
+    token.map(|t| {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{t}"));
+        format!("Authorization: Basic {basic}")
+    })
+}
+
+/// A git command that talks to `url`: with the credential header, and allowed only the transport
+/// `url` names (`GIT_ALLOW_PROTOCOL`), so that nothing a remote sends (a redirect, a submodule URL)
+/// makes git use another one (`ext::` runs commands, `file://` reads the host's files).
+fn remote_cmd(timeout: Duration, url: &str, auth: Option<String>) -> Cmd {
+    with_auth(Cmd::new(timeout), auth).env("GIT_ALLOW_PROTOCOL", &allowed_protocols(url))
+}
+
+/// The transports (`GIT_ALLOW_PROTOCOL` syntax) git may use to reach `url`.
+fn allowed_protocols(url: &str) -> String {
+    let allowed = match url.split_once("://") {
+        Some((scheme, _)) => match scheme.to_ascii_lowercase().as_str() {
+            "http" | "https" => "http:https",
+            "git" => "git",
+            "ssh" | "git+ssh" | "ssh+git" => "ssh",
+            // Another transport can only come from the operator's own URL template: allow it alone.
+            other => return other.replace(':', ""),
+        },
+        // `host:path` (scp-like) is ssh; anything else is a local path.
+        None => match url.find(':') {
+            Some(colon) if !url[..colon].contains('/') => "ssh",
+            _ => "file",
+        },
+    };
+    allowed.to_owned()
 }
 
 fn with_auth(cmd: Cmd, auth: Option<String>) -> Cmd {

@@ -53,6 +53,27 @@ impl Remote {
         std::fs::write(p, contents).expect("write file");
     }
 
+    /// Records a submodule in `.gitmodules` and a gitlink to `sha` at `path` in the index (the commit
+    /// need not exist anywhere, and nothing is cloned); commit with [`Remote::commit_index`].
+    fn add_submodule(&self, name: &str, path: &str, url: &str, sha: &str) {
+        let key = |k: &str| format!("submodule.{name}.{k}");
+        self.git(&["config", "--file", ".gitmodules", &key("path"), path]);
+        self.git(&["config", "--file", ".gitmodules", &key("url"), url]);
+        self.git(&["add", ".gitmodules"]);
+        self.git(&[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{sha},{path}"),
+        ]);
+    }
+
+    /// Commits what is staged; returns the new commit id.
+    fn commit_index(&self, message: &str) -> String {
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
     /// Commits everything; returns the new commit id.
     fn commit(&self, message: &str) -> String {
         self.git(&["add", "-A"]);
@@ -438,4 +459,355 @@ async fn failures_never_show_credentials() {
     assert!(matches!(kind(&err), GitError::Fetch { .. }), "{text}");
     assert!(!text.contains("s3cr3t"), "{text}");
     assert!(text.contains("127.0.0.1:9/octo/private.git"), "{text}");
+}
+
+/// The inode of a path: a mirror that was not re-created keeps its own.
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .ino()
+}
+
+#[tokio::test]
+async fn submodules_are_checked_out_recursively_from_mirrors() {
+    let (tmp, cache) = setup();
+    // octo/site ─┬─ themes/ananke: octo/theme (relative URL) ── vendor/nested: octo/nested
+    //            └─ lib: other/lib (a github.com URL, at a commit on no branch)
+    let nested = Remote::init(tmp.path(), "octo", "nested", "main");
+    nested.write("nested.txt", "deep\n");
+    let n1 = nested.commit("nested");
+    let theme = Remote::init(tmp.path(), "octo", "theme", "main");
+    theme.write("layouts/index.html", "theme v1\n");
+    theme.add_submodule(
+        "nested",
+        "vendor/nested",
+        "git@github.com:octo/nested.git",
+        &n1,
+    );
+    theme.git(&["add", "layouts"]);
+    let t1 = theme.commit_index("theme v1");
+    let lib = Remote::init(tmp.path(), "other", "lib", "main");
+    lib.commit("base");
+    lib.write("lib.js", "orphan\n");
+    let orphan = lib.commit("only reachable until the reset");
+    lib.git(&["reset", "-q", "--hard", "HEAD~1"]);
+    let site = Remote::init(tmp.path(), "octo", "site", "main");
+    site.write("index.md", "hello\n");
+    site.git(&["add", "index.md"]);
+    site.add_submodule("ananke", "themes/ananke", "../theme.git", &t1);
+    site.add_submodule("lib", "lib", "https://github.com/other/lib.git", &orphan);
+    let s1 = site.commit_index("site");
+
+    let mirror = cache.mirror("octo", "site").await.expect("mirror");
+    let dest = tmp.path().join("work/build-1");
+    mirror.checkout(&s1, &dest).await.expect("checkout");
+    let subs = cache
+        .checkout_submodules(&dest, &mirror, None)
+        .await
+        .expect("submodules");
+    let got: Vec<(&str, &str, &str)> = subs
+        .iter()
+        .map(|s| (s.path.as_str(), s.sha.as_str(), s.url.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("themes/ananke", t1.as_str(), "../theme.git"),
+            ("lib", orphan.as_str(), "https://github.com/other/lib.git"),
+            (
+                "themes/ananke/vendor/nested",
+                n1.as_str(),
+                "git@github.com:octo/nested.git"
+            ),
+        ]
+    );
+    let mirrors = cache.root().join("mirrors");
+    for (sub, repo) in [
+        ("themes/ananke", "octo/theme.git"),
+        ("lib", "other/lib.git"),
+        ("themes/ananke/vendor/nested", "octo/nested.git"),
+    ] {
+        let found = subs.iter().find(|s| s.path == sub).expect("listed");
+        assert_eq!(found.mirror, mirrors.join(repo));
+        // The checkout borrows that mirror's objects.
+        let alternates =
+            std::fs::read_to_string(dest.join(sub).join(".git/objects/info/alternates"))
+                .expect("alternates");
+        assert!(
+            alternates.trim().ends_with(&format!("{repo}/objects")),
+            "{alternates}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(dest.join("themes/ananke/layouts/index.html")).expect("theme"),
+        "theme v1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("themes/ananke/vendor/nested/nested.txt"))
+            .expect("nested"),
+        "deep\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("lib/lib.js")).expect("lib"),
+        "orphan\n"
+    );
+    let ws = |path: &str| Remote {
+        dir: dest.join(path),
+    };
+    assert_eq!(ws("themes/ananke").git(&["rev-parse", "HEAD"]), t1);
+    assert_eq!(ws("lib").git(&["rev-parse", "HEAD"]), orphan);
+    assert_eq!(
+        ws("themes/ananke/vendor/nested").git(&["rev-parse", "HEAD"]),
+        n1
+    );
+    assert_eq!(ws("").git(&["status", "--porcelain"]), "");
+    assert_eq!(ws("themes/ananke").git(&["status", "--porcelain"]), "");
+    // git sees every submodule initialised and at its recorded commit (a leading space).
+    let status = ws("").git(&["submodule", "status", "--recursive"]);
+    assert_eq!(status.lines().count(), 3, "{status}");
+    for line in status.lines() {
+        assert!(!line.starts_with(['-', '+', 'U']), "{status}");
+    }
+
+    // A new build of a new theme commit: the mirrors are fetched, not created again.
+    let inodes: Vec<u64> = ["octo/theme.git", "other/lib.git", "octo/nested.git"]
+        .iter()
+        .map(|r| inode(&mirrors.join(r)))
+        .collect();
+    theme.write("layouts/index.html", "theme v2\n");
+    theme.git(&["add", "layouts"]);
+    let t2 = theme.commit_index("theme v2");
+    lib.git(&["branch", "later"]);
+    site.git(&[
+        "update-index",
+        "--cacheinfo",
+        &format!("160000,{t2},themes/ananke"),
+    ]);
+    let s2 = site.commit_index("new theme");
+    let mirror = cache.mirror("octo", "site").await.expect("mirror");
+    let dest2 = tmp.path().join("work/build-2");
+    mirror.checkout(&s2, &dest2).await.expect("checkout");
+    // With a token (ignored by file://), every submodule repository is fetched even when its mirror
+    // has the commit: the fetch is the remote's check that the token may read it.
+    let subs = cache
+        .checkout_submodules(&dest2, &mirror, Some("ghs_installation_token"))
+        .await
+        .expect("submodules again");
+    let lib_mirror = Remote {
+        dir: mirrors.join("other/lib.git"),
+    };
+    lib_mirror.git(&["rev-parse", "--verify", "--quiet", "refs/heads/later"]);
+    assert_eq!(subs.len(), 3);
+    assert_eq!(subs[0].sha, t2);
+    assert_eq!(
+        std::fs::read_to_string(dest2.join("themes/ananke/layouts/index.html")).expect("theme"),
+        "theme v2\n"
+    );
+    let again: Vec<u64> = ["octo/theme.git", "other/lib.git", "octo/nested.git"]
+        .iter()
+        .map(|r| inode(&mirrors.join(r)))
+        .collect();
+    assert_eq!(inodes, again, "the mirrors were reused");
+    assert_eq!(
+        Remote { dir: dest2.clone() }.git(&["status", "--porcelain"]),
+        ""
+    );
+}
+
+#[tokio::test]
+async fn a_submodule_that_cannot_be_fetched_fails_the_checkout_naming_it() {
+    let (tmp, cache) = setup();
+    let theme = Remote::init(tmp.path(), "octo", "theme", "main");
+    let t1 = theme.commit("theme");
+    let site = Remote::init(tmp.path(), "octo", "site", "main");
+    site.add_submodule("gone", "themes/gone", "../missing.git", &t1);
+    let missing_repo = site.commit_index("a submodule whose repository does not exist");
+    site.git(&["rm", "-q", "--cached", "themes/gone"]);
+    site.git(&[
+        "config",
+        "--file",
+        ".gitmodules",
+        "--remove-section",
+        "submodule.gone",
+    ]);
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    site.add_submodule("ananke", "themes/ananke", "../theme.git", unknown);
+    let missing_commit = site.commit_index("a gitlink to a commit the theme does not have");
+    let mirror = cache.mirror("octo", "site").await.expect("mirror");
+
+    let dest = tmp.path().join("work/1");
+    mirror
+        .checkout(&missing_repo, &dest)
+        .await
+        .expect("checkout");
+    let err = cache
+        .checkout_submodules(&dest, &mirror, None)
+        .await
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.starts_with("submodule themes/gone (../missing.git): "),
+        "{text}"
+    );
+    assert!(matches!(kind(&err), GitError::Fetch { .. }), "{text}");
+
+    let dest = tmp.path().join("work/2");
+    mirror
+        .checkout(&missing_commit, &dest)
+        .await
+        .expect("checkout");
+    let err = cache
+        .checkout_submodules(&dest, &mirror, None)
+        .await
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.starts_with(&format!(
+            "submodule themes/ananke (../theme.git): could not fetch commit {unknown}"
+        )),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn hostile_gitmodules_are_refused_and_write_nothing_outside() {
+    let (tmp, cache) = setup();
+    let theme = Remote::init(tmp.path(), "octo", "theme", "main");
+    let t1 = theme.commit("theme");
+    let marker = tmp.path().join("pwned");
+    let ext = format!("ext::sh -c touch% {}", marker.display());
+    let option = format!("--upload-pack=touch {}", marker.display());
+    let local = tmp.path().join("remotes/octo/theme").display().to_string();
+    // (A file URL that is exactly a template URL names a repository of the template: allowed.)
+    let file = format!("file://{}", tmp.path().join("remotes").display());
+    let site = Remote::init(tmp.path(), "octo", "site", "main");
+    let mirror_of = |n: usize| tmp.path().join(format!("work/{n}"));
+    // (url, path in .gitmodules, where the gitlink is): what the error must name.
+    let cases: Vec<(&str, &str, Option<&str>, &str)> = vec![
+        (
+            "file:///etc",
+            "vendor/x",
+            Some("vendor/x"),
+            "submodule vendor/x (file:///etc)",
+        ),
+        (
+            &ext,
+            "vendor/x",
+            Some("vendor/x"),
+            "submodule vendor/x (ext::sh",
+        ),
+        (
+            &option,
+            "vendor/x",
+            Some("vendor/x"),
+            "submodule vendor/x (--upload-pack",
+        ),
+        (
+            &file,
+            "vendor/x",
+            Some("vendor/x"),
+            "submodule vendor/x (file://",
+        ),
+        (
+            &local,
+            "vendor/x",
+            Some("vendor/x"),
+            "submodule vendor/x (/",
+        ),
+        (
+            "../../../../../../etc",
+            "vendor/x",
+            Some("vendor/x"),
+            "submodule vendor/x (../../",
+        ),
+        ("../theme.git", "../outside", None, "\"../outside\""),
+        ("../theme.git", ".git", None, "\".git\""),
+        ("../theme.git", "a/.git/hooks", None, "\"a/.git/hooks\""),
+    ];
+    for (n, (url, path, gitlink, named)) in cases.into_iter().enumerate() {
+        let _ = std::fs::remove_file(site.dir.join(".gitmodules"));
+        site.git(&["rm", "-q", "-r", "--cached", "--ignore-unmatch", "."]);
+        site.git(&["config", "--file", ".gitmodules", "submodule.x.path", path]);
+        site.git(&["config", "--file", ".gitmodules", "submodule.x.url", url]);
+        site.git(&["add", ".gitmodules"]);
+        if let Some(at) = gitlink {
+            site.git(&[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{t1},{at}"),
+            ]);
+        }
+        let sha = site.commit_index(&format!("hostile {n}"));
+        let mirror = cache.mirror("octo", "site").await.expect("mirror");
+        let dest = mirror_of(n);
+        mirror.checkout(&sha, &dest).await.expect("checkout");
+        let err = cache
+            .checkout_submodules(&dest, &mirror, None)
+            .await
+            .expect_err(url);
+        let text = format!("{err:#}");
+        assert!(text.contains(named), "{url} {path}: {text}");
+        assert!(!marker.exists(), "{url}: a command ran");
+        assert!(!tmp.path().join("work/outside").exists());
+        if let Some(at) = gitlink {
+            let left = std::fs::read_dir(dest.join(at))
+                .expect("gitlink dir")
+                .count();
+            assert_eq!(left, 0, "{url}: nothing checked out");
+        }
+    }
+    // Only the superproject was mirrored: no submodule URL was fetched.
+    assert!(!cache.root().join("external").exists());
+    let owners: Vec<_> = std::fs::read_dir(cache.root().join("mirrors"))
+        .expect("mirrors")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(owners, ["octo"]);
+    assert!(!cache.root().join("mirrors/octo/theme.git").exists());
+}
+
+#[tokio::test]
+async fn without_gitmodules_no_git_process_starts() {
+    let (tmp, cache) = setup();
+    let site = Remote::init(tmp.path(), "octo", "site", "main");
+    site.write("index.md", "hello\n");
+    let plain = site.commit("no submodules");
+    let theme = Remote::init(tmp.path(), "octo", "theme", "main");
+    let t1 = theme.commit("theme");
+    site.add_submodule("ananke", "themes/ananke", "../theme.git", &t1);
+    let with = site.commit_index("a submodule");
+    let mirror = cache.mirror("octo", "site").await.expect("mirror");
+    // A cache that cannot start git at all: its home directory cannot be created under a file.
+    std::fs::write(tmp.path().join("not-a-dir"), "").expect("file");
+    let no_git = GitCache::new(
+        tmp.path().join("not-a-dir/git"),
+        "file:///nowhere/{owner}/{repo}",
+    );
+
+    let dest = tmp.path().join("work/plain");
+    mirror.checkout(&plain, &dest).await.expect("checkout");
+    let subs = no_git
+        .checkout_submodules(&dest, &mirror, None)
+        .await
+        .expect("nothing to do, without git");
+    assert!(subs.is_empty());
+    // The same cache fails as soon as there is a .gitmodules to read.
+    let dest = tmp.path().join("work/with");
+    mirror.checkout(&with, &dest).await.expect("checkout");
+    assert!(
+        no_git
+            .checkout_submodules(&dest, &mirror, None)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        cache
+            .checkout_submodules(&dest, &mirror, None)
+            .await
+            .expect("submodules")
+            .len(),
+        1
+    );
 }

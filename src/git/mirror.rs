@@ -192,6 +192,16 @@ impl Mirror {
         }
     }
 
+    /// Whether the mirror has the commit `sha` (a full object id), without fetching.
+    pub(super) async fn has_commit(&self, sha: &str) -> anyhow::Result<bool> {
+        let sha = full_oid(sha)?;
+        Ok(self
+            .rev_parse(&format!("{sha}^{{commit}}"))
+            .await?
+            .as_deref()
+            == Some(sha.as_str()))
+    }
+
     /// A branch containing `sha`: the default branch if it does, else the first by name.
     async fn branch_containing(&self, sha: &str) -> anyhow::Result<Option<String>> {
         let out = self

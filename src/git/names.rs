@@ -110,6 +110,45 @@ pub fn check_slug(what: &'static str, slug: &str) -> Result<(), GitError> {
     if ok { Ok(()) } else { Err(invalid(what, slug)) }
 }
 
+/// Longest submodule path or name accepted, in bytes.
+pub const MAX_SUBMODULE_PATH_LEN: usize = 1024;
+
+/// A submodule's path from `.gitmodules`: relative, inside the checkout (no `..`, `.` or empty
+/// component, no leading `/`), never `.git` or inside one (in any case, with trailing dots or spaces
+/// that some file systems drop), no control characters.
+pub fn check_submodule_path(path: &str) -> Result<(), GitError> {
+    let is_dot_git = |part: &str| {
+        part.trim_end_matches(['.', ' '])
+            .eq_ignore_ascii_case(".git")
+    };
+    let ok = !path.is_empty()
+        && path.len() <= MAX_SUBMODULE_PATH_LEN
+        && !path.chars().any(|c| c.is_control())
+        && path
+            .split('/')
+            .all(|part| !matches!(part, "" | "." | "..") && !is_dot_git(part));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("submodule path", path))
+    }
+}
+
+/// A submodule's name (the `<name>` of `submodule.<name>.path`): git's own rule (no `..` component,
+/// split at `/` and `\`, so that a name used as a directory under `.git/modules` cannot escape), no
+/// control characters.
+pub fn check_submodule_name(name: &str) -> Result<(), GitError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_SUBMODULE_PATH_LEN
+        && !name.chars().any(|c| c.is_control())
+        && name.split(['/', '\\']).all(|part| part != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("submodule name", name))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +210,42 @@ mod tests {
         assert!(check_slug("repo", ".github").is_ok() && check_slug("repo", "my_repo-1.x").is_ok());
         for bad in ["", ".", "..", "a/b", "-x", "a b", "a%2f", "a@b"] {
             assert!(check_slug("repo", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn submodule_paths_and_names_stay_inside() {
+        for good in [
+            "themes/ananke",
+            "a",
+            "lib/x.y",
+            "-dash",
+            ".github/x",
+            "a.git",
+        ] {
+            assert!(check_submodule_path(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "../outside",
+            "a/../../b",
+            "/etc",
+            "a//b",
+            "a/",
+            "./a",
+            ".git",
+            ".GIT",
+            "x/.git/hooks",
+            ".git. ",
+            "a\nb",
+            "a\0b",
+        ] {
+            assert!(check_submodule_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_submodule_name("themes/ananke").is_ok());
+        assert!(check_submodule_name("a.b c").is_ok());
+        for bad in ["", "..", "../x", "a/../b", "a\\..\\b", "x\ny"] {
+            assert!(check_submodule_name(bad).is_err(), "{bad:?}");
         }
     }
 }

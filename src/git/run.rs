@@ -50,6 +50,8 @@ pub(crate) struct Cmd {
     args: Vec<OsString>,
     /// Configuration passed through the environment (`GIT_CONFIG_KEY_n`), never on the command line.
     secret_config: Vec<(String, String)>,
+    /// Extra environment variables (e.g. `GIT_ALLOW_PROTOCOL`).
+    env: Vec<(String, String)>,
     dir: Option<PathBuf>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
@@ -62,6 +64,7 @@ impl Cmd {
         Cmd {
             args: Vec::new(),
             secret_config: Vec::new(),
+            env: Vec::new(),
             dir: None,
             stdin: None,
             timeout,
@@ -94,6 +97,12 @@ impl Cmd {
     /// any process's command line.
     pub fn secret_config(mut self, key: &str, value: String) -> Cmd {
         self.secret_config.push((key.to_owned(), value));
+        self
+    }
+
+    /// Sets an environment variable of the git process (the environment is otherwise cleared).
+    pub fn env(mut self, key: &str, value: &str) -> Cmd {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -165,6 +174,9 @@ impl Git {
             .kill_on_drop(true)
             // Its own process group, so that a timeout also ends the helpers git starts.
             .process_group(0);
+        for (key, value) in &cmd.env {
+            command.env(key, value);
+        }
         for c in CONFIG {
             command.arg("-c").arg(c);
         }
