@@ -418,9 +418,9 @@ impl Run<'_> {
                 host: &self.ctx.config.host_env,
             },
         );
-        let spec = |command: &str| StepSpec {
+        let mut base = StepSpec {
             mode: self.ctx.config.sandbox,
-            command: command.to_owned(),
+            command: String::new(),
             cwd: cwd.clone(),
             env: env.clone(),
             workspace: self.workspace.to_path_buf(),
@@ -432,7 +432,7 @@ impl Run<'_> {
             user: self.ctx.build_user,
         };
         // The first step's sandbox starts while the commit is checked out; it gets its command after.
-        let mut held = match Step::spawn_held(&spec("")) {
+        let mut held = match Step::spawn_held(&base) {
             Ok(step) => Some(step),
             Err(e) => {
                 tracing::warn!(
@@ -442,13 +442,43 @@ impl Run<'_> {
                 None
             }
         };
-        if let Err(e) = self.guard(mirror.checkout(&resolved.sha, &repo)).await? {
+        let checked_out = self
+            .guard(async {
+                mirror.checkout(&resolved.sha, &repo).await?;
+                git.checkout_submodules(&repo, &mirror, github_token.as_deref())
+                    .await
+            })
+            .await?;
+        let submodules = match checked_out {
+            Ok(submodules) => submodules,
+            Err(e) => {
+                self.system(&format!(
+                    "Failed: error occurred while cloning the repository: {e:#}"
+                ))
+                .await;
+                return Ok(BuildOutcome::Fail);
+            }
+        };
+        if !submodules.is_empty() {
+            // git inside a submodule reads its mirror's objects: the sandbox must see those mirrors,
+            // so the early sandbox (started without them) is replaced.
+            base.read_only
+                .extend(submodules.iter().map(|s| s.mirror.clone()));
+            base.read_only.dedup();
+            held = None;
+        }
+        for sub in &submodules {
             self.system(&format!(
-                "Failed: error occurred while cloning the repository: {e:#}"
+                "Checked out submodule {} at {}",
+                sub.path,
+                &sub.sha[..sub.sha.len().min(12)]
             ))
             .await;
-            return Ok(BuildOutcome::Fail);
         }
+        let spec = |command: &str| StepSpec {
+            command: command.to_owned(),
+            ..base.clone()
+        };
         if let Some(user) = self.ctx.build_user {
             let tree = repo.clone();
             let owned = tokio::task::spawn_blocking(move || give_tree(&tree, user)).await;
