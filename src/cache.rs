@@ -8,10 +8,16 @@
 //! when it was last restored, and `.tmp/` holds entries being written. Entries are published by
 //! rename, so readers see a whole entry or none.
 //!
-//! Compression: zstd level 1 with its frame checksum. On 100 MB of many small files it costs little
-//! next to the file system work, shrinks typical caches (webpack and Next.js caches, yarn/bun
-//! metadata) so more fit the 10 GB, and the checksum catches a damaged entry. Measured with
-//! `cargo test --lib cache::archive::tests::measure -- --ignored --nocapture`.
+//! Compression: zstd level 1 with its frame checksum. Measured on 100 MB in 10,000 files of 2-18 kB
+//! (half incompressible like npm's tarballs, half JSON), release build, same run, best of three on
+//! a busy 2-core machine: plain tar 108 MB, save 449 ms, restore 685 ms; zstd 1: 54 MB, 398 ms,
+//! 888 ms; zstd 3: 53 MB, 511 ms, 764 ms (restore differences are within the noise of creating
+//! 10,000 files). Level 1 saves as fast as plain tar since it writes half the bytes, halves what
+//! counts against the 10 GB, and its checksum catches a damaged entry; level 3 gains nothing more.
+//! `cargo bench --bench build_cache` measures save and restore against `cp -a`.
+//!
+//! Restores run before any build step, so nothing else writes the target dirs meanwhile: the
+//! checks against links (see `archive::unpack`) rely on that.
 
 mod archive;
 mod disk;

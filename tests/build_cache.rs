@@ -104,7 +104,9 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, (char, u32, Vec<u8>)> {
 
 /// Bytes that zstd cannot shrink, so entry sizes are predictable.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -136,7 +138,11 @@ async fn save_then_restore_gives_the_same_trees_elsewhere() {
     symlink("bin/tool", npm.join("rel-link")).unwrap();
     symlink("/etc/passwd", npm.join("abs-link")).unwrap();
     symlink("missing", npm.join("dangling")).unwrap();
-    write(&next.join("webpack/client/0.pack"), &noise(100_000, 1), 0o644);
+    write(
+        &next.join("webpack/client/0.pack"),
+        &noise(100_000, 1),
+        0o644,
+    );
     let dirs = [dir("home/.npm", &npm), dir("root/.next/cache", &next)];
 
     let k = key(1);
@@ -192,7 +198,13 @@ async fn special_files_are_skipped_setuid_bits_dropped_and_restore_merges() {
     write(&outside, b"outside", 0o644);
     symlink(&outside, dst.join("suid")).unwrap();
     f.cache
-        .restore(TRIGGER, CacheKind::Dependencies, &k, &[dir("npm", &dst)], None)
+        .restore(
+            TRIGGER,
+            CacheKind::Dependencies,
+            &k,
+            &[dir("npm", &dst)],
+            None,
+        )
         .await
         .unwrap();
     let t = tree(&dst);
@@ -223,14 +235,26 @@ async fn another_key_falls_back_to_the_newest_entry_of_its_kind() {
         let cache = &f.cache;
         async move { cache.restore(trigger, kind, &k, &dirs, None).await.unwrap() }
     };
-    assert_eq!(restore(key(1), CacheKind::Dependencies, TRIGGER).await, Restored::Exact);
+    assert_eq!(
+        restore(key(1), CacheKind::Dependencies, TRIGGER).await,
+        Restored::Exact
+    );
     assert_eq!(fs::read(dst.join("which")).unwrap(), [1]);
-    assert_eq!(restore(key(9), CacheKind::Dependencies, TRIGGER).await, Restored::Fallback);
+    assert_eq!(
+        restore(key(9), CacheKind::Dependencies, TRIGGER).await,
+        Restored::Fallback
+    );
     assert_eq!(fs::read(dst.join("which")).unwrap(), [2]);
 
     fs::remove_dir_all(&dst).unwrap();
-    assert_eq!(restore(key(1), CacheKind::BuildOutput, TRIGGER).await, Restored::Miss);
-    assert_eq!(restore(key(1), CacheKind::Dependencies, OTHER_TRIGGER).await, Restored::Miss);
+    assert_eq!(
+        restore(key(1), CacheKind::BuildOutput, TRIGGER).await,
+        Restored::Miss
+    );
+    assert_eq!(
+        restore(key(1), CacheKind::Dependencies, OTHER_TRIGGER).await,
+        Restored::Miss
+    );
     assert!(!dst.exists(), "a miss creates nothing");
 }
 
@@ -250,19 +274,48 @@ async fn saving_nothing_stores_nothing_and_bad_names_are_refused() {
     write(&src.join("x"), b"x", 0o644);
     let ok = [dir("a", &src)];
     for trigger in ["../x", "", "a/b", "a.b", "..", "x y"] {
-        assert!(f.cache.save(trigger, CacheKind::Dependencies, &key(1), &ok).await.is_err(), "{trigger:?}");
+        assert!(
+            f.cache
+                .save(trigger, CacheKind::Dependencies, &key(1), &ok)
+                .await
+                .is_err(),
+            "{trigger:?}"
+        );
         assert!(f.cache.purge(trigger).await.is_err(), "{trigger:?}");
     }
     for k in ["", "../00", "ABCD", "zz", "00/11"] {
-        assert!(f.cache.save(TRIGGER, CacheKind::Dependencies, k, &ok).await.is_err(), "{k:?}");
+        assert!(
+            f.cache
+                .save(TRIGGER, CacheKind::Dependencies, k, &ok)
+                .await
+                .is_err(),
+            "{k:?}"
+        );
     }
-    for names in [vec!["../a"], vec!["/a"], vec!["a//b"], vec!["a", "a/b"], vec!["a", "a"]] {
+    for names in [
+        vec!["../a"],
+        vec!["/a"],
+        vec!["a//b"],
+        vec!["a", "a/b"],
+        vec!["a", "a"],
+    ] {
         let dirs: Vec<_> = names.iter().map(|n| dir(n, &src)).collect();
-        assert!(f.cache.save(TRIGGER, CacheKind::Dependencies, &key(1), &dirs).await.is_err(), "{names:?}");
+        assert!(
+            f.cache
+                .save(TRIGGER, CacheKind::Dependencies, &key(1), &dirs)
+                .await
+                .is_err(),
+            "{names:?}"
+        );
     }
     // A relative path is refused too: the runner passes canonical absolute paths.
     let rel = [dir("a", Path::new("relative/dir"))];
-    assert!(f.cache.save(TRIGGER, CacheKind::Dependencies, &key(1), &rel).await.is_err());
+    assert!(
+        f.cache
+            .save(TRIGGER, CacheKind::Dependencies, &key(1), &rel)
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -286,6 +339,9 @@ async fn purge_removes_only_that_triggers_entries() {
     assert_eq!(f.cache.purge(TRIGGER).await.unwrap(), 0);
 }
 
+/// Damages an entry's bytes in place.
+type Damage = fn(&mut Vec<u8>);
+
 #[tokio::test]
 async fn a_damaged_entry_fails_once_is_removed_and_the_cache_recovers() {
     let f = Fixture::new(CacheLimits::default());
@@ -296,7 +352,7 @@ async fn a_damaged_entry_fails_once_is_removed_and_the_cache_recovers() {
     let dirs = [dir("d", &src)];
     let k = key(1);
     let archive = f.archive(TRIGGER, "deps", &k);
-    let damages: [(&str, fn(&mut Vec<u8>)); 3] = [
+    let damages: [(&str, Damage); 3] = [
         ("truncated", |b| b.truncate(b.len() / 2)),
         ("garbage in the middle", |b| {
             let mid = b.len() / 2;
@@ -305,7 +361,10 @@ async fn a_damaged_entry_fails_once_is_removed_and_the_cache_recovers() {
         ("not an archive at all", |b| *b = b"garbage bytes".to_vec()),
     ];
     for (what, damage) in damages {
-        f.cache.save(TRIGGER, CacheKind::Dependencies, &k, &dirs).await.unwrap();
+        f.cache
+            .save(TRIGGER, CacheKind::Dependencies, &k, &dirs)
+            .await
+            .unwrap();
         let mut bytes = fs::read(&archive).unwrap();
         damage(&mut bytes);
         fs::write(&archive, bytes).unwrap();
@@ -313,24 +372,51 @@ async fn a_damaged_entry_fails_once_is_removed_and_the_cache_recovers() {
         let dst = f.path("dst");
         let err = f
             .cache
-            .restore(TRIGGER, CacheKind::Dependencies, &k, &[dir("d", &dst)], None)
+            .restore(
+                TRIGGER,
+                CacheKind::Dependencies,
+                &k,
+                &[dir("d", &dst)],
+                None,
+            )
             .await
             .expect_err(what);
-        assert!(format!("{err:#}").contains("was removed"), "{what}: {err:#}");
+        assert!(
+            format!("{err:#}").contains("was removed"),
+            "{what}: {err:#}"
+        );
         assert!(f.cache.entries(TRIGGER).await.unwrap().is_empty(), "{what}");
-        assert!(!dst.exists(), "{what}: a failed restore leaves no half-restored dir it created");
+        assert!(
+            !dst.exists(),
+            "{what}: a failed restore leaves no half-restored dir it created"
+        );
         let again = f
             .cache
-            .restore(TRIGGER, CacheKind::Dependencies, &k, &[dir("d", &dst)], None)
+            .restore(
+                TRIGGER,
+                CacheKind::Dependencies,
+                &k,
+                &[dir("d", &dst)],
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(again, Restored::Miss, "{what}");
     }
-    f.cache.save(TRIGGER, CacheKind::Dependencies, &k, &dirs).await.unwrap();
+    f.cache
+        .save(TRIGGER, CacheKind::Dependencies, &k, &dirs)
+        .await
+        .unwrap();
     let dst = f.path("dst");
     let got = f
         .cache
-        .restore(TRIGGER, CacheKind::Dependencies, &k, &[dir("d", &dst)], None)
+        .restore(
+            TRIGGER,
+            CacheKind::Dependencies,
+            &k,
+            &[dir("d", &dst)],
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(got, Restored::Exact);
@@ -348,27 +434,52 @@ async fn the_least_recently_read_entry_is_evicted_first() {
     let dirs = [dir("d", &src)];
     for n in 1..=2u8 {
         write(&src.join("blob"), &noise(20_000, n.into()), 0o644);
-        f.cache.save(TRIGGER, CacheKind::Dependencies, &key(n), &dirs).await.unwrap();
+        f.cache
+            .save(TRIGGER, CacheKind::Dependencies, &key(n), &dirs)
+            .await
+            .unwrap();
         f.advance(60);
     }
     // The older entry is read, so the newer one is now the least recently read.
     f.cache
-        .restore(TRIGGER, CacheKind::Dependencies, &key(1), &[dir("d", &f.path("dst"))], None)
+        .restore(
+            TRIGGER,
+            CacheKind::Dependencies,
+            &key(1),
+            &[dir("d", &f.path("dst"))],
+            None,
+        )
         .await
         .unwrap();
     f.advance(60);
     write(&src.join("blob"), &noise(20_000, 3), 0o644);
-    f.cache.save(TRIGGER, CacheKind::BuildOutput, &key(3), &dirs).await.unwrap();
+    f.cache
+        .save(TRIGGER, CacheKind::BuildOutput, &key(3), &dirs)
+        .await
+        .unwrap();
 
-    let keys: Vec<_> = f.cache.entries(TRIGGER).await.unwrap().into_iter().map(|e| e.key).collect();
+    let keys: Vec<_> = f
+        .cache
+        .entries(TRIGGER)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
     assert_eq!(keys, [key(1), key(3)]);
     // Other triggers have their own budget.
-    f.cache.save(OTHER_TRIGGER, CacheKind::Dependencies, &key(1), &dirs).await.unwrap();
+    f.cache
+        .save(OTHER_TRIGGER, CacheKind::Dependencies, &key(1), &dirs)
+        .await
+        .unwrap();
     assert_eq!(f.cache.entries(TRIGGER).await.unwrap().len(), 2);
 
     // One entry above the whole budget is not kept.
     write(&src.join("blob"), &noise(60_000, 4), 0o644);
-    let err = f.cache.save(TRIGGER, CacheKind::Dependencies, &key(4), &dirs).await;
+    let err = f
+        .cache
+        .save(TRIGGER, CacheKind::Dependencies, &key(4), &dirs)
+        .await;
     assert!(err.is_err());
     assert_eq!(f.cache.entries(TRIGGER).await.unwrap().len(), 2);
     assert!(f.temp_files().is_empty());
@@ -381,35 +492,74 @@ async fn entries_idle_past_max_idle_expire_and_crash_leftovers_go() {
     write(&src.join("x"), b"x", 0o644);
     let dirs = [dir("d", &src)];
     let start = f.now.load(Ordering::SeqCst);
-    f.cache.save(TRIGGER, CacheKind::Dependencies, &key(1), &dirs).await.unwrap();
-    f.cache.save(TRIGGER, CacheKind::Dependencies, &key(2), &dirs).await.unwrap();
-    f.cache.save(OTHER_TRIGGER, CacheKind::BuildOutput, &key(1), &dirs).await.unwrap();
+    f.cache
+        .save(TRIGGER, CacheKind::Dependencies, &key(1), &dirs)
+        .await
+        .unwrap();
+    f.cache
+        .save(TRIGGER, CacheKind::Dependencies, &key(2), &dirs)
+        .await
+        .unwrap();
+    f.cache
+        .save(OTHER_TRIGGER, CacheKind::BuildOutput, &key(1), &dirs)
+        .await
+        .unwrap();
     f.advance(6 * DAY);
     f.cache
-        .restore(TRIGGER, CacheKind::Dependencies, &key(2), &[dir("d", &f.path("dst"))], None)
+        .restore(
+            TRIGGER,
+            CacheKind::Dependencies,
+            &key(2),
+            &[dir("d", &f.path("dst"))],
+            None,
+        )
         .await
         .unwrap();
     let leftover = f.path("cache/.tmp/0000-crashed.part");
     fs::write(&leftover, b"half an entry").unwrap();
 
     f.advance(DAY);
-    assert_eq!(f.cache.evict_expired().await.unwrap(), 0, "exactly 7 days is not past");
+    assert_eq!(
+        f.cache.evict_expired().await.unwrap(),
+        0,
+        "exactly 7 days is not past"
+    );
     assert!(!leftover.exists(), "a crash's temp file is removed");
     f.advance(1);
-    assert_eq!(f.cache.evict_expired().await.unwrap(), 2, "never read: 7 days after creation");
+    assert_eq!(
+        f.cache.evict_expired().await.unwrap(),
+        2,
+        "never read: 7 days after creation"
+    );
     let left = f.cache.entries(TRIGGER).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].key, key(2));
-    assert_eq!(left[0].last_read, Some(UNIX_EPOCH + Duration::from_secs(start + 6 * DAY)));
+    assert_eq!(
+        left[0].last_read,
+        Some(UNIX_EPOCH + Duration::from_secs(start + 6 * DAY))
+    );
     assert!(f.cache.entries(OTHER_TRIGGER).await.unwrap().is_empty());
 
     f.advance(6 * DAY);
-    assert_eq!(f.cache.evict_expired().await.unwrap(), 1, "7 days after the last read");
+    assert_eq!(
+        f.cache.evict_expired().await.unwrap(),
+        1,
+        "7 days after the last read"
+    );
     assert!(f.cache.entries(TRIGGER).await.unwrap().is_empty());
-    assert!(fs::read_dir(f.path("cache").join(TRIGGER)).unwrap().next().is_none(), "no read marks left");
+    assert!(
+        fs::read_dir(f.path("cache").join(TRIGGER))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no read marks left"
+    );
 
     // The times survive a restart (a new BuildCache on the same root).
-    f.cache.save(TRIGGER, CacheKind::Dependencies, &key(1), &dirs).await.unwrap();
+    f.cache
+        .save(TRIGGER, CacheKind::Dependencies, &key(1), &dirs)
+        .await
+        .unwrap();
     let before = f.cache.entries(TRIGGER).await.unwrap();
     let reopened = BuildCache::open(f.path("cache"), CacheLimits::default()).unwrap();
     assert_eq!(reopened.entries(TRIGGER).await.unwrap(), before);
@@ -441,7 +591,13 @@ async fn concurrent_saves_of_one_key_leave_one_whole_version() {
     let dst = f.path("dst");
     let got = f
         .cache
-        .restore(TRIGGER, CacheKind::Dependencies, &k, &[dir("d", &dst)], None)
+        .restore(
+            TRIGGER,
+            CacheKind::Dependencies,
+            &k,
+            &[dir("d", &dst)],
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(got, Restored::Exact);
@@ -449,10 +605,17 @@ async fn concurrent_saves_of_one_key_leave_one_whole_version() {
     assert_eq!(restored.len(), FILES);
     let writer = restored[Path::new("f00")].2[..9].to_vec();
     let n = writer[7] - b'0';
-    assert_eq!(restored, tree(&f.path(&format!("src{n}"))), "one writer's whole tree");
+    assert_eq!(
+        restored,
+        tree(&f.path(&format!("src{n}"))),
+        "one writer's whole tree"
+    );
     assert_eq!(f.cache.entries(TRIGGER).await.unwrap().len(), 1);
     assert!(f.temp_files().is_empty());
 }
+
+/// Adds hand-made entries to an archive.
+type Planter<'a> = Box<dyn Fn(&mut tar::Builder<Vec<u8>>) + 'a>;
 
 /// Plants a hand-made archive as the entry (TRIGGER, deps, key(1)).
 fn plant(f: &Fixture, build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) {
@@ -466,7 +629,13 @@ fn plant(f: &Fixture, build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) {
 }
 
 /// A header with a raw path, bypassing the tar crate's own checks on `..` and absolute paths.
-fn raw_entry(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, path: &str, link: &str, data: &[u8]) {
+fn raw_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    kind: tar::EntryType,
+    path: &str,
+    link: &str,
+    data: &[u8],
+) {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(0o644);
@@ -485,43 +654,100 @@ async fn a_malicious_entry_writes_nothing_outside_its_dir() {
     fs::create_dir_all(&outside).unwrap();
     let target = f.path("work/d");
     let out = outside.to_str().unwrap().to_owned();
-    let cases: Vec<(&str, Box<dyn Fn(&mut tar::Builder<Vec<u8>>) + '_>)> = vec![
-        ("dot-dot", Box::new(|b| raw_entry(b, Regular, "d/../escape", "", b"x"))),
-        ("deep dot-dot", Box::new(|b| raw_entry(b, Regular, "d/a/../../../outside/escape", "", b"x"))),
-        ("absolute", Box::new(move |b| raw_entry(b, Regular, &format!("{out}/escape"), "", b"x"))),
-        ("through a link", Box::new(|b| {
-            raw_entry(b, Directory, "d", "", b"");
-            raw_entry(b, Symlink, "d/link", f.path("outside").to_str().unwrap(), b"");
-            raw_entry(b, Regular, "d/link/escape", "", b"x");
-        })),
-        ("link then dir then file", Box::new(|b| {
-            raw_entry(b, Symlink, "d/link", f.path("outside").to_str().unwrap(), b"");
-            raw_entry(b, Directory, "d/link", "", b"");
-            raw_entry(b, Regular, "d/link/escape", "", b"x");
-        })),
-        ("hard link", Box::new(|b| raw_entry(b, Link, "d/hard", "/etc/passwd", b""))),
+    let cases: Vec<(&str, Planter)> = vec![
+        (
+            "dot-dot",
+            Box::new(|b| raw_entry(b, Regular, "d/../escape", "", b"x")),
+        ),
+        (
+            "deep dot-dot",
+            Box::new(|b| raw_entry(b, Regular, "d/a/../../../outside/escape", "", b"x")),
+        ),
+        (
+            "absolute",
+            Box::new(move |b| raw_entry(b, Regular, &format!("{out}/escape"), "", b"x")),
+        ),
+        (
+            "through a link",
+            Box::new(|b| {
+                raw_entry(b, Directory, "d", "", b"");
+                raw_entry(
+                    b,
+                    Symlink,
+                    "d/link",
+                    f.path("outside").to_str().unwrap(),
+                    b"",
+                );
+                raw_entry(b, Regular, "d/link/escape", "", b"x");
+            }),
+        ),
+        (
+            "link then dir then file",
+            Box::new(|b| {
+                raw_entry(
+                    b,
+                    Symlink,
+                    "d/link",
+                    f.path("outside").to_str().unwrap(),
+                    b"",
+                );
+                raw_entry(b, Directory, "d/link", "", b"");
+                raw_entry(b, Regular, "d/link/escape", "", b"x");
+            }),
+        ),
+        (
+            "hard link",
+            Box::new(|b| raw_entry(b, Link, "d/hard", "/etc/passwd", b"")),
+        ),
     ];
     for (what, build) in cases {
         plant(&f, build);
         let res = f
             .cache
-            .restore(TRIGGER, CacheKind::Dependencies, &key(1), &[dir("d", &target)], None)
+            .restore(
+                TRIGGER,
+                CacheKind::Dependencies,
+                &key(1),
+                &[dir("d", &target)],
+                None,
+            )
             .await;
         let err = format!("{:#}", res.expect_err(what));
         assert!(err.contains("was removed"), "{what}: {err}");
-        assert!(fs::read_dir(&outside).unwrap().next().is_none(), "{what}: wrote outside");
-        assert!(!f.path("work/escape").exists() && !f.path("escape").exists(), "{what}");
-        assert!(f.cache.entries(TRIGGER).await.unwrap().is_empty(), "{what}: the entry is removed");
+        assert!(
+            fs::read_dir(&outside).unwrap().next().is_none(),
+            "{what}: wrote outside"
+        );
+        assert!(
+            !f.path("work/escape").exists() && !f.path("escape").exists(),
+            "{what}"
+        );
+        assert!(
+            f.cache.entries(TRIGGER).await.unwrap().is_empty(),
+            "{what}: the entry is removed"
+        );
     }
 
     // A link pointing outside stays a link, and nothing is written through it.
     plant(&f, |b| {
         raw_entry(b, Directory, "d", "", b"");
-        raw_entry(b, Symlink, "d/link", f.path("outside").to_str().unwrap(), b"");
+        raw_entry(
+            b,
+            Symlink,
+            "d/link",
+            f.path("outside").to_str().unwrap(),
+            b"",
+        );
     });
     let got = f
         .cache
-        .restore(TRIGGER, CacheKind::Dependencies, &key(1), &[dir("d", &target)], None)
+        .restore(
+            TRIGGER,
+            CacheKind::Dependencies,
+            &key(1),
+            &[dir("d", &target)],
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(got, Restored::Exact);
@@ -548,7 +774,12 @@ async fn dirs_reached_through_a_symlink_are_neither_saved_nor_restored_into() {
     let src = f.path("src");
     write(&src.join("x"), b"x", 0o644);
     f.cache
-        .save(TRIGGER, CacheKind::BuildOutput, &key(1), &[dir("root/.next/cache", &src)])
+        .save(
+            TRIGGER,
+            CacheKind::BuildOutput,
+            &key(1),
+            &[dir("root/.next/cache", &src)],
+        )
         .await
         .unwrap();
     let err = f
@@ -558,7 +789,11 @@ async fn dirs_reached_through_a_symlink_are_neither_saved_nor_restored_into() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("symlink"), "{err:#}");
     assert!(!secret.join("cache/x").exists());
-    assert_eq!(f.cache.entries(TRIGGER).await.unwrap().len(), 1, "the entry is fine and kept");
+    assert_eq!(
+        f.cache.entries(TRIGGER).await.unwrap().len(),
+        1,
+        "the entry is fine and kept"
+    );
 }
 
 #[tokio::test]
@@ -580,7 +815,13 @@ async fn restored_paths_belong_to_the_owner() {
     fs::create_dir_all(&home).unwrap();
     let dst = home.join(".cache/yarn");
     f.cache
-        .restore(TRIGGER, CacheKind::Dependencies, &key(1), &[dir("d", &dst)], Some((65534, 65534)))
+        .restore(
+            TRIGGER,
+            CacheKind::Dependencies,
+            &key(1),
+            &[dir("d", &dst)],
+            Some((65534, 65534)),
+        )
         .await
         .unwrap();
     let mut paths: Vec<PathBuf> = tree(&dst).into_keys().map(|p| dst.join(p)).collect();
@@ -599,10 +840,22 @@ async fn restored_paths_belong_to_the_owner() {
 fn lockfile_keys_are_stable_hex_over_names_and_contents() {
     let a = lockfile_key(&[("package-lock.json", b"{}"), ("npm", b"10.9.2")]);
     assert_eq!(a.len(), 64);
-    assert!(a.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-    assert_eq!(a, lockfile_key(&[("npm", b"10.9.2"), ("package-lock.json", b"{}")]));
-    assert_ne!(a, lockfile_key(&[("package-lock.json", b"{ }"), ("npm", b"10.9.2")]));
-    assert_ne!(a, lockfile_key(&[("package-lock.json", b"{}"), ("npm", b"11.0.0")]));
+    assert!(
+        a.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    assert_eq!(
+        a,
+        lockfile_key(&[("npm", b"10.9.2"), ("package-lock.json", b"{}")])
+    );
+    assert_ne!(
+        a,
+        lockfile_key(&[("package-lock.json", b"{ }"), ("npm", b"10.9.2")])
+    );
+    assert_ne!(
+        a,
+        lockfile_key(&[("package-lock.json", b"{}"), ("npm", b"11.0.0")])
+    );
     assert_ne!(
         lockfile_key(&[("ab", b"c")]),
         lockfile_key(&[("a", b"bc")]),

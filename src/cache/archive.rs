@@ -71,20 +71,15 @@ fn dir_to_save(path: &Path) -> anyhow::Result<Option<fs::Metadata>> {
 fn walk<W: Write>(builder: &mut tar::Builder<W>, root: &Path, name: &Path) -> anyhow::Result<()> {
     let mut stack = vec![(root.to_path_buf(), name.to_path_buf())];
     while let Some((dir, in_archive)) = stack.pop() {
-        let mut children = match fs::read_dir(&dir) {
-            Ok(rd) => rd
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<io::Result<Vec<_>>>(),
-            Err(e) => Err(e),
+        let listed = fs::read_dir(&dir).and_then(|rd| {
+            rd.map(|e| e.map(|e| e.file_name()))
+                .collect::<io::Result<Vec<_>>>()
+        });
+        let mut children = match listed {
+            Ok(children) => children,
+            Err(e) if vanished(&e) => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
         };
-        if let Err(e) = &children
-            && vanished(e)
-        {
-            continue;
-        }
-        let children = children
-            .as_mut()
-            .map_err(|e| anyhow!("listing {}: {e}", dir.display()))?;
         // Sorted so that the same tree gives the same archive.
         children.sort();
         let mut subdirs = Vec::new();

@@ -108,7 +108,9 @@ impl Inner {
                     Ok(f) => (f, newest.path, newest.key, Restored::Fallback),
                     // Evicted meanwhile.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Restored::Miss),
-                    Err(e) => return Err(self.drop_bad(trigger, kind, &newest.key, None, e.into())),
+                    Err(e) => {
+                        return Err(self.drop_bad(trigger, kind, &newest.key, None, e.into()));
+                    }
                 }
             }
             Err(e) => return Err(self.drop_bad(trigger, kind, key, None, e.into())),
@@ -120,7 +122,10 @@ impl Inner {
             .and_then(|decoder| archive::unpack(decoder, dirs, owner));
         match unpacked {
             Ok(()) => {
-                self.mark_read(trigger, &path, id)?;
+                // The dirs are restored: a lost read mark only makes the entry look older.
+                if let Err(e) = self.mark_read(trigger, &path, id) {
+                    tracing::warn!(trigger, %kind, error = format!("{e:#}"), "could not record a cache read");
+                }
                 Ok(how)
             }
             Err(UnpackError::Entry(e)) => Err(self.drop_bad(trigger, kind, &found_key, id, e)),
@@ -160,12 +165,7 @@ impl Inner {
     }
 
     /// Records that the entry at `path` (the inode `id`) was read now.
-    fn mark_read(
-        &self,
-        trigger: &str,
-        path: &Path,
-        id: Option<(u64, u64)>,
-    ) -> anyhow::Result<()> {
+    fn mark_read(&self, trigger: &str, path: &Path, id: Option<(u64, u64)>) -> anyhow::Result<()> {
         let trigger_lock = self.trigger_lock(trigger);
         let _held = lock(&trigger_lock);
         match fs::symlink_metadata(path) {
@@ -276,8 +276,8 @@ impl Inner {
     pub(super) fn evict_expired(&self) -> anyhow::Result<usize> {
         let now = (self.clock)();
         let mut dropped = 0;
-        let root = fs::read_dir(&self.root)
-            .with_context(|| format!("listing {}", self.root.display()))?;
+        let root =
+            fs::read_dir(&self.root).with_context(|| format!("listing {}", self.root.display()))?;
         for dirent in root {
             let name = dirent?.file_name();
             let Some(trigger) = name.to_str().filter(|t| check_trigger(t).is_ok()) else {
@@ -382,7 +382,10 @@ impl Inner {
     }
 
     fn trigger_lock(&self, trigger: &str) -> Arc<Mutex<()>> {
-        lock(&self.locks).entry(trigger.to_owned()).or_default().clone()
+        lock(&self.locks)
+            .entry(trigger.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// A fresh temp path in `.tmp`, registered as in flight until the guard drops (which also
