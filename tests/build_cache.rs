@@ -862,3 +862,10 @@ fn lockfile_keys_are_stable_hex_over_names_and_contents() {
         "name and content boundaries count"
     );
 }
+
+#[test]
+fn the_cache_can_be_shared_across_tasks() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<BuildCache>();
+    send_sync::<Arc<BuildCache>>();
+}

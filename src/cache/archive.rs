@@ -485,3 +485,40 @@ fn clear(dest: &Path) -> anyhow::Result<()> {
     };
     res.with_context(|| format!("replacing {}", dest.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_paths_refuse_dot_dot_absolute_paths_and_nul() {
+        assert_eq!(
+            split_entry_path(b"home/.npm/./a//b/").unwrap(),
+            [&b"home"[..], b".npm", b"a", b"b"]
+        );
+        for bad in [&b"a/../b"[..], b"..", b"/etc/passwd", b"a/b\0c", b"", b"./"] {
+            assert!(
+                split_entry_path(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn an_entry_belongs_to_the_dir_whose_whole_name_prefixes_it() {
+        let targets: Vec<Target> = [("home/.npm", "/h"), ("home/.npm-extra", "/x")]
+            .iter()
+            .map(|(name, path)| Target {
+                name: name.as_bytes().split(|b| *b == b'/').collect(),
+                path: Path::new(path),
+                prepared: None,
+            })
+            .collect();
+        let comps = |p: &'static str| split_entry_path(p.as_bytes()).unwrap();
+        assert_eq!(best_target(&targets, &comps("home/.npm/a")), Some(0));
+        assert_eq!(best_target(&targets, &comps("home/.npm-extra/a")), Some(1));
+        assert_eq!(best_target(&targets, &comps("home/.npmrc")), None);
+        assert_eq!(best_target(&targets, &comps("home")), None);
+    }
+}

@@ -518,3 +518,45 @@ fn check_dirs(dirs: &[CacheDir]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_entry_file_names_are_entries() {
+        let key = "ab".repeat(32);
+        assert_eq!(
+            parse_archive_name(&format!("deps-{key}.tar.zst")),
+            Some((CacheKind::Dependencies, key.clone()))
+        );
+        assert_eq!(
+            parse_archive_name(&format!("build-{key}.tar.zst")),
+            Some((CacheKind::BuildOutput, key.clone()))
+        );
+        for name in [
+            format!("deps-{key}.read.json"),
+            format!("other-{key}.tar.zst"),
+            "deps-XY.tar.zst".to_owned(),
+            "deps-.tar.zst".to_owned(),
+        ] {
+            assert_eq!(parse_archive_name(&name), None, "{name}");
+        }
+        assert_eq!(
+            read_mark_path(Path::new("/c/t/deps-ab.tar.zst")),
+            Path::new("/c/t/deps-ab.read.json")
+        );
+    }
+
+    #[test]
+    fn trigger_ids_and_keys_are_checked() {
+        assert!(check_trigger("0b5e6e2a-3f0c-4c1e-9d4e-2f8a1b7c9d01").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "ü", &"a".repeat(65)] {
+            assert!(check_trigger(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_key(&"0f".repeat(32)).is_ok());
+        for bad in ["", "0F", "0g", "../a", &"a".repeat(129)] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}
