@@ -1,6 +1,7 @@
 //! Kiln: a self-hosted CI/CD build service that speaks the Cloudflare Workers Builds REST API.
 
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod crypto;
 pub mod domain;
