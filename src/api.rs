@@ -42,6 +42,8 @@ pub struct AppState {
     pub scheduler: crate::scheduler::SchedulerHandle,
     /// Secrets GitHub signs webhook deliveries with (several during a rotation); none: webhooks off.
     pub github_webhook_secrets: std::sync::Arc<Vec<String>>,
+    /// This node's build cache (`purge_build_cache` deletes a trigger's entries).
+    pub cache: std::sync::Arc<crate::cache::BuildCache>,
 }
 
 /// Account-level limits reported by `account/limits`.

@@ -1,6 +1,7 @@
 //! One build from checkout to outcome: workspace, git checkout from the mirror, dependency install,
 //! build and deploy commands in the sandbox, streamed and masked logs, version capture, outcome.
 
+mod caching;
 mod env;
 mod project;
 mod tools;
@@ -22,6 +23,7 @@ use crate::sandbox::{BuildUser, BuildUserSpec, SandboxMode, Step, StepSpec};
 use crate::scheduler::Stop;
 use crate::store::{ClaimedBuild, Store};
 use crate::toolchain::ToolchainStore;
+use crate::cache::{BuildCache, CacheDir, CacheKind, Restored};
 
 /// Runner settings.
 #[derive(Debug, Clone)]
@@ -70,6 +72,8 @@ pub struct RunnerContext {
     pub github: Option<Arc<crate::github::GithubApp>>,
     /// Where builds' toolchains come from (read-only to builds).
     pub toolchains: ToolchainStore,
+    /// The build cache (never visible to builds; restored into and saved from their dirs).
+    pub cache: Arc<BuildCache>,
     /// The unprivileged user steps run as; `None`: Kiln's own (Kiln is not root).
     pub build_user: Option<BuildUser>,
 }
@@ -528,6 +532,15 @@ impl Run<'_> {
 
         let dirs = project::load_project_dirs(&repo, root).await;
         let plan = plan_project(&dirs, &env::var_map(&env));
+        let caching = self.build.build_caching_enabled && plan.manager.is_some();
+        let key = caching_key(caching, &plan, &dirs);
+        let home = self.workspace.join("home");
+        let dependency_dirs = caching::dependency_dirs(&home);
+        let output_dirs = caching::build_output_dirs(dirs.first(), &cwd);
+        if let Some(key) = &key {
+            self.restore_cache(CacheKind::Dependencies, key, &dependency_dirs)
+                .await?;
+        }
         let masker = self.masker.clone();
         let log = SystemLog {
             sink: self.sink,
@@ -583,6 +596,11 @@ impl Run<'_> {
                 return Ok(BuildOutcome::Fail);
             }
         }
+        // Framework caches live in the root directory (some inside node_modules): after the install.
+        if let Some(key) = key.as_ref().filter(|_| !output_dirs.is_empty()) {
+            self.restore_cache(CacheKind::BuildOutput, key, &output_dirs)
+                .await?;
+        }
         for (kind, command) in [
             ("build", &meta.build_command),
             ("deploy", &meta.deploy_command),
@@ -603,8 +621,89 @@ impl Run<'_> {
             self.system(&format!("Success: {done} command completed"))
                 .await;
         }
+        if let Some(key) = &key {
+            self.save_cache(CacheKind::Dependencies, key, &dependency_dirs)
+                .await?;
+            if !output_dirs.is_empty() {
+                self.save_cache(CacheKind::BuildOutput, key, &output_dirs)
+                    .await?;
+            }
+        }
         self.system("✨ Success! Build completed.").await;
         Ok(BuildOutcome::Success)
+    }
+
+    /// Restores one kind of cache entry into `dirs`, logging it as the hosted product does. A missing,
+    /// corrupt or unreadable entry never fails the build: it is logged and the build goes on cold.
+    async fn restore_cache(
+        &mut self,
+        kind: CacheKind,
+        key: &str,
+        dirs: &[CacheDir],
+    ) -> Result<(), Interrupted> {
+        let label = caching::label(kind);
+        self.system(&format!("Restoring from {label} cache")).await;
+        let owner = self.ctx.build_user.map(|u| (u.uid, u.gid));
+        let trigger = self.build.trigger.to_string();
+        let cache = self.ctx.cache.clone();
+        let restored = self
+            .guard(cache.restore(&trigger, kind, key, dirs, owner))
+            .await?;
+        match restored {
+            Ok(Restored::Exact | Restored::Fallback) => {
+                let what = match kind {
+                    CacheKind::Dependencies => "Dependencies",
+                    CacheKind::BuildOutput => "Build output",
+                };
+                self.system(&format!("Success: {what} restored from build cache."))
+                    .await;
+            }
+            Ok(Restored::Miss) => {
+                self.system(&format!(
+                    "No {label} cache found for this trigger yet: building without it"
+                ))
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "restoring the build cache failed");
+                caching::clear(dirs).await;
+                self.system(&format!(
+                    "Failed to restore {label} cache ({e:#}): building without it"
+                ))
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves one kind of cache entry from `dirs`; a failure is logged and does not fail the build.
+    async fn save_cache(
+        &mut self,
+        kind: CacheKind,
+        key: &str,
+        dirs: &[CacheDir],
+    ) -> Result<(), Interrupted> {
+        let label = caching::label(kind);
+        self.system(&format!("Saving {label} to the build cache")).await;
+        let trigger = self.build.trigger.to_string();
+        let cache = self.ctx.cache.clone();
+        let saved = self.guard(cache.save(&trigger, kind, key, dirs)).await?;
+        match saved {
+            Ok(0) => self.system(&format!("Nothing to save in the {label} cache")).await,
+            Ok(bytes) => {
+                self.system(&format!(
+                    "Success: {label} cache saved ({:.1} MB)",
+                    bytes as f64 / 1_000_000.0
+                ))
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "saving the build cache failed");
+                self.system(&format!("Warning: could not save the {label} cache ({e:#})"))
+                    .await;
+            }
+        }
+        Ok(())
     }
 
     /// Runs one command; on stop or timeout its processes get TERM, then KILL after the grace.
@@ -717,6 +816,15 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// The build's cache key when caching is on ([`caching::cache_key`]).
+fn caching_key(
+    caching: bool,
+    plan: &crate::domain::ProjectPlan,
+    dirs: &[crate::domain::ProjectDir],
+) -> Option<String> {
+    caching.then(|| caching::cache_key(plan, dirs))
 }
 
 async fn wait_stop(rx: &mut watch::Receiver<Stop>) -> Stop {

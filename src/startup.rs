@@ -298,6 +298,14 @@ impl Server {
             .map(crate::github::GithubApp::new)
             .transpose()?
             .map(Arc::new);
+        let cache = Arc::new(
+            crate::cache::BuildCache::open(
+                data_dir.join("cache"),
+                crate::cache::CacheLimits::default(),
+            )
+            .context("opening the build cache")?,
+        );
+        spawn_cache_eviction(cache.clone());
         let handle = SchedulerHandle::default();
         let scheduler = if config.scheduler.runners > 0 {
             let orphans = tokio::task::spawn_blocking(crate::sandbox::remove_orphaned_cgroups)
@@ -331,6 +339,7 @@ impl Server {
                 config: config.runner.clone(),
                 github: github.clone(),
                 toolchains,
+                cache: cache.clone(),
                 build_user: build_user(&config.runner, data_dir).await?,
             };
             let scheduler = Scheduler::new(
@@ -373,6 +382,7 @@ impl Server {
             git,
             scheduler: handle,
             github_webhook_secrets: Arc::new(config.github_webhook_secrets.clone()),
+            cache,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -431,4 +441,21 @@ impl Server {
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.task).await.context("server task panicked")?
     }
+}
+
+/// How often the build cache drops entries unread for a week (PRODUCT-NOTES §5).
+const CACHE_EVICTION_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// Drops expired build cache entries now and every [`CACHE_EVICTION_INTERVAL`].
+fn spawn_cache_eviction(cache: Arc<crate::cache::BuildCache>) {
+    tokio::spawn(async move {
+        loop {
+            match cache.evict_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, "dropped expired build cache entries"),
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "build cache eviction failed"),
+            }
+            tokio::time::sleep(CACHE_EVICTION_INTERVAL).await;
+        }
+    });
 }

@@ -212,7 +212,7 @@ pub async fn delete_trigger(
 
 /// `POST /accounts/{account_id}/builds/triggers/{trigger_uuid}/purge_build_cache`
 ///
-/// Accepted for a live trigger. Builds do not cache anything yet, so there is nothing to delete.
+/// Deletes every build cache entry of a live trigger (PRODUCT-NOTES §5); its next build runs cold.
 pub async fn purge_build_cache(
     State(app): State<AppState>,
     Account(account): Account,
@@ -221,7 +221,11 @@ pub async fn purge_build_cache(
 ) -> ApiResult<()> {
     let id = trigger_id(&path)?;
     match app.store.get_trigger(&account, id).await? {
-        Some(_) => ok_empty(),
+        Some(_) => {
+            let purged = app.cache.purge(&id.to_string()).await?;
+            tracing::info!(trigger = %id, entries = purged, "build cache purged");
+            ok_empty()
+        }
         None => Err(ApiError::NotFound),
     }
 }
