@@ -182,7 +182,8 @@ impl BuildCache {
     /// holds at most `max_bytes_per_trigger`.
     ///
     /// Returns the entry's size in bytes on disk (0, and no entry, when none of the dirs exists).
-    /// An entry larger than `max_bytes_per_trigger` on its own is not kept and is an error.
+    /// An entry larger than `max_bytes_per_trigger` on its own is an error and is not kept (writing
+    /// stops as soon as it is over, so a build cannot fill Kiln's disk through its cache dirs).
     pub async fn save(
         &self,
         trigger: &str,

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -202,23 +202,34 @@ impl Inner {
             .mode(0o600)
             .open(&tmp.path)
             .with_context(|| format!("creating {}", tmp.path.display()))?;
-        let mut encoder = zstd::stream::write::Encoder::new(file, ZSTD_LEVEL)?;
+        let max = self.limits.max_bytes_per_trigger;
+        // Capped while it is written: a build that fills its cache dirs cannot fill Kiln's disk.
+        let capped = Capped {
+            inner: file,
+            written: 0,
+            max,
+        };
+        let mut encoder = zstd::stream::write::Encoder::new(capped, ZSTD_LEVEL)?;
         encoder.include_checksum(true)?;
-        let (encoder, packed) = archive::pack(dirs, encoder)?;
+        let packed = archive::pack(dirs, encoder).and_then(|(encoder, packed)| {
+            let capped = encoder.finish().context("compressing the cache entry")?;
+            Ok((capped, packed))
+        });
+        let (capped, packed) = match packed {
+            Ok(done) => done,
+            Err(e) if is_over_cap(&e) => bail!(
+                "the {kind} cache entry is larger than the {max} bytes a trigger may keep; not saved"
+            ),
+            Err(e) => return Err(e),
+        };
         if packed == 0 {
             return Ok(0);
         }
-        let file = encoder.finish().context("compressing the cache entry")?;
+        let file = capped.inner;
         file.set_modified((self.clock)())?;
         file.sync_all().context("syncing the cache entry")?;
         let size = file.metadata()?.len();
         drop(file);
-        let max = self.limits.max_bytes_per_trigger;
-        if size > max {
-            bail!(
-                "the {kind} cache entry is {size} bytes, more than the {max} bytes a trigger may keep; not saved"
-            );
-        }
 
         let trigger_lock = self.trigger_lock(trigger);
         let _held = lock(&trigger_lock);
@@ -398,6 +409,39 @@ impl Inner {
         lock(&self.in_flight).insert(path.clone());
         Ok(TempPath { inner: self, path })
     }
+}
+
+/// A writer that fails once more than `max` bytes went through it.
+struct Capped<W> {
+    inner: W,
+    written: u64,
+    max: u64,
+}
+
+impl<W: Write> Write for Capped<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let after = self.written.saturating_add(buf.len() as u64);
+        if after > self.max {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "over the trigger's cache size limit",
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn is_over_cap(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::FileTooLarge)
+    })
 }
 
 struct TempPath<'a> {
