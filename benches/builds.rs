@@ -7,6 +7,10 @@
 //!    its first output line.
 //! 2. Ingestion: lines per second of a build command that prints 1,000,000 lines, from the start of the
 //!    command to the last line stored, against `sh -c '<same command>' > file`.
+//! 3. Build cache: a pnpm project of 50 packages (tests/fixtures/projects/bench-pnpm) with
+//!    `build_caching_enabled`, built cold (cache purged) then warm, alternately; the time from
+//!    `Restoring from dependencies cache` to the build command's start (restore, toolchains, install).
+//!    Target: warm at most half of cold.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -424,6 +428,74 @@ async fn main() {
         base_rate
     );
     println!("  ratio     {:>12.2}x", kiln_rate / base_rate);
+    measure_cache(&api, &remotes, &token).await;
     server.start_kill().expect("stop kiln serve");
     server.wait().await.expect("wait for kiln serve");
+}
+
+/// Rounds of cold + warm builds of the cache benchmark.
+fn cache_rounds() -> usize {
+    if full_run() { 3 } else { 1 }
+}
+
+/// Section 3: the dependency install cold against warm (restored from the build cache).
+async fn measure_cache(api: &Api, remotes: &Path, token: &Value) {
+    let repo = remotes.join("bench-org").join("bench-pnpm");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/projects/bench-pnpm");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    for entry in std::fs::read_dir(&fixture).expect("fixture") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), repo.join(entry.file_name())).expect("copy");
+    }
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "pnpm project"]);
+    let conn2 = api
+        .call(reqwest::Method::PUT, "/repos/connections", Some(json!({"provider_type": "github",
+            "provider_account_id": "1", "provider_account_name": "bench-org", "repo_id": "2", "repo_name": "bench-pnpm"})))
+        .await;
+    let trigger = api
+        .call(reqwest::Method::POST, "/triggers", Some(json!({"external_script_id": "bench-cache", "trigger_name": "cache",
+            "repo_connection_uuid": conn2["repo_connection_uuid"], "build_token_uuid": token["build_token_uuid"],
+            "build_command": "pnpm run build", "deploy_command": "", "build_caching_enabled": true})))
+        .await;
+    let trigger = trigger["trigger_uuid"]
+        .as_str()
+        .expect("trigger")
+        .to_owned();
+    // Restore, toolchains and install: from the restore line to the build command's start.
+    let install_span = |logs: &[(f64, String)]| {
+        let at = |needle: &str| {
+            logs.iter()
+                .find(|(_, l)| l.starts_with(needle))
+                .map(|(t, _)| *t)
+                .unwrap_or_else(|| panic!("no line {needle:?}"))
+        };
+        at("Executing user build command") - at("Restoring from dependencies cache")
+    };
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..cache_rounds() {
+        api.call(
+            reqwest::Method::POST,
+            &format!("/triggers/{trigger}/purge_build_cache"),
+            None,
+        )
+        .await;
+        for sample in [&mut cold, &mut warm] {
+            let id = api.queue(&trigger).await;
+            let b = api.wait_stopped(&id).await;
+            let logs = api.all_logs(&id).await;
+            assert_eq!(b["build_outcome"], "success", "{logs:?}");
+            sample.push(install_span(&logs));
+        }
+    }
+    cold.sort_by(f64::total_cmp);
+    warm.sort_by(f64::total_cmp);
+    let (c, w) = (cold[cold.len() / 2], warm[warm.len() / 2]);
+    println!(
+        "dependency install of a 50-package pnpm project (restore + toolchains + install), median:"
+    );
+    println!("  cold      {c:>10.0} ms (cache purged)");
+    println!("  warm      {w:>10.0} ms (pnpm store restored from the build cache)");
+    println!("  ratio     {:>10.2}x (target: at most 0.50)", w / c);
 }

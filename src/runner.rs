@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::cache::{BuildCache, CacheDir, CacheKind, Restored};
 use crate::domain::{BuildId, BuildOutcome, Timestamp, VersionId, plan_project};
 use crate::git::GitCache;
 use crate::logs::{LogSink, LogSinkConfig, Masker, pump};
@@ -23,7 +24,6 @@ use crate::sandbox::{BuildUser, BuildUserSpec, SandboxMode, Step, StepSpec};
 use crate::scheduler::Stop;
 use crate::store::{ClaimedBuild, Store};
 use crate::toolchain::ToolchainStore;
-use crate::cache::{BuildCache, CacheDir, CacheKind, Restored};
 
 /// Runner settings.
 #[derive(Debug, Clone)]
@@ -684,12 +684,16 @@ impl Run<'_> {
         dirs: &[CacheDir],
     ) -> Result<(), Interrupted> {
         let label = caching::label(kind);
-        self.system(&format!("Saving {label} to the build cache")).await;
+        self.system(&format!("Saving {label} to the build cache"))
+            .await;
         let trigger = self.build.trigger.to_string();
         let cache = self.ctx.cache.clone();
         let saved = self.guard(cache.save(&trigger, kind, key, dirs)).await?;
         match saved {
-            Ok(0) => self.system(&format!("Nothing to save in the {label} cache")).await,
+            Ok(0) => {
+                self.system(&format!("Nothing to save in the {label} cache"))
+                    .await
+            }
             Ok(bytes) => {
                 self.system(&format!(
                     "Success: {label} cache saved ({:.1} MB)",
@@ -699,8 +703,10 @@ impl Run<'_> {
             }
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "saving the build cache failed");
-                self.system(&format!("Warning: could not save the {label} cache ({e:#})"))
-                    .await;
+                self.system(&format!(
+                    "Warning: could not save the {label} cache ({e:#})"
+                ))
+                .await;
             }
         }
         Ok(())

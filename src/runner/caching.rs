@@ -77,9 +77,12 @@ pub fn build_output_dirs(root: Option<&ProjectDir>, cwd: &Path) -> Vec<CacheDir>
         return Vec::new();
     };
     let uses = |name: &str| {
-        ["dependencies", "devDependencies"]
-            .iter()
-            .any(|section| package_json.get(section).and_then(|d| d.get(name)).is_some())
+        ["dependencies", "devDependencies"].iter().any(|section| {
+            package_json
+                .get(section)
+                .and_then(|d| d.get(name))
+                .is_some()
+        })
     };
     let mut dirs: Vec<CacheDir> = Vec::new();
     for (framework, paths) in FRAMEWORK_DIRS {
@@ -113,7 +116,9 @@ pub async fn clear(dirs: &[CacheDir]) {
         match tokio::fs::remove_dir_all(&dir.path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(error = %e, dir = %dir.path.display(), "clearing a cache dir failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.path.display(), "clearing a cache dir failed")
+            }
         }
     }
 }

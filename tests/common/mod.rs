@@ -3,6 +3,11 @@
 //! `KILN_TEST_POSTGRES_URL` pointing at a server; `scripts/test` sets both).
 #![allow(dead_code)]
 
+pub mod builds;
+
+#[allow(unused_imports)]
+pub use builds::*;
+
 use std::path::PathBuf;
 
 use kiln::api::Limits;
