@@ -342,6 +342,25 @@ impl Run<'_> {
             ))
             .await;
         }
+        // Versions chosen by variables are known before the clone: an unknown one fails here.
+        let vars = env::var_map(&env::build_env(
+            self.build,
+            &env::EnvContext {
+                workspace: self.workspace,
+                token: &token,
+                branch: None,
+                sha: "",
+                mode: self.ctx.config.sandbox,
+                host: &self.ctx.config.host_env,
+            },
+        ));
+        let checked = self
+            .guard(tools::check_version_variables(&self.ctx.toolchains, &vars))
+            .await?;
+        if let Err(failed) = checked {
+            self.system(&failed.line).await;
+            return Ok(BuildOutcome::Fail);
+        }
         self.system("Success: Finished initializing build environment")
             .await;
         match self.ctx.store.set_build_running(id, self.owner).await {

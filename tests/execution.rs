@@ -891,3 +891,87 @@ async fn the_data_dir_is_passable_but_its_files_are_owner_only() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_build_environment_has_host_settings_and_the_wrangler_ci_variables() {
+    let app = spawn_runner(SandboxMode::Bwrap, |c| {
+        // `cargo test` sets CARGO_MANIFEST_DIR in this process: a variable of Kiln's own environment.
+        c.runner.host_env.passthrough = vec![
+            "CARGO_MANIFEST_DIR".to_owned(),
+            "KILN_TEST_NEVER_SET_ANYWHERE".to_owned(),
+        ];
+        c.runner.host_env.defaults = vec![
+            ("SERVER_DEFAULT".to_owned(), "from-server".to_owned()),
+            ("OVERRIDDEN".to_owned(), "server".to_owned()),
+        ];
+    })
+    .await;
+    let f = app.fixture("envs").await;
+    commit_files(&app, "envs", &[("README.md", "hi\n")], "plain");
+    let print = "env | sort | grep -E '^(CARGO_MANIFEST_DIR|SERVER_DEFAULT|OVERRIDDEN|WRANGLER_CI_[A-Z_]+|KILN_TEST_NEVER_SET_ANYWHERE)='";
+    set_commands(&app, &f.trigger, print, "").await;
+    app.ok(
+        Method::PATCH,
+        &app.acct(&format!("/triggers/{}/environment_variables", f.trigger)),
+        Some(
+            json!({"OVERRIDDEN": {"is_secret": false, "value": "trigger"},
+                    "WRANGLER_CI_OVERRIDE_NAME": {"is_secret": false, "value": "custom-name"}}),
+        ),
+    )
+    .await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    let b = wait_stopped(&app, &id).await;
+    let logs = all_logs(&app, &id).await;
+    assert_eq!(b["build_outcome"], "success", "{}", logs.join("\n"));
+    for want in [
+        format!("CARGO_MANIFEST_DIR={}", env!("CARGO_MANIFEST_DIR")),
+        "SERVER_DEFAULT=from-server".to_owned(),
+        "OVERRIDDEN=trigger".to_owned(),
+        "WRANGLER_CI_MATCH_TAG=envs".to_owned(),
+        "WRANGLER_CI_OVERRIDE_NAME=custom-name".to_owned(),
+        "WRANGLER_CI_GENERATE_PREVIEW_ALIAS=false".to_owned(),
+    ] {
+        assert!(logs.contains(&want), "no {want:?} in\n{}", logs.join("\n"));
+    }
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.starts_with("KILN_TEST_NEVER_SET_ANYWHERE"))
+    );
+
+    // A preview trigger (every branch but production) created without a deploy command uploads a
+    // version instead of deploying, and its builds generate preview aliases.
+    let preview = app
+        .trigger(
+            "envs",
+            &f.connection,
+            &f.token,
+            json!({"trigger_name": "preview", "branch_includes": ["*"], "branch_excludes": ["main"],
+                   "build_command": print}),
+        )
+        .await;
+    let triggers = app
+        .ok(Method::GET, &app.acct("/workers/envs/triggers"), None)
+        .await;
+    let created = triggers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["trigger_uuid"] == preview.as_str())
+        .expect("the preview trigger")
+        .clone();
+    assert_eq!(created["deploy_command"], "npx wrangler versions upload");
+    set_commands(&app, &preview, print, "").await;
+    let repo = app.git_remotes().join("octo-org").join("envs-repo");
+    git(&repo, &["branch", "feature"]);
+    let id = queue(&app, &preview, json!({"branch": "feature"})).await;
+    let b = wait_stopped(&app, &id).await;
+    let logs = all_logs(&app, &id).await;
+    assert_eq!(b["build_outcome"], "success", "{}", logs.join("\n"));
+    assert!(
+        logs.contains(&"WRANGLER_CI_GENERATE_PREVIEW_ALIAS=true".to_owned()),
+        "{}",
+        logs.join("\n")
+    );
+    app.stop().await;
+}

@@ -313,7 +313,14 @@ async fn an_unknown_node_version_fails_naming_the_variable_and_the_nearest_versi
     assert!(line.contains("NODE_VERSION"), "{line}");
     assert!(line.contains("\"99\""), "{line}");
     assert!(line.contains("nearest: "), "{line}");
-    assert!(!has_line(&logs, |l| l.starts_with("Executing user build command")));
+    // It fails while the build environment initializes: before the clone.
+    assert!(
+        !has_line(&logs, |l| l == "Cloning repository..."),
+        "{}",
+        logs.join("\n")
+    );
+    assert!(!has_line(&logs, |l| l.starts_with("Success: Finished initializing")));
+    assert!(b["running_on"].is_null(), "{b}");
     app.stop().await;
 }
 

@@ -156,6 +156,40 @@ pub async fn provision(
     Ok(tools)
 }
 
+/// The build variables that choose a tool's version (PRODUCT-NOTES §7).
+const VERSION_VARIABLES: &[(&str, Tool)] = &[
+    ("NODE_VERSION", Tool::Node),
+    ("PNPM_VERSION", Tool::Pnpm),
+    ("YARN_VERSION", Tool::Yarn),
+    ("BUN_VERSION", Tool::Bun),
+];
+
+/// Checks the versions the build's variables ask for before anything is cloned, so that an unknown one
+/// (`NODE_VERSION=99`) fails the build while it initializes. Only an unknown version fails here; a
+/// registry that cannot be reached is left to the tools step.
+pub async fn check_version_variables(
+    store: &ToolchainStore,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ToolsFailed> {
+    for (name, tool) in VERSION_VARIABLES {
+        let Some(spec) = vars.get(*name).map(|v| v.trim()).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        match store.resolve(*tool, &normalize_spec(spec)).await {
+            Err(e @ ToolchainError::UnknownVersion { .. }) => {
+                let requested = Requested {
+                    spec: spec.to_owned(),
+                    source: VersionSource::Variable(name),
+                    pinned_hash: None,
+                };
+                return Err(failed(*tool, &requested, &e));
+            }
+            Ok(_) | Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
 fn failed(tool: Tool, requested: &Requested, error: &ToolchainError) -> ToolsFailed {
     let why = match &requested.source {
         VersionSource::Default => String::new(),

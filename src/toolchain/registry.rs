@@ -173,7 +173,6 @@ impl Registry {
             let mut file = tokio::fs::File::create(dest)
                 .await
                 .map_err(|e| format!("creating {}: {e}", dest.display()))?;
-            let mut hashers = Hashers::default();
             let mut total: u64 = 0;
             while let Some(chunk) = response
                 .chunk()
@@ -184,7 +183,6 @@ impl Registry {
                 if total > max_bytes {
                     return Err(too_big(&shown, max_bytes));
                 }
-                hashers.update(&chunk);
                 file.write_all(&chunk)
                     .await
                     .map_err(|e| format!("writing {}: {e}", dest.display()))?;
@@ -192,7 +190,13 @@ impl Registry {
             file.flush()
                 .await
                 .map_err(|e| format!("writing {}: {e}", dest.display()))?;
-            Ok(hashers.finish())
+            // Hashing ~50 MB five ways is CPU work: off the async runtime, whose other tasks (lease
+            // renewals, log batches) must keep running.
+            let path = dest.to_path_buf();
+            tokio::task::spawn_blocking(move || hash_file(&path))
+                .await
+                .map_err(|e| format!("hashing the download: {e}"))?
+                .map_err(|e| format!("reading {}: {e}", dest.display()))
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
@@ -258,4 +262,19 @@ fn redact_str(url: &str) -> String {
     reqwest::Url::parse(url)
         .map(|u| redact(&u))
         .unwrap_or_else(|_| "<unparseable>".to_owned())
+}
+
+/// The digests of a downloaded file, read in 1 MiB pieces.
+fn hash_file(path: &Path) -> std::io::Result<Digests> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hashers = Hashers::default();
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hashers.finish());
+        }
+        hashers.update(&buf[..n]);
+    }
 }
