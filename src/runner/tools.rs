@@ -47,6 +47,15 @@ fn normalize_spec(spec: &str) -> String {
         .to_owned()
 }
 
+/// Whether `spec` names one release (`24.18.0`), not a line or a range.
+fn is_exact(spec: &str) -> bool {
+    let parts: Vec<&str> = spec.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+}
+
 /// Why the tools could not be prepared: the log line that explains it.
 pub struct ToolsFailed {
     pub line: String,
@@ -76,10 +85,15 @@ pub async fn provision(
     let mut resolved: Vec<(Tool, String, Option<&str>, bool)> = Vec::new();
     for (tool, requested) in &wanted {
         let spec = normalize_spec(&requested.spec);
-        let version = store
-            .resolve(*tool, &spec)
-            .await
-            .map_err(|e| failed(*tool, requested, &e))?;
+        // An exact version needs no registry lookup: `ensure` finds it installed, or fetches it.
+        let version = if is_exact(&spec) {
+            spec
+        } else {
+            store
+                .resolve(*tool, &spec)
+                .await
+                .map_err(|e| failed(*tool, requested, &e))?
+        };
         resolved.push((
             *tool,
             version,
@@ -175,16 +189,15 @@ pub async fn check_version_variables(
         let Some(spec) = vars.get(*name).map(|v| v.trim()).filter(|v| !v.is_empty()) else {
             continue;
         };
-        match store.resolve(*tool, &normalize_spec(spec)).await {
-            Err(e @ ToolchainError::UnknownVersion { .. }) => {
-                let requested = Requested {
-                    spec: spec.to_owned(),
-                    source: VersionSource::Variable(name),
-                    pinned_hash: None,
-                };
-                return Err(failed(*tool, &requested, &e));
-            }
-            Ok(_) | Err(_) => {}
+        if let Err(e @ ToolchainError::UnknownVersion { .. }) =
+            store.resolve(*tool, &normalize_spec(spec)).await
+        {
+            let requested = Requested {
+                spec: spec.to_owned(),
+                source: VersionSource::Variable(name),
+                pinned_hash: None,
+            };
+            return Err(failed(*tool, &requested, &e));
         }
     }
     Ok(())
@@ -229,6 +242,14 @@ pub async fn link_commands(bin: &Path, tools: &[Installed]) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::normalize_spec;
+
+    #[test]
+    fn exact_versions() {
+        assert!(super::is_exact("24.18.0"));
+        assert!(!super::is_exact("24"));
+        assert!(!super::is_exact("24.x.0"));
+        assert!(!super::is_exact("^24.1.0"));
+    }
 
     #[test]
     fn specs_as_nvm_writes_them() {
