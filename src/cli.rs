@@ -209,7 +209,7 @@ pub struct ServeArgs {
     pub public_url: Option<String>,
     /// A build variable every build gets unless its trigger sets it (repeatable; in the environment
     /// variable, one `KEY=VALUE` per line).
-    #[arg(long = "build-env", env = "KILN_BUILD_ENV", value_parser = parse_key_value, value_delimiter = '\n')]
+    #[arg(long = "build-env", env = "KILN_BUILD_ENV", hide_env_values = true, value_parser = parse_key_value, value_delimiter = '\n')]
     pub build_env: Vec<(String, String)>,
     /// Variables of Kiln's own environment passed into every build when set (comma-separated;
     /// default: the proxy and CA variables).
@@ -221,7 +221,7 @@ pub struct ServeArgs {
     )]
     pub build_env_passthrough: Vec<String>,
     /// The npm registry toolchains are fetched from, also handed to builds when not the default.
-    #[arg(long, env = "KILN_NPM_REGISTRY", default_value = DEFAULT_NPM_REGISTRY)]
+    #[arg(long, env = "KILN_NPM_REGISTRY", default_value = DEFAULT_NPM_REGISTRY, hide_env_values = true)]
     pub npm_registry: String,
     /// The toolchain store shared by builds (default: `<data-dir>/toolchains`).
     #[arg(long, env = "KILN_TOOLCHAIN_DIR")]

@@ -20,7 +20,7 @@ use crate::cache::{BuildCache, CacheDir, CacheKind, Restored};
 use crate::domain::{BuildId, BuildOutcome, Timestamp, VersionId, plan_project};
 use crate::git::GitCache;
 use crate::logs::{LogSink, LogSinkConfig, Masker, pump};
-use crate::sandbox::{BuildUser, BuildUserSpec, SandboxMode, Step, StepSpec};
+use crate::sandbox::{BuildUser, BuildUserPool, BuildUserSpec, SandboxMode, Step, StepSpec};
 use crate::scheduler::Stop;
 use crate::store::{ClaimedBuild, Store};
 use crate::toolchain::ToolchainStore;
@@ -74,8 +74,8 @@ pub struct RunnerContext {
     pub toolchains: ToolchainStore,
     /// The build cache (never visible to builds; restored into and saved from their dirs).
     pub cache: Arc<BuildCache>,
-    /// The unprivileged user steps run as; `None`: Kiln's own (Kiln is not root).
-    pub build_user: Option<BuildUser>,
+    /// The unprivileged users steps run as, one per build slot; `None`: Kiln's own (not root).
+    pub build_users: Option<Arc<BuildUserPool>>,
 }
 
 /// The hosted product's message for a deleted or rolled build token.
@@ -162,8 +162,14 @@ async fn execute_build(
             ..LogSinkConfig::default()
         },
     );
+    // This build's own uid for its whole run: builds running at the same time never share one.
+    let user_lease = match &ctx.build_users {
+        Some(pool) => Some(pool.acquire().await),
+        None => None,
+    };
     let mut run = Run {
         ctx,
+        build_user: user_lease.as_ref().map(|lease| lease.user),
         build: &build,
         owner,
         lease,
@@ -264,6 +270,8 @@ fn secret_values(build: &ClaimedBuild) -> Vec<(String, String)> {
 
 struct Run<'a> {
     ctx: &'a RunnerContext,
+    /// The unprivileged user this build's steps run as (`None`: Kiln's own).
+    build_user: Option<BuildUser>,
     build: &'a ClaimedBuild,
     owner: &'a str,
     lease: Duration,
@@ -296,6 +304,15 @@ impl SystemLog<'_> {
 }
 
 impl Run<'_> {
+    /// Logs the hosted product's clone failure with its cause; the build fails.
+    async fn clone_failed(&self, e: &anyhow::Error) -> BuildOutcome {
+        self.system(&format!(
+            "Failed: error occurred while cloning the repository: {e:#}"
+        ))
+        .await;
+        BuildOutcome::Fail
+    }
+
     /// A system line, masked like user output.
     async fn system(&self, line: &str) {
         SystemLog {
@@ -326,7 +343,7 @@ impl Run<'_> {
         let id = self.build.id;
         let meta = &self.build.metadata;
         self.system("Initializing build environment...").await;
-        if let Err(e) = prepare_workspace(self.workspace, self.ctx.build_user).await {
+        if let Err(e) = prepare_workspace(self.workspace, self.build_user).await {
             tracing::error!(error = format!("{e:#}"), "preparing the workspace failed");
             self.system("Failed: could not prepare the build environment")
                 .await;
@@ -416,13 +433,7 @@ impl Run<'_> {
             .await?;
         let (mirror, resolved) = match fetched {
             Ok(v) => v,
-            Err(e) => {
-                self.system(&format!(
-                    "Failed: error occurred while cloning the repository: {e:#}"
-                ))
-                .await;
-                return Ok(BuildOutcome::Fail);
-            }
+            Err(e) => return Ok(self.clone_failed(&e).await),
         };
         let root = meta.root_directory.trim_matches('/');
         let cwd = if root.is_empty() {
@@ -452,7 +463,7 @@ impl Run<'_> {
                 mirror.path.clone(),
                 self.ctx.toolchains.root().to_path_buf(),
             ],
-            user: self.ctx.build_user,
+            user: self.build_user,
         };
         // The first step's sandbox starts while the commit is checked out; it gets its command after.
         let mut held = match Step::spawn_held(&base) {
@@ -474,13 +485,7 @@ impl Run<'_> {
             .await?;
         let submodules = match checked_out {
             Ok(submodules) => submodules,
-            Err(e) => {
-                self.system(&format!(
-                    "Failed: error occurred while cloning the repository: {e:#}"
-                ))
-                .await;
-                return Ok(BuildOutcome::Fail);
-            }
+            Err(e) => return Ok(self.clone_failed(&e).await),
         };
         if !submodules.is_empty() {
             // git inside a submodule reads its mirror's objects: the sandbox must see those mirrors,
@@ -502,7 +507,7 @@ impl Run<'_> {
             command: command.to_owned(),
             ..base.clone()
         };
-        if let Some(user) = self.ctx.build_user {
+        if let Some(user) = self.build_user {
             let tree = repo.clone();
             let owned = tokio::task::spawn_blocking(move || give_tree(&tree, user)).await;
             if let Err(e) = owned.map_err(anyhow::Error::from).and_then(|r| r) {
@@ -549,10 +554,19 @@ impl Run<'_> {
             return Ok(BuildOutcome::Fail);
         }
 
-        let dirs = project::load_project_dirs(&repo, root).await;
+        let dirs = Arc::new(project::load_project_dirs(&repo, root).await);
         let plan = plan_project(&dirs, &env::var_map(&env));
         let caching = self.build.build_caching_enabled && plan.manager.is_some();
-        let key = caching_key(caching, &plan, &dirs);
+        // Hashing a lockfile (up to tens of MB) is CPU work: off the async runtime.
+        let key = match caching {
+            true => {
+                let (plan, dirs) = (plan.clone(), dirs.clone());
+                tokio::task::spawn_blocking(move || caching::cache_key(&plan, &dirs))
+                    .await
+                    .ok()
+            }
+            false => None,
+        };
         let home = self.workspace.join("home");
         let dependency_dirs = caching::dependency_dirs(&home);
         let output_dirs = caching::build_output_dirs(dirs.first(), &cwd);
@@ -662,7 +676,7 @@ impl Run<'_> {
     ) -> Result<(), Interrupted> {
         let label = caching::label(kind);
         self.system(&format!("Restoring from {label} cache")).await;
-        let owner = self.ctx.build_user.map(|u| (u.uid, u.gid));
+        let owner = self.build_user.map(|u| (u.uid, u.gid));
         let trigger = self.build.trigger.to_string();
         let cache = self.ctx.cache.clone();
         let restored = self
@@ -684,10 +698,10 @@ impl Run<'_> {
                 .await;
             }
             Err(e) => {
+                // The cache removes what it half-restored; the details (paths) stay in Kiln's log.
                 tracing::warn!(error = format!("{e:#}"), "restoring the build cache failed");
-                caching::clear(dirs).await;
                 self.system(&format!(
-                    "Failed to restore {label} cache ({e:#}): building without it"
+                    "Failed to restore {label} cache: the entry is damaged or unusable; building without it"
                 ))
                 .await;
             }
@@ -723,7 +737,7 @@ impl Run<'_> {
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "saving the build cache failed");
                 self.system(&format!(
-                    "Warning: could not save the {label} cache ({e:#})"
+                    "Warning: could not save the {label} cache (too large or unreadable)"
                 ))
                 .await;
             }
@@ -841,15 +855,6 @@ impl Run<'_> {
             }
         }
     }
-}
-
-/// The build's cache key when caching is on ([`caching::cache_key`]).
-fn caching_key(
-    caching: bool,
-    plan: &crate::domain::ProjectPlan,
-    dirs: &[crate::domain::ProjectDir],
-) -> Option<String> {
-    caching.then(|| caching::cache_key(plan, dirs))
 }
 
 async fn wait_stop(rx: &mut watch::Receiver<Stop>) -> Stop {

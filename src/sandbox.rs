@@ -46,7 +46,9 @@ use tokio::time::Instant;
 pub use bwrap::bwrap_available;
 use bwrap::{Paths, bwrap_args_for, bwrap_path};
 use cgroup::Cgroup;
-pub use user::{BuildUser, BuildUserSpec, DEFAULT_BUILD_USER, InvalidBuildUser};
+pub use user::{
+    BuildUser, BuildUserLease, BuildUserPool, BuildUserSpec, DEFAULT_BUILD_USER, InvalidBuildUser,
+};
 
 /// The shell that moves a step into its cgroup before exec'ing it.
 const SHELL: &str = "/bin/sh";

@@ -16,7 +16,7 @@ use crate::crypto::{SecretBox, hash_credential};
 use crate::domain::{AccountScope, ApiToken, CredentialKind, Permission, Timestamp};
 use crate::git::GitCache;
 use crate::runner::{RunnerConfig, RunnerContext};
-use crate::sandbox::{BuildUser, SandboxMode, bwrap_available};
+use crate::sandbox::{BuildUserPool, SandboxMode, bwrap_available};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
 use crate::store::Store;
 
@@ -200,28 +200,43 @@ fn prepare_build_dirs(data_dir: &Path) -> anyhow::Result<()> {
 
 /// The user build steps run as (created if needed), checked to reach its workspaces; `None` when
 /// Kiln is not root. Logged once.
-async fn build_user(config: &RunnerConfig, data_dir: &Path) -> anyhow::Result<Option<BuildUser>> {
+async fn build_users(
+    config: &RunnerConfig,
+    slots: usize,
+    data_dir: &Path,
+) -> anyhow::Result<Option<Arc<BuildUserPool>>> {
     let spec = config.build_user.clone();
     let workspaces = data_dir.join("workspaces");
+    let slots = u32::try_from(slots.max(1)).unwrap_or(u32::MAX);
     tokio::task::spawn_blocking(move || {
-        let Some(user) = spec.resolve()? else {
-            // SAFETY: geteuid has no preconditions.
-            let uid = unsafe { libc::geteuid() };
-            tracing::info!(uid, "Kiln does not run as root: build steps run as Kiln's own user");
-            return Ok(None);
-        };
-        anyhow::ensure!(
-            user.can_enter(&workspaces)?,
-            "the build user {spec} (uid {}) cannot reach {}: every directory above the data dir \
-             must be searchable by it (e.g. chmod o+x)",
-            user.uid,
-            workspaces.display()
-        );
-        tracing::info!(build_user = %spec, uid = user.uid, gid = user.gid, "build steps run as an unprivileged user");
-        Ok(Some(user))
+        let mut users = Vec::new();
+        for slot in 0..slots {
+            let slot_spec = spec.for_slot(slot);
+            let Some(user) = slot_spec.resolve()? else {
+                // SAFETY: geteuid has no preconditions.
+                let uid = unsafe { libc::geteuid() };
+                tracing::info!(uid, "Kiln does not run as root: build steps run as Kiln's own user");
+                return Ok(None);
+            };
+            anyhow::ensure!(
+                user.can_enter(&workspaces)?,
+                "the build user {slot_spec} (uid {}) cannot reach {}: every directory above the data \
+                 dir must be searchable by it (e.g. chmod o+x)",
+                user.uid,
+                workspaces.display()
+            );
+            anyhow::ensure!(
+                !users.contains(&user),
+                "the build users {spec} and {slot_spec} are the same uid {}: each build slot needs its own",
+                user.uid
+            );
+            users.push(user);
+        }
+        tracing::info!(build_user = %spec, slots, first_uid = users.first().map(|u| u.uid), "build steps run as unprivileged users, one per build slot");
+        Ok(Some(Arc::new(BuildUserPool::new(users))))
     })
     .await
-    .context("resolving the build user")?
+    .context("resolving the build users")?
 }
 
 /// This node's id, created on first start: builds it leased are recognised as orphans after a restart.
@@ -267,7 +282,9 @@ impl Server {
         let store = open_store(&config.store).await?;
         // Absolute, because builds run elsewhere (the sandbox needs absolute paths) and `./kiln-data`
         // is the default.
-        let data_dir = &std::path::absolute(&config.store.data_dir)
+        // Canonical too: the build cache refuses paths with a symlink on the way, so a data dir that
+        // is a link to another disk must be resolved once here.
+        let data_dir = &std::fs::canonicalize(&config.store.data_dir)
             .with_context(|| format!("resolving {}", config.store.data_dir.display()))?;
         let lock = lock_data_dir(data_dir)?;
         // Workspaces of builds that ran before a crash: nothing of them is needed any more.
@@ -340,7 +357,8 @@ impl Server {
                 github: github.clone(),
                 toolchains,
                 cache: cache.clone(),
-                build_user: build_user(&config.runner, data_dir).await?,
+                build_users: build_users(&config.runner, config.scheduler.runners, data_dir)
+                    .await?,
             };
             let scheduler = Scheduler::new(
                 store.clone(),

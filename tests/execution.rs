@@ -927,7 +927,6 @@ async fn the_build_environment_has_host_settings_and_the_wrangler_ci_variables()
         format!("CARGO_MANIFEST_DIR={}", env!("CARGO_MANIFEST_DIR")),
         "SERVER_DEFAULT=from-server".to_owned(),
         "OVERRIDDEN=trigger".to_owned(),
-        "WRANGLER_CI_MATCH_TAG=envs".to_owned(),
         "WRANGLER_CI_OVERRIDE_NAME=custom-name".to_owned(),
         "WRANGLER_CI_GENERATE_PREVIEW_ALIAS=false".to_owned(),
     ] {
@@ -938,6 +937,8 @@ async fn the_build_environment_has_host_settings_and_the_wrangler_ci_variables()
             .iter()
             .any(|l| l.starts_with("KILN_TEST_NEVER_SET_ANYWHERE"))
     );
+    // The Worker id "envs" is a name, not a script tag: no tag to match.
+    assert!(!logs.iter().any(|l| l.starts_with("WRANGLER_CI_MATCH_TAG=")));
 
     // A preview trigger (every branch but production) created without a deploy command uploads a
     // version instead of deploying, and its builds generate preview aliases.
@@ -974,4 +975,74 @@ async fn the_build_environment_has_host_settings_and_the_wrangler_ci_variables()
         logs.join("\n")
     );
     app.stop().await;
+}
+
+/// Builds running at the same time run as different users: without the sandbox, one cannot read the
+/// other's processes' environment (its build token) or enter its workspace.
+#[tokio::test]
+async fn concurrent_builds_never_share_a_build_user() {
+    if !is_root() {
+        eprintln!("not root: builds run as the test's own user");
+        return;
+    }
+    let app = spawn_runner(SandboxMode::None, |_| {}).await;
+    let f = app.fixture("pair").await;
+    let repo = commit_files(&app, "pair", &[("README.md", "hi\n")], "plain");
+    git(&repo, &["branch", "other"]);
+    // Each build waits until both run, then lists the build ids it can read in /proc.
+    let script = "id -u; touch \"$KILN_MARK.$(id -u)\"; \
+        i=0; while [ $(ls \"$KILN_MARK\".* 2>/dev/null | wc -l) -lt 2 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+        for e in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $e 2>/dev/null | grep '^WORKERS_CI_BUILD_UUID='; done | sort -u | sed 's/^/seen /'";
+    set_commands(&app, &f.trigger, script, "").await;
+    let marks = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        marks.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    app.ok(
+        Method::PATCH,
+        &app.acct(&format!("/triggers/{}/environment_variables", f.trigger)),
+        Some(json!({"KILN_MARK": {"is_secret": false,
+            "value": marks.path().join("running").display().to_string()}})),
+    )
+    .await;
+    let a = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    let b = queue(&app, &f.trigger, json!({"branch": "other"})).await;
+    let mut uids = Vec::new();
+    for id in [&a, &b] {
+        let build = wait_stopped(&app, id).await;
+        let logs = all_logs(&app, id).await;
+        assert_eq!(build["build_outcome"], "success", "{}", logs.join("\n"));
+        // Other tests' servers in this process run builds as the same users: only these two count.
+        let seen: Vec<&String> = logs
+            .iter()
+            .filter(|l| {
+                [&a, &b]
+                    .iter()
+                    .any(|x| **l == format!("seen WORKERS_CI_BUILD_UUID={x}"))
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [&format!("seen WORKERS_CI_BUILD_UUID={id}")],
+            "a build saw another's environment:\n{}",
+            logs.join("\n")
+        );
+        uids.push(
+            logs.iter()
+                .find(|l| !l.is_empty() && l.bytes().all(|c| c.is_ascii_digit()))
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    assert_ne!(uids[0], uids[1], "both builds ran as uid {}", uids[0]);
+    // Both builds were running together (each waited for the other's mark).
+    assert_eq!(std::fs::read_dir(marks.path()).unwrap().count(), 2);
+    app.stop().await;
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }

@@ -114,130 +114,91 @@ fn assert_success(b: &Value, logs: &[String]) {
     );
 }
 
-#[tokio::test]
-async fn an_npm_project_builds_with_the_hosted_default_node() {
+/// A fixture built through the API, and the lines its log must contain.
+struct ProjectCase {
+    fixture: &'static str,
+    /// The trigger's settings besides the deploy command.
+    settings: Value,
+    /// The start of the `Detected the following tools` line.
+    tools: &'static str,
+    install: &'static str,
+    /// Another line the log must contain.
+    also: Option<&'static str>,
+}
+
+/// Builds the case's fixture (a new server each) and checks it succeeds with the expected lines.
+async fn builds_out_of_the_box(case: ProjectCase) -> Vec<String> {
     let app = spawn().await;
-    let f = app.fixture("npm").await;
-    commit_fixture(&app, "npm", "npm-worker");
-    configure(
-        &app,
-        &f.trigger,
-        json!({"build_command": "npm run build", "deploy_command": DRY_RUN_DEPLOY}),
-    )
-    .await;
+    let f = app.fixture(case.fixture).await;
+    commit_fixture(&app, case.fixture, case.fixture);
+    let mut settings = case.settings;
+    settings["deploy_command"] = json!(DRY_RUN_DEPLOY);
+    configure(&app, &f.trigger, settings).await;
     let (b, logs) = build(&app, &f.trigger).await;
     assert_success(&b, &logs);
-    assert_line(
-        &logs,
-        |l| {
-            l.starts_with("Detected the following tools from environment: npm@11.")
-                && l.ends_with(", nodejs@24.18.0")
-        },
-        "tools line with npm first and the default Node",
+    let tools = format!(
+        "Detected the following tools from environment: {}",
+        case.tools
     );
+    assert_line(&logs, |l| l.starts_with(&tools), &tools);
+    let install = format!("Installing project dependencies: {}", case.install);
+    assert_line(&logs, |l| l == install, &install);
+    if let Some(also) = case.also {
+        assert_line(&logs, |l| l.contains(also), also);
+    }
+    app.stop().await;
+    logs
+}
+
+#[tokio::test]
+async fn an_npm_project_builds_with_the_hosted_default_node() {
+    let logs = builds_out_of_the_box(ProjectCase {
+        fixture: "npm-worker",
+        settings: json!({"build_command": "npm run build"}),
+        tools: "npm@11.",
+        install: "npm clean-install --progress=false",
+        also: Some(", nodejs@24.18.0"),
+    })
+    .await;
     // The default Node is preinstalled in the hosted image: no "Installing" line.
     assert!(!has_line(&logs, |l| l.starts_with("Installing nodejs")));
-    assert_line(
-        &logs,
-        |l| l == "Installing project dependencies: npm clean-install --progress=false",
-        "npm install line",
-    );
-    app.stop().await;
 }
 
 #[tokio::test]
 async fn a_pnpm_workspace_installs_at_its_root_and_builds_the_app() {
-    let app = spawn().await;
-    let f = app.fixture("mono").await;
-    commit_fixture(&app, "mono", "pnpm-monorepo");
-    configure(
-        &app,
-        &f.trigger,
-        json!({"build_command": "pnpm run build", "deploy_command": DRY_RUN_DEPLOY,
-               "root_directory": "/apps/web"}),
-    )
+    builds_out_of_the_box(ProjectCase {
+        fixture: "pnpm-monorepo",
+        settings: json!({"build_command": "pnpm run build", "root_directory": "/apps/web"}),
+        tools: "pnpm@10.11.1, nodejs@24.18.0, npm@11.",
+        install: "pnpm install --frozen-lockfile",
+        // The whole workspace is installed at its root: pnpm reports every workspace project.
+        also: Some("Scope: all 3 workspace projects"),
+    })
     .await;
-    let (b, logs) = build(&app, &f.trigger).await;
-    assert_success(&b, &logs);
-    assert_line(
-        &logs,
-        |l| {
-            l.starts_with("Detected the following tools from environment: pnpm@10.11.1, nodejs@24.18.0, npm@11.")
-        },
-        "pnpm tools line",
-    );
-    assert_line(
-        &logs,
-        |l| l == "Installing project dependencies: pnpm install --frozen-lockfile",
-        "pnpm install line",
-    );
-    // The whole workspace was installed at its root (pnpm reports every workspace project).
-    assert_line(
-        &logs,
-        |l| l.contains("Scope: all 3 workspace projects"),
-        "workspace scope",
-    );
-    app.stop().await;
 }
 
 #[tokio::test]
 async fn a_yarn_4_project_gets_yarn_from_package_manager() {
-    let app = spawn().await;
-    let f = app.fixture("yarn").await;
-    commit_fixture(&app, "yarn", "yarn4-worker");
-    configure(
-        &app,
-        &f.trigger,
-        json!({"build_command": "yarn build", "deploy_command": DRY_RUN_DEPLOY}),
-    )
+    builds_out_of_the_box(ProjectCase {
+        fixture: "yarn4-worker",
+        settings: json!({"build_command": "yarn build"}),
+        tools: "yarn@4.9.1, nodejs@24.18.0",
+        install: "yarn install --immutable",
+        also: None,
+    })
     .await;
-    let (b, logs) = build(&app, &f.trigger).await;
-    assert_success(&b, &logs);
-    assert_line(
-        &logs,
-        |l| {
-            l.starts_with(
-                "Detected the following tools from environment: yarn@4.9.1, nodejs@24.18.0",
-            )
-        },
-        "yarn tools line",
-    );
-    assert_line(
-        &logs,
-        |l| l == "Installing project dependencies: yarn install --immutable",
-        "yarn install line",
-    );
-    app.stop().await;
 }
 
 #[tokio::test]
 async fn a_bun_project_builds_with_bun() {
-    let app = spawn().await;
-    let f = app.fixture("bun").await;
-    commit_fixture(&app, "bun", "bun-worker");
-    configure(
-        &app,
-        &f.trigger,
-        json!({"build_command": "bun run build", "deploy_command": DRY_RUN_DEPLOY}),
-    )
+    builds_out_of_the_box(ProjectCase {
+        fixture: "bun-worker",
+        settings: json!({"build_command": "bun run build"}),
+        tools: "bun@1.2.15, nodejs@24.18.0",
+        install: "bun install --frozen-lockfile",
+        also: None,
+    })
     .await;
-    let (b, logs) = build(&app, &f.trigger).await;
-    assert_success(&b, &logs);
-    assert_line(
-        &logs,
-        |l| {
-            l.starts_with(
-                "Detected the following tools from environment: bun@1.2.15, nodejs@24.18.0",
-            )
-        },
-        "bun tools line",
-    );
-    assert_line(
-        &logs,
-        |l| l == "Installing project dependencies: bun install --frozen-lockfile",
-        "bun install line",
-    );
-    app.stop().await;
 }
 
 #[tokio::test]

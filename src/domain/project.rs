@@ -58,6 +58,18 @@ pub struct ProjectDir {
 }
 
 impl ProjectDir {
+    /// A directory with these files and contents (tests).
+    #[cfg(test)]
+    pub(crate) fn with_files(path: &str, files: &[(&str, &str)]) -> ProjectDir {
+        ProjectDir {
+            path: path.to_owned(),
+            files: files
+                .iter()
+                .map(|(n, c)| ((*n).to_owned(), Some(c.as_bytes().to_vec())))
+                .collect(),
+        }
+    }
+
     fn has(&self, name: &str) -> bool {
         self.files.contains_key(name)
     }
@@ -407,13 +419,7 @@ mod tests {
     use super::*;
 
     fn dir(path: &str, files: &[(&str, &str)]) -> ProjectDir {
-        ProjectDir {
-            path: path.to_owned(),
-            files: files
-                .iter()
-                .map(|(n, c)| ((*n).to_owned(), Some(c.as_bytes().to_vec())))
-                .collect(),
-        }
+        ProjectDir::with_files(path, files)
     }
 
     fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

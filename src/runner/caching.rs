@@ -84,22 +84,26 @@ pub fn build_output_dirs(root: Option<&ProjectDir>, cwd: &Path) -> Vec<CacheDir>
                 .is_some()
         })
     };
-    let mut dirs: Vec<CacheDir> = Vec::new();
-    for (framework, paths) in FRAMEWORK_DIRS {
-        if !uses(framework) {
-            continue;
-        }
-        for rel in *paths {
-            let name = format!("root/{rel}");
-            if dirs.iter().all(|d| d.name != name) {
-                dirs.push(CacheDir {
-                    name,
-                    path: cwd.join(rel),
-                });
-            }
-        }
-    }
-    dirs
+    let mut rels: Vec<&str> = FRAMEWORK_DIRS
+        .iter()
+        .filter(|(framework, _)| uses(framework))
+        .flat_map(|(_, paths)| paths.iter().copied())
+        .collect();
+    rels.sort_unstable();
+    rels.dedup();
+    // A directory inside another selected one (Nuxt's `node_modules/.cache/nuxt` with Docusaurus's
+    // `node_modules/.cache`) is already cached with it; entries must not overlap.
+    let nested = |rel: &str| {
+        rels.iter()
+            .any(|other| rel.len() > other.len() && rel.starts_with(&format!("{other}/")))
+    };
+    rels.iter()
+        .filter(|rel| !nested(rel))
+        .map(|rel| CacheDir {
+            name: format!("root/{rel}"),
+            path: cwd.join(rel),
+        })
+        .collect()
 }
 
 /// What a cache kind is called in log lines.
@@ -110,32 +114,13 @@ pub fn label(kind: CacheKind) -> &'static str {
     }
 }
 
-/// Removes what a failed restore may have left half-written, so that the build runs cold.
-pub async fn clear(dirs: &[CacheDir]) {
-    for dir in dirs {
-        match tokio::fs::remove_dir_all(&dir.path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(error = %e, dir = %dir.path.display(), "clearing a cache dir failed")
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::plan_project;
 
     fn dir(path: &str, files: &[(&str, &str)]) -> ProjectDir {
-        ProjectDir {
-            path: path.to_owned(),
-            files: files
-                .iter()
-                .map(|(n, c)| ((*n).to_owned(), Some(c.as_bytes().to_vec())))
-                .collect(),
-        }
+        ProjectDir::with_files(path, files)
     }
 
     #[test]
@@ -158,7 +143,20 @@ mod tests {
         );
         let dirs = build_output_dirs(Some(&root), Path::new("/w/repo"));
         let names: Vec<_> = dirs.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["root/node_modules/.astro", "root/.next/cache"]);
+        assert_eq!(names, ["root/.next/cache", "root/node_modules/.astro"]);
+        let overlapping = dir(
+            "",
+            &[(
+                "package.json",
+                r#"{"dependencies":{"@docusaurus/core":"3","nuxt":"3"}}"#,
+            )],
+        );
+        let dirs = build_output_dirs(Some(&overlapping), Path::new("/w"));
+        let names: Vec<_> = dirs.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["root/.docusaurus", "root/build", "root/node_modules/.cache"]
+        );
         assert!(build_output_dirs(None, Path::new("/w")).is_empty());
     }
 }

@@ -94,10 +94,7 @@ pub fn build_env(build: &ClaimedBuild, cx: &EnvContext<'_>) -> Vec<(String, Stri
         ),
         ("CLOUDFLARE_ACCOUNT_ID".into(), build.account.to_string()),
         ("CLOUDFLARE_API_TOKEN".into(), cx.token.to_owned()),
-        // What Workers Builds sets for wrangler (PRODUCT-NOTES §4): the connected Worker's tag and name
-        // (one opaque identifier in Kiln, DESIGN.md §2), and preview aliases for non-production builds.
-        ("WRANGLER_CI_MATCH_TAG".into(), worker.clone()),
-        ("WRANGLER_CI_OVERRIDE_NAME".into(), worker),
+        // Preview aliases for non-production builds (PRODUCT-NOTES §4); the Worker's tag or name below.
         (
             "WRANGLER_CI_GENERATE_PREVIEW_ALIAS".into(),
             build.preview_trigger.to_string(),
@@ -111,6 +108,18 @@ pub fn build_env(build: &ClaimedBuild, cx: &EnvContext<'_>) -> Vec<(String, Stri
         ("COREPACK_ENABLE_DOWNLOAD_PROMPT".into(), "0".into()),
         ("COREPACK_ENABLE_STRICT".into(), "0".into()),
     ];
+    // What Workers Builds sets for wrangler (PRODUCT-NOTES §4). Kiln's Worker id is one opaque
+    // identifier (DESIGN.md §2): a script tag (32 hex digits) is what wrangler compares with the
+    // deployed Worker's tag (`WRANGLER_CI_MATCH_TAG`); anything else is the Worker's name, which
+    // replaces the config's (`WRANGLER_CI_OVERRIDE_NAME`). Setting both to one value would make every
+    // real deploy fail wrangler's check, which looks the Worker up by name and compares its tag.
+    let is_tag = worker.len() == 32 && worker.bytes().all(|b| b.is_ascii_hexdigit());
+    let name = if is_tag {
+        "WRANGLER_CI_MATCH_TAG"
+    } else {
+        "WRANGLER_CI_OVERRIDE_NAME"
+    };
+    env.push((name.into(), worker));
     if let Some(registry) = &cx.host.npm_registry {
         for name in [
             "NPM_CONFIG_REGISTRY",

@@ -17,21 +17,50 @@ pub async fn load_project_dirs(checkout: &Path, root: &str) -> Vec<ProjectDir> {
         .unwrap_or_default()
 }
 
+/// Largest manifest (`package.json`, `pnpm-workspace.yaml`) read, in bytes.
+const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+/// Largest version file (`.nvmrc`, …) read, in bytes.
+const MAX_VERSION_FILE_BYTES: u64 = 64 * 1024;
+
 fn load_blocking(checkout: &Path, root: &str) -> Vec<ProjectDir> {
+    // Only the nearest lockfile counts: lockfiles further up are not read (a tree of large files
+    // must not make Kiln hold each of them in memory).
+    let mut lockfile_seen = false;
     project_dirs(root)
         .into_iter()
         .map(|path| {
-            let files = match real_dir_inside(checkout, &path) {
-                Some(dir) => PROJECT_FILES
-                    .iter()
-                    .filter_map(|name| Some(((*name).to_owned(), read_regular(&dir.join(name))?)))
-                    .collect(),
-                None => Default::default(),
-            };
+            let mut files = std::collections::BTreeMap::new();
+            if let Some(dir) = real_dir_inside(checkout, &path) {
+                for name in PROJECT_FILES {
+                    let lockfile = LOCKFILE_NAMES.contains(name);
+                    let cap = match *name {
+                        _ if lockfile => MAX_PROJECT_FILE_BYTES,
+                        "package.json" | "pnpm-workspace.yaml" => MAX_MANIFEST_BYTES,
+                        _ => MAX_VERSION_FILE_BYTES,
+                    };
+                    if lockfile && lockfile_seen {
+                        continue;
+                    }
+                    if let Some(content) = read_regular(&dir.join(name), cap) {
+                        files.insert((*name).to_owned(), content);
+                    }
+                }
+            }
+            lockfile_seen |= files.keys().any(|f| LOCKFILE_NAMES.contains(&f.as_str()));
             ProjectDir { path, files }
         })
         .collect()
 }
+
+/// The lockfiles among [`PROJECT_FILES`].
+const LOCKFILE_NAMES: &[&str] = &[
+    "pnpm-lock.yaml",
+    "yarn.lock",
+    "bun.lock",
+    "bun.lockb",
+    "package-lock.json",
+    "npm-shrinkwrap.json",
+];
 
 /// `checkout/<relative>` when every component of it is a real directory (no symlink on the way).
 fn real_dir_inside(checkout: &Path, relative: &str) -> Option<PathBuf> {
@@ -48,28 +77,35 @@ fn real_dir_inside(checkout: &Path, relative: &str) -> Option<PathBuf> {
     Some(dir)
 }
 
-/// `Some(Some(bytes))` for a regular file within the size cap, `Some(None)` for a larger (or
+/// `Some(Some(bytes))` for a regular file within `cap` bytes, `Some(None)` for a larger (or
 /// unreadable) regular file, `None` when there is no regular file (missing, symlink, directory, FIFO).
-fn read_regular(path: &Path) -> Option<Option<Vec<u8>>> {
+/// Opened with `O_NOFOLLOW` and checked again once open, so a link swapped in is never read.
+fn read_regular(path: &Path, cap: u64) -> Option<Option<Vec<u8>>> {
+    use std::os::unix::fs::OpenOptionsExt;
     let meta = std::fs::symlink_metadata(path).ok()?;
     if !meta.is_file() {
         return None;
     }
-    if meta.len() > MAX_PROJECT_FILE_BYTES {
+    if meta.len() > cap {
         return Some(None);
     }
-    let read = || -> std::io::Result<Vec<u8>> {
-        let file = std::fs::File::open(path)?;
+    let read = || -> std::io::Result<Option<Vec<u8>>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
+        if !file.metadata()?.is_file() {
+            return Ok(None);
+        }
         let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.take(MAX_PROJECT_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)?;
-        Ok(bytes)
+        file.take(cap + 1).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
     };
-    Some(
-        read()
-            .ok()
-            .filter(|b| b.len() as u64 <= MAX_PROJECT_FILE_BYTES),
-    )
+    match read() {
+        Ok(Some(bytes)) => Some((bytes.len() as u64 <= cap).then_some(bytes)),
+        Ok(None) => None,
+        Err(_) => Some(None),
+    }
 }
 
 #[cfg(test)]

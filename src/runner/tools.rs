@@ -170,13 +170,10 @@ pub async fn provision(
     Ok(tools)
 }
 
-/// The build variables that choose a tool's version (PRODUCT-NOTES §7).
-const VERSION_VARIABLES: &[(&str, Tool)] = &[
-    ("NODE_VERSION", Tool::Node),
-    ("PNPM_VERSION", Tool::Pnpm),
-    ("YARN_VERSION", Tool::Yarn),
-    ("BUN_VERSION", Tool::Bun),
-];
+/// The build variables that choose a tool's version whatever the repository says (PRODUCT-NOTES §7;
+/// `PNPM_VERSION` and `YARN_VERSION` yield to `packageManager`, so they are checked with the tools).
+const VERSION_VARIABLES: &[(&str, Tool)] =
+    &[("NODE_VERSION", Tool::Node), ("BUN_VERSION", Tool::Bun)];
 
 /// Checks the versions the build's variables ask for before anything is cloned, so that an unknown one
 /// (`NODE_VERSION=99`) fails the build while it initializes. Only an unknown version fails here; a

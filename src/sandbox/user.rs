@@ -87,6 +87,21 @@ impl std::fmt::Display for BuildUserSpec {
 }
 
 impl BuildUserSpec {
+    /// The `slot`-th user of a pool of build users, one per build slot, so that builds running at
+    /// the same time never share a uid (a process of one could otherwise read another's environment,
+    /// token included, or write into its workspace): slot 0 is this spec itself, slot `i` is the name
+    /// with `-i` appended, or `uid+i:gid+i`.
+    pub fn for_slot(&self, slot: u32) -> BuildUserSpec {
+        match self {
+            _ if slot == 0 => self.clone(),
+            BuildUserSpec::Name(name) => BuildUserSpec::Name(format!("{name}-{slot}")),
+            BuildUserSpec::Ids(user) => BuildUserSpec::Ids(BuildUser {
+                uid: user.uid.saturating_add(slot),
+                gid: user.gid.saturating_add(slot),
+            }),
+        }
+    }
+
     /// The user steps run as: `None` when Kiln does not run as root (steps then run as Kiln's own
     /// user; nothing to drop). As root, a missing named user is created. Blocking (may run `useradd`).
     pub fn resolve(&self) -> anyhow::Result<Option<BuildUser>> {
@@ -334,5 +349,54 @@ mod tests {
                 .resolve()
                 .is_err()
         );
+    }
+}
+
+/// The build users of a node, one per build slot ([`BuildUserSpec::for_slot`]): a build takes a free
+/// one for its whole run and gives it back when it ends.
+#[derive(Debug)]
+pub struct BuildUserPool {
+    free: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<BuildUser>>,
+    back: tokio::sync::mpsc::Sender<BuildUser>,
+}
+
+impl BuildUserPool {
+    /// A pool of `users` (at least one).
+    pub fn new(users: Vec<BuildUser>) -> BuildUserPool {
+        let (back, free) = tokio::sync::mpsc::channel(users.len().max(1));
+        for user in users {
+            // The channel holds every user: it cannot be full.
+            let _ = back.try_send(user);
+        }
+        BuildUserPool {
+            free: tokio::sync::Mutex::new(free),
+            back,
+        }
+    }
+
+    /// A free build user, waiting for one if every slot's is in use; returned when the lease drops.
+    pub async fn acquire(&self) -> BuildUserLease {
+        let user = self.free.lock().await.recv().await;
+        BuildUserLease {
+            // The pool holds a sender itself, so the channel never closes.
+            user: user.unwrap_or(BuildUser {
+                uid: u32::MAX - 1,
+                gid: u32::MAX - 1,
+            }),
+            back: self.back.clone(),
+        }
+    }
+}
+
+/// A build user held by one build; given back to its pool on drop.
+#[derive(Debug)]
+pub struct BuildUserLease {
+    pub user: BuildUser,
+    back: tokio::sync::mpsc::Sender<BuildUser>,
+}
+
+impl Drop for BuildUserLease {
+    fn drop(&mut self) {
+        let _ = self.back.try_send(self.user);
     }
 }
