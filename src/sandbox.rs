@@ -43,8 +43,8 @@ use anyhow::{Context, bail};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
 
-pub use bwrap::bwrap_available;
 use bwrap::{Paths, bwrap_args_for, bwrap_path};
+pub use bwrap::{bwrap_available, bwrap_available_as};
 use cgroup::Cgroup;
 pub use user::{
     BuildUser, BuildUserLease, BuildUserPool, BuildUserSpec, DEFAULT_BUILD_USER, InvalidBuildUser,

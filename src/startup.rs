@@ -16,7 +16,7 @@ use crate::crypto::{SecretBox, hash_credential};
 use crate::domain::{AccountScope, ApiToken, CredentialKind, Permission, Timestamp};
 use crate::git::GitCache;
 use crate::runner::{RunnerConfig, RunnerContext};
-use crate::sandbox::{BuildUserPool, SandboxMode, bwrap_available};
+use crate::sandbox::{BuildUserPool, SandboxMode, bwrap_available, bwrap_available_as};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
 use crate::store::Store;
 
@@ -206,6 +206,7 @@ async fn build_users(
     data_dir: &Path,
 ) -> anyhow::Result<Option<Arc<BuildUserPool>>> {
     let spec = config.build_user.clone();
+    let sandbox = config.sandbox;
     let workspaces = data_dir.join("workspaces");
     let slots = u32::try_from(slots.max(1)).unwrap_or(u32::MAX);
     tokio::task::spawn_blocking(move || {
@@ -224,6 +225,13 @@ async fn build_users(
                  dir must be searchable by it (e.g. chmod o+x)",
                 user.uid,
                 workspaces.display()
+            );
+            anyhow::ensure!(
+                sandbox != SandboxMode::Bwrap || slot > 0 || bwrap_available_as(&user),
+                "bwrap cannot create its sandbox as the build user {slot_spec} (uid {}): unprivileged \
+                 user namespaces are needed (sysctls kernel.unprivileged_userns_clone, \
+                 user.max_user_namespaces); or run builds with --sandbox none",
+                user.uid
             );
             anyhow::ensure!(
                 !users.contains(&user),

@@ -296,7 +296,9 @@ impl ToolchainStore {
         let parsed = Spec::parse(spec);
         let published = match self.published(tool).await {
             Ok(p) => p,
-            Err(FetchError::Unreachable(message)) => {
+            // Unreachable, or an answer we cannot use (a proxy's block page, a mirror without the
+            // package): what is installed still builds.
+            Err(FetchError::Unreachable(message) | FetchError::Failed(message)) => {
                 let installed: Vec<Version> = self
                     .installed_versions(tool)?
                     .iter()
@@ -311,9 +313,6 @@ impl ToolchainStore {
                     tool,
                     message: format!("{message} (and no installed version matches {spec:?})"),
                 });
-            }
-            Err(FetchError::Failed(message)) => {
-                return Err(ToolchainError::Registry { tool, message });
             }
         };
         let found = match &parsed {

@@ -739,6 +739,13 @@ async fn resolves_ranges_and_offline_against_installed() {
     let installed = offline.ensure(Tool::Pnpm, "1.2.0", None).await.unwrap();
     assert!(!installed.downloaded);
     assert!(offline.ensure(Tool::Pnpm, "1.2.3", None).await.is_err());
+    // Asked again while the registry is still away: the answer comes from what is installed.
+    assert_eq!(offline.resolve(Tool::Pnpm, "1").await.unwrap(), "1.2.0");
+
+    // A registry that answers without the package (a mirror, a proxy's block page): the same.
+    let empty = FakeRegistry::start().await;
+    let mirror = ToolchainStore::open(dir.path().join("toolchains"), &empty.url).unwrap();
+    assert_eq!(mirror.resolve(Tool::Pnpm, "1").await.unwrap(), "1.2.0");
 }
 
 /// `kiln toolchains <args>` on `store_dir` filled from `registry`; async, so the fake registry on

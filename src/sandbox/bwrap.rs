@@ -155,28 +155,45 @@ pub(super) fn program_on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Whether bubblewrap is installed and can create the namespaces a step needs here (checked once, by
-/// running `true` in a minimal sandbox).
+/// running `true` in a minimal sandbox as Kiln's own user).
 pub fn bwrap_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let Some(bwrap) = bwrap_path() else {
-            return false;
-        };
-        std::process::Command::new(bwrap)
-            .args([
-                "--die-with-parent",
-                "--unshare-pid",
-                "--unshare-ipc",
-                "--unshare-uts",
-            ])
-            .args(["--new-session", "--cap-drop", "ALL", "--ro-bind", "/", "/"])
-            .args([
-                "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--", "true",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-    })
+    *AVAILABLE.get_or_init(|| probe(Vec::new()))
+}
+
+/// Whether bubblewrap works when started as `user`, as build steps start it: unprivileged, it needs
+/// user namespaces, which a host may forbid (a sysctl, a container's seccomp profile).
+pub fn bwrap_available_as(user: &super::BuildUser) -> bool {
+    match user.setpriv_prefix(false) {
+        Ok(prefix) => probe(prefix),
+        Err(_) => false,
+    }
+}
+
+/// Runs `true` in a minimal sandbox, behind `prefix` (e.g. `setpriv … --`).
+fn probe(prefix: Vec<OsString>) -> bool {
+    let Some(bwrap) = bwrap_path() else {
+        return false;
+    };
+    let mut argv = prefix.into_iter().chain([bwrap.as_os_str().to_owned()]);
+    let Some(program) = argv.next() else {
+        return false;
+    };
+    std::process::Command::new(program)
+        .args(argv)
+        .args([
+            "--die-with-parent",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+        ])
+        .args(["--new-session", "--cap-drop", "ALL", "--ro-bind", "/", "/"])
+        .args([
+            "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--", "true",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }

@@ -13,6 +13,9 @@ use super::integrity::{Digests, Hashers};
 
 /// How long a fetched packument is reused.
 const PACKUMENT_TTL: Duration = Duration::from_secs(5 * 60);
+/// How long a registry that could not be reached is not asked again for a package (builds then fall
+/// back at once to a stale answer or to what is installed, instead of each waiting for a timeout).
+const FAILURE_TTL: Duration = Duration::from_secs(60);
 /// Longest wait for a packument, in total.
 const PACKUMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest packument accepted, in bytes (the biggest we use, `pnpm`'s, is about 3.5 MB).
@@ -68,6 +71,8 @@ pub(crate) struct Registry {
     base: reqwest::Url,
     http: reqwest::Client,
     cache: Mutex<HashMap<String, (Instant, Arc<Packument>)>>,
+    /// Recent failures to reach the registry, by package: when, and why.
+    failures: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 impl Registry {
@@ -93,14 +98,46 @@ impl Registry {
             base,
             http,
             cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         })
     }
 
     /// The packument of `name` (`@scope/name` allowed), from the cache when fresh.
     pub(crate) async fn packument(&self, name: &str) -> Result<Arc<Packument>, FetchError> {
-        if let Some(hit) = self.cached(name) {
+        if let Some(hit) = self.cached(name, PACKUMENT_TTL) {
             return Ok(hit);
         }
+        let recent_failure = self.failures.lock().ok().and_then(|f| {
+            f.get(name)
+                .filter(|(at, _)| at.elapsed() < FAILURE_TTL)
+                .map(|(_, why)| why.clone())
+        });
+        let fetched = match recent_failure {
+            Some(why) => Err(FetchError::Unreachable(why)),
+            None => self.fetch_packument(name).await,
+        };
+        match fetched {
+            Err(FetchError::Unreachable(why)) => {
+                if let Ok(mut failures) = self.failures.lock() {
+                    failures
+                        .entry(name.to_owned())
+                        .or_insert_with(|| (Instant::now(), why.clone()));
+                }
+                // A stale answer beats none while the registry cannot be reached.
+                self.cached(name, Duration::MAX)
+                    .ok_or(FetchError::Unreachable(why))
+            }
+            Ok(p) => {
+                if let Ok(mut failures) = self.failures.lock() {
+                    failures.remove(name);
+                }
+                Ok(p)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn fetch_packument(&self, name: &str) -> Result<Arc<Packument>, FetchError> {
         // Scoped names keep their `@` and encode the slash, as npm does.
         let url = self
             .base
@@ -139,10 +176,10 @@ impl Registry {
         Ok(packument)
     }
 
-    fn cached(&self, name: &str) -> Option<Arc<Packument>> {
+    fn cached(&self, name: &str, ttl: Duration) -> Option<Arc<Packument>> {
         let cache = self.cache.lock().ok()?;
         let (at, p) = cache.get(name)?;
-        (at.elapsed() < PACKUMENT_TTL).then(|| p.clone())
+        (at.elapsed() < ttl).then(|| p.clone())
     }
 
     /// Streams `url` into a new file at `dest`, hashing it on the way. Fails when the whole transfer
