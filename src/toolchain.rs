@@ -157,6 +157,11 @@ pub struct Installed {
     pub bin_dir: PathBuf,
     /// True when this call downloaded it.
     pub downloaded: bool,
+    /// A yarn 2+ pin (`packageManager: "yarn@4.9.1+sha512.…"`) that matches neither the npm package
+    /// nor its script: Corepack pins yarn 2+ by the hash of the file repo.yarnpkg.com serves, which
+    /// differs from the npm build and which only that host has. The package was still checked
+    /// against the registry's published integrity.
+    pub pin_unchecked: bool,
 }
 
 /// Why a toolchain could not be resolved or installed. Messages name no credentials.
@@ -390,12 +395,13 @@ impl ToolchainStore {
         if let Some(found) = self.installed(tool, &v, pinned.as_ref()).await? {
             return Ok(found);
         }
-        self.install(tool, &version, pinned.as_ref()).await?;
+        let pin_unchecked = self.install(tool, &version, pinned.as_ref()).await?;
         Ok(Installed {
             tool,
             bin_dir: self.version_dir(tool, &v).join(install::BIN_DIR),
             version: v,
             downloaded: true,
+            pin_unchecked,
         })
     }
 
@@ -447,6 +453,7 @@ impl ToolchainStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(&format!("reading {}", dir.display()), e)),
         }
+        let mut pin_unchecked = false;
         if let Some(pinned) = pinned {
             let path = dir.join(install::RECORD);
             let text = tokio::fs::read(&path)
@@ -458,29 +465,42 @@ impl ToolchainStore {
                     version: version.to_owned(),
                     reason: format!("cannot check the pinned hash: {}: {e}", path.display()),
                 })?;
-            pinned
-                .check(&record.digests)
-                .map_err(|reason| ToolchainError::Integrity {
-                    tool,
-                    version: version.to_owned(),
-                    reason,
-                })?;
+            if let Err(reason) = pinned.check(&record.digests) {
+                // yarn 2+: Corepack's pin is the hash of the script itself.
+                let script = dir.join(install::PACKAGE_DIR).join(YARN_SCRIPT);
+                let script_ok = is_yarn_berry(tool, version)
+                    && tokio::task::spawn_blocking(move || integrity::hash_file(&script))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .is_some_and(|got| pinned.check(&got).is_ok());
+                if !script_ok && !is_yarn_berry(tool, version) {
+                    return Err(ToolchainError::Integrity {
+                        tool,
+                        version: version.to_owned(),
+                        reason,
+                    });
+                }
+                pin_unchecked = !script_ok;
+            }
         }
         Ok(Some(Installed {
             tool,
             version: version.to_owned(),
             bin_dir: dir.join(install::BIN_DIR),
             downloaded: false,
+            pin_unchecked,
         }))
     }
 
-    /// Downloads, verifies, unpacks and renames into place. The caller holds both locks.
+    /// Downloads, verifies, unpacks and renames into place; `true` when a yarn 2+ pin could not be
+    /// checked ([`Installed::pin_unchecked`]). The caller holds both locks.
     async fn install(
         &self,
         tool: Tool,
         version: &Version,
         pinned: Option<&Pinned>,
-    ) -> Result<(), ToolchainError> {
+    ) -> Result<bool, ToolchainError> {
         let v = version.to_string();
         let root = self.inner.root.clone();
         let clean_version = v.clone();
@@ -539,7 +559,7 @@ impl ToolchainStore {
         dist: &registry::Dist,
         pinned: Option<&Pinned>,
         staging: &Path,
-    ) -> Result<(), ToolchainError> {
+    ) -> Result<bool, ToolchainError> {
         let tarball = staging.join("tarball.tgz");
         tracing::debug!(%tool, version = v, package, "downloading toolchain");
         let digests = self
@@ -560,9 +580,17 @@ impl ToolchainStore {
         };
         integrity::check_published(&digests, dist.integrity.as_deref(), dist.shasum.as_deref())
             .map_err(integrity_error)?;
-        if let Some(pinned) = pinned {
-            pinned.check(&digests).map_err(integrity_error)?;
-        }
+        // Corepack pins yarn 2+ by the hash of its one script (`yarn.js`, as repo.yarnpkg.com serves
+        // it), not of the npm tarball: that pin is compared with the unpacked script below, and a
+        // mismatch is reported, not fatal (the npm build of the script differs).
+        let script_pin = match pinned {
+            Some(pin) => match pin.check(&digests) {
+                Ok(()) => None,
+                Err(_) if is_yarn_berry(tool, v) => Some(pin.clone()),
+                Err(reason) => return Err(integrity_error(reason)),
+            },
+            None => None,
+        };
 
         let record = Record {
             tool,
@@ -577,7 +605,7 @@ impl ToolchainStore {
         let tree = staging.join("tree");
         let final_dir = self.version_dir(tool, v);
         let version = v.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<(), ToolchainError> {
+        let pin_unchecked = tokio::task::spawn_blocking(move || -> Result<bool, ToolchainError> {
             let refused = |reason| ToolchainError::BadPackage {
                 tool,
                 version: version.clone(),
@@ -594,6 +622,15 @@ impl ToolchainStore {
                 MAX_UNPACKED_BYTES,
             )
             .map_err(from_unpack)?;
+            let pin_unchecked = match &script_pin {
+                Some(pin) => {
+                    let script = tree.join(install::PACKAGE_DIR).join(YARN_SCRIPT);
+                    let got = integrity::hash_file(&script)
+                        .map_err(|e| io_error(&format!("reading {}", script.display()), e))?;
+                    pin.check(&got).is_err()
+                }
+                None => false,
+            };
             let commands = install::commands(tool, &tree, &final_dir).map_err(from_unpack)?;
             install::write_commands(&tree.join(install::BIN_DIR), &commands)
                 .map_err(|e| io_error("writing the commands", e))?;
@@ -607,12 +644,13 @@ impl ToolchainStore {
                     &format!("moving the toolchain to {}", final_dir.display()),
                     e,
                 )
-            })
+            })?;
+            Ok(pin_unchecked)
         })
         .await
         .map_err(|e| io_error("unpacking", std::io::Error::other(e)))??;
         tracing::debug!(%tool, version = v, "installed toolchain");
-        Ok(())
+        Ok(pin_unchecked)
     }
 
     /// Published versions and dist-tags of `tool` for this machine.
@@ -642,6 +680,14 @@ impl ToolchainStore {
 struct Published {
     versions: Vec<Version>,
     tags: HashMap<String, String>,
+}
+
+/// yarn 2+'s one script inside its package (`@yarnpkg/cli-dist`).
+const YARN_SCRIPT: &str = "bin/yarn.js";
+
+/// yarn 2+ (berry), published as `@yarnpkg/cli-dist`.
+fn is_yarn_berry(tool: Tool, version: &str) -> bool {
+    tool == Tool::Yarn && !version.starts_with("1.") && !version.starts_with("0.")
 }
 
 fn io_error(what: &str, e: std::io::Error) -> ToolchainError {

@@ -597,6 +597,44 @@ async fn pinned_hash_must_match() {
     assert_eq!(registry.tarball_requests(), 2);
 }
 
+/// Corepack pins yarn 2+ by the hash of `yarn.js` itself (the file repo.yarnpkg.com serves), so a
+/// `packageManager: "yarn@4…+sha512.…"` written by `corepack use` must build from the npm package too.
+#[tokio::test]
+async fn a_yarn_berry_pin_is_the_hash_of_its_script() {
+    let registry = FakeRegistry::start().await;
+    let script: &[u8] = b"#!/usr/bin/env node\nconsole.log('4.0.0')\n";
+    let manifest =
+        br#"{"name":"@yarnpkg/cli-dist","version":"4.0.0","bin":{"yarn":"bin/yarn.js"}}"#;
+    let tgz = tarball(&[
+        Entry::File("package/package.json", manifest, 0o644),
+        Entry::File("package/bin/yarn.js", script, 0o755),
+    ]);
+    registry.publish("@yarnpkg/cli-dist", "4.0.0", tgz, None);
+    let (_dir, store) = temp_store(&registry);
+    let pin = format!("sha512.{}", hex::encode(Sha512::digest(script)));
+    let installed = store
+        .ensure(Tool::Yarn, "4.0.0", Some(&pin))
+        .await
+        .expect("the script's hash");
+    assert!(installed.downloaded);
+    assert!(!installed.pin_unchecked);
+    // Installed already: the pin is checked against the installed script.
+    let again = store.ensure(Tool::Yarn, "4.0.0", Some(&pin)).await.unwrap();
+    assert!(!again.downloaded && !again.pin_unchecked);
+    // A pin of the file repo.yarnpkg.com serves (which differs from the npm build) cannot be checked:
+    // reported, not fatal; the package was checked against the registry's integrity.
+    let other = format!(
+        "sha512.{}",
+        hex::encode(Sha512::digest(b"yarn.js as repo.yarnpkg.com serves it"))
+    );
+    let unchecked = store
+        .ensure(Tool::Yarn, "4.0.0", Some(&other))
+        .await
+        .unwrap();
+    assert!(unchecked.pin_unchecked);
+    // Other tools' pins are the tarball's: a mismatch is fatal (tested in pinned_hash_must_match).
+}
+
 #[tokio::test]
 async fn unsafe_archives_are_refused() {
     let registry = FakeRegistry::start().await;

@@ -165,6 +165,14 @@ pub async fn provision(
                 });
             failed(*tool, &requested, &e)
         })?;
+        if installed.pin_unchecked {
+            log.line(&format!(
+                "Warning: the packageManager hash of yarn {version} pins the file repo.yarnpkg.com \
+                 serves, which differs from the npm registry's build; yarn was checked against the \
+                 registry's integrity instead"
+            ))
+            .await;
+        }
         tools.push(installed);
     }
     Ok(tools)

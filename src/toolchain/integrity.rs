@@ -123,6 +123,21 @@ pub(crate) fn check_published(
     }
 }
 
+/// The digests of a file, read in 1 MiB pieces (blocking).
+pub(crate) fn hash_file(path: &std::path::Path) -> std::io::Result<Digests> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hashers = Hashers::default();
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hashers.finish());
+        }
+        hashers.update(&buf[..n]);
+    }
+}
+
 /// A Corepack-style pinned hash: `sha512.<hex>` (also `sha1`, `sha224`, `sha256`, `sha384`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Pinned {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use super::integrity::{Digests, Hashers};
+use super::integrity::Digests;
 
 /// How long a fetched packument is reused.
 const PACKUMENT_TTL: Duration = Duration::from_secs(5 * 60);
@@ -230,7 +230,7 @@ impl Registry {
             // Hashing ~50 MB five ways is CPU work: off the async runtime, whose other tasks (lease
             // renewals, log batches) must keep running.
             let path = dest.to_path_buf();
-            tokio::task::spawn_blocking(move || hash_file(&path))
+            tokio::task::spawn_blocking(move || super::integrity::hash_file(&path))
                 .await
                 .map_err(|e| format!("hashing the download: {e}"))?
                 .map_err(|e| format!("reading {}: {e}", dest.display()))
@@ -299,19 +299,4 @@ fn redact_str(url: &str) -> String {
     reqwest::Url::parse(url)
         .map(|u| redact(&u))
         .unwrap_or_else(|_| "<unparseable>".to_owned())
-}
-
-/// The digests of a downloaded file, read in 1 MiB pieces.
-fn hash_file(path: &Path) -> std::io::Result<Digests> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hashers = Hashers::default();
-    let mut buf = vec![0u8; 1024 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hashers.finish());
-        }
-        hashers.update(&buf[..n]);
-    }
 }
