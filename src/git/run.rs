@@ -1,4 +1,4 @@
-//! Running the `git` CLI: a cleared environment, a time limit that kills the whole process group,
+//! Running the `git` CLI: a cleared environment (but for the proxy and CA settings), a time limit that kills the whole process group,
 //! bounded output, and errors that carry git's stderr with credentials removed.
 
 use std::ffi::{OsStr, OsString};
@@ -11,6 +11,20 @@ use tokio::process::Command;
 
 use super::GitError;
 
+/// Variables of Kiln's environment that git sees: the network's proxy and CA settings.
+const GIT_HOST_ENV: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "GIT_SSL_CAINFO",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
 /// How much of git's stderr an error keeps, in bytes.
 const MAX_STDERR_BYTES: usize = 8 * 1024;
 /// Default bound on what one command may print on stdout, in bytes.
@@ -174,6 +188,13 @@ impl Git {
             .kill_on_drop(true)
             // Its own process group, so that a timeout also ends the helpers git starts.
             .process_group(0);
+        // Kiln's own proxy and CA settings reach git's fetches (like the toolchain downloads); the
+        // rest of Kiln's environment does not.
+        for key in GIT_HOST_ENV {
+            if let Some(value) = std::env::var_os(key) {
+                command.env(key, value);
+            }
+        }
         for (key, value) in &cmd.env {
             command.env(key, value);
         }
