@@ -1,5 +1,6 @@
-//! Running the `git` CLI: a cleared environment (but for the proxy and CA settings), a time limit that kills the whole process group,
-//! bounded output, and errors that carry git's stderr with credentials removed.
+//! Running the `git` CLI: a cleared environment (but for the proxy and CA settings), a time limit
+//! that kills the whole process group, bounded output, and errors that carry git's stderr with
+//! credentials removed.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
