@@ -140,6 +140,22 @@ pub fn env_value(key: &str, value: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The variables that describe how a host reaches the network: proxies (both spellings) and the CA
+/// store. Kiln's own downloads and git fetches use them, and builds get them by default (issue 7).
+pub const NETWORK_ENV_VARIABLES: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "NODE_EXTRA_CA_CERTS",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,20 +12,9 @@ use tokio::process::Command;
 
 use super::GitError;
 
-/// Variables of Kiln's environment that git sees: the network's proxy and CA settings.
-const GIT_HOST_ENV: &[&str] = &[
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "no_proxy",
-    "GIT_SSL_CAINFO",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-];
+/// Variables of Kiln's environment that git sees besides the network's ones
+/// ([`crate::domain::NETWORK_ENV_VARIABLES`]).
+const GIT_HOST_ENV: &[&str] = &["GIT_SSL_CAINFO"];
 /// How much of git's stderr an error keeps, in bytes.
 const MAX_STDERR_BYTES: usize = 8 * 1024;
 /// Default bound on what one command may print on stdout, in bytes.
@@ -191,7 +180,10 @@ impl Git {
             .process_group(0);
         // Kiln's own proxy and CA settings reach git's fetches (like the toolchain downloads); the
         // rest of Kiln's environment does not.
-        for key in GIT_HOST_ENV {
+        for key in crate::domain::NETWORK_ENV_VARIABLES
+            .iter()
+            .chain(GIT_HOST_ENV)
+        {
             if let Some(value) = std::env::var_os(key) {
                 command.env(key, value);
             }

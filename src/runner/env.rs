@@ -17,19 +17,7 @@ pub const TOOLCHAIN_BIN_DIR: &str = "toolchain/bin";
 
 /// Variables of Kiln's own environment passed into every build unless configured otherwise: the
 /// proxy and CA settings a build needs on a network like Kiln's (issue 7; DESIGN.md §3b).
-pub const DEFAULT_ENV_PASSTHROUGH: &[&str] = &[
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "no_proxy",
-    "NODE_EXTRA_CA_CERTS",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-];
+pub const DEFAULT_ENV_PASSTHROUGH: &[&str] = crate::domain::NETWORK_ENV_VARIABLES;
 
 /// Server-wide settings that shape every build's environment.
 #[derive(Debug, Clone)]
