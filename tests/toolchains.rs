@@ -249,8 +249,8 @@ impl FakeRegistry {
         if stall {
             let _ = socket.write_all(&body[..body.len() / 2]).await;
             let _ = socket.flush().await;
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            return;
+            // A stalled registry: the connection stays open and silent until the test ends.
+            std::future::pending::<()>().await;
         }
         let _ = socket.write_all(&body).await;
         let _ = socket.shutdown().await;
