@@ -1,4 +1,4 @@
-//! The `kiln` command line: `serve`, `tokens`, `accounts` and `toolchains`.
+//! The `kiln` command line: `serve`, `tokens`, `accounts`, `installations` and `toolchains`.
 
 use std::path::PathBuf;
 
@@ -37,6 +37,11 @@ pub enum Command {
     Accounts {
         #[command(subcommand)]
         command: AccountsCommand,
+    },
+    /// Which accounts own which GitHub App installations (what they may build, clone and report on).
+    Installations {
+        #[command(subcommand)]
+        command: InstallationsCommand,
     },
     /// The toolchain store (Node.js, npm, pnpm, yarn, bun).
     Toolchains {
@@ -107,6 +112,39 @@ pub enum AccountsCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+/// The links between accounts and GitHub App installations. A repository covered by an installation
+/// is built from GitHub's deliveries, cloned with the installation's token and reported on (check runs,
+/// pull request comments) only for the accounts linked to it; nothing in the API can make the link.
+#[derive(Debug, Subcommand)]
+pub enum InstallationsCommand {
+    /// Link an account to an installation (the account then builds the repositories it covers).
+    Link(InstallationArgs),
+    /// Remove a link: the account's builds of those repositories fail at their clone from now on.
+    Unlink(InstallationArgs),
+    /// Show the links.
+    List {
+        /// Only this account's links.
+        #[arg(long)]
+        account: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// One account ↔ installation link.
+#[derive(Debug, Args)]
+pub struct InstallationArgs {
+    /// The account id.
+    #[arg(long)]
+    pub account: String,
+    /// GitHub's numeric id of the App installation (`installation.id` of its webhook deliveries; the
+    /// number at the end of the installation's settings URL).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub installation: i64,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Where the data lives (shared by every command that opens the store).
@@ -292,6 +330,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args).await,
         Command::Tokens { command } => tokens(command).await,
         Command::Accounts { command } => accounts(command).await,
+        Command::Installations { command } => installations(command).await,
         Command::Toolchains { command } => toolchains(command).await,
     }
 }
@@ -499,6 +538,63 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
             let show = |v: Option<i64>| v.map_or("default".to_owned(), |n| n.to_string());
             for (account, (concurrency, minutes)) in accounts {
                 println!("{account:<34} {:<12} {}", show(concurrency), show(minutes));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn installations(command: InstallationsCommand) -> anyhow::Result<()> {
+    let parse =
+        |account: &str| AccountId::parse(account).map_err(|e| anyhow::anyhow!("--account: {e}"));
+    match command {
+        InstallationsCommand::Link(args) => {
+            let account = parse(&args.account)?;
+            let store = startup::open_store(&args.store.config()).await?;
+            let new = store.link_installation(args.installation, &account).await;
+            store.close().await;
+            if new? {
+                eprintln!(
+                    "Linked account {account} to GitHub App installation {}",
+                    args.installation
+                );
+            } else {
+                eprintln!(
+                    "Account {account} was already linked to GitHub App installation {}",
+                    args.installation
+                );
+            }
+            Ok(())
+        }
+        InstallationsCommand::Unlink(args) => {
+            let account = parse(&args.account)?;
+            let store = startup::open_store(&args.store.config()).await?;
+            let removed = store.unlink_installation(args.installation, &account).await;
+            store.close().await;
+            anyhow::ensure!(
+                removed?,
+                "account {account} is not linked to GitHub App installation {}",
+                args.installation
+            );
+            eprintln!(
+                "Unlinked account {account} from GitHub App installation {}",
+                args.installation
+            );
+            Ok(())
+        }
+        InstallationsCommand::List { account, store } => {
+            let account = account.as_deref().map(parse).transpose()?;
+            let store = startup::open_store(&store.config()).await?;
+            let links = store.installation_links(account.as_ref()).await;
+            store.close().await;
+            println!("{:<14} {:<34} LINKED", "INSTALLATION", "ACCOUNT");
+            for link in links? {
+                println!(
+                    "{:<14} {:<34} {}",
+                    link.installation,
+                    link.account,
+                    link.created_on.to_rfc3339()
+                );
             }
             Ok(())
         }
