@@ -1,9 +1,11 @@
 //! GitHub: webhook signatures and payloads, turned into Kiln's own events before anything else sees
 //! them.
 
+mod access;
 mod app;
 pub mod reporter;
 
+pub use access::{RepoAccess, RepoRef, repo_access};
 pub use app::{AppConfig, GithubApp};
 
 use hmac::{Hmac, Mac};

@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::cache::{BuildCache, CacheDir, CacheKind, Restored};
 use crate::domain::{BuildId, BuildOutcome, Timestamp, VersionId, plan_project};
 use crate::git::GitCache;
+use crate::github::RepoAccess;
 use crate::logs::{LogSink, LogSinkConfig, Masker, pump};
 use crate::sandbox::{BuildUser, BuildUserPool, BuildUserSpec, SandboxMode, Step, StepSpec};
 use crate::scheduler::Stop;
@@ -388,6 +389,14 @@ impl Run<'_> {
         }
 
         self.system("Cloning repository...").await;
+        // Before anything is fetched or pushed: whether this account may reach the repository at all.
+        let github_token = match self.clone_credentials().await {
+            Ok(token) => token,
+            Err(line) => {
+                self.system(&line).await;
+                return Ok(BuildOutcome::Fail);
+            }
+        };
         let repo = self.workspace.join("repo");
         let git = self.ctx.git.clone();
         let (owner_name, repo_name) = (meta.provider_account_name.clone(), meta.repo_name.clone());
@@ -421,7 +430,6 @@ impl Run<'_> {
                 }
             }
         }
-        let github_token = self.installation_token().await;
         let fetched = self
             .guard(async {
                 let mirror = git
@@ -745,33 +753,55 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Runs one command; on stop or timeout its processes get TERM, then KILL after the grace.
-    /// A GitHub installation token for the build's repository when an App is configured and the
-    /// repository's installation is known (private repositories need it); `None` otherwise.
-    async fn installation_token(&self) -> Option<String> {
-        let app = self.ctx.github.as_ref()?;
-        if self.build.metadata.provider_type != crate::domain::ProviderType::Github {
-            return None;
-        }
-        let installation = match self.ctx.store.get_installation(&self.build.repo_id).await {
-            Ok(Some(i)) => i,
-            Ok(None) => return None,
+    /// The installation token the build's repository is fetched with ([`crate::github::repo_access`]):
+    /// `Ok(Some(token))` when the build's account owns the App installation that covers it, `Ok(None)`
+    /// to fetch without one (no App, no installation covers the repository, or GitHub could not be
+    /// asked: a fetch without a token reveals nothing), `Err(line)`, the build's failure line, when an
+    /// installation the account is not linked to covers it (no token is made, nothing is fetched).
+    async fn clone_credentials(&self) -> Result<Option<String>, String> {
+        let meta = &self.build.metadata;
+        let repo = crate::github::RepoRef {
+            provider_type: meta.provider_type,
+            repo_id: &self.build.repo_id,
+            owner: &meta.provider_account_name,
+            name: &meta.repo_name,
+        };
+        let app = self.ctx.github.as_deref();
+        let access =
+            crate::github::repo_access(&self.ctx.store, app, &self.build.account, repo).await;
+        let installation = match access {
+            Ok(RepoAccess::Installation(i)) => i,
+            Ok(RepoAccess::WithoutToken) => return Ok(None),
+            Ok(RepoAccess::NotLinked) => {
+                tracing::warn!(
+                    repo = format!("{}/{}", repo.owner, repo.name),
+                    "the repository's GitHub App installation is not linked to the build's account"
+                );
+                return Err(format!(
+                    "Failed: {}/{} is covered by a GitHub App installation that is not linked to this \
+                     account; a Kiln operator links it with `kiln installations link`",
+                    repo.owner, repo.name
+                ));
+            }
             Err(e) => {
                 tracing::warn!(
                     error = format!("{e:#}"),
-                    "reading the repository's installation failed"
+                    "could not find the repository's installation: cloning without a token"
                 );
-                return None;
+                return Ok(None);
             }
         };
+        let Some(app) = app else {
+            return Ok(None);
+        };
         match app.installation_token(installation).await {
-            Ok(token) => Some(token),
+            Ok(token) => Ok(Some(token)),
             Err(e) => {
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "no installation token: cloning without one"
                 );
-                None
+                Ok(None)
             }
         }
     }

@@ -1559,3 +1559,162 @@ async fn accounts_commands_set_limits_that_a_running_server_applies() {
         .await
         .assert_failed("accounts set with a bad id", "account");
 }
+
+// ---------------------------------------------------------------------------------------------------
+// kiln installations
+// ---------------------------------------------------------------------------------------------------
+
+/// A signed `push` delivery to the binary naming the GitHub App installation `installation`; returns
+/// the number of builds it queued.
+async fn deliver_push(kiln: &Kiln, secret: &str, delivery: &str, installation: i64) -> usize {
+    use hmac::{Hmac, Mac};
+    let payload = json!({"ref": "refs/heads/main", "after": "c".repeat(40),
+        "repository": {"id": 4_040_404, "full_name": "octo-org/site"},
+        "head_commit": {"message": "m", "author": {"email": "mona@example.com"}},
+        "commits": [{"added": ["index.js"], "removed": [], "modified": []}],
+        "installation": {"id": installation}});
+    let body = serde_json::to_vec(&payload).expect("json");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac");
+    mac.update(&body);
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let req = kiln
+        .http
+        .post(format!("{}/webhooks/github", kiln.base))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", signature)
+        .body(body);
+    let (status, v) = kiln.send(req).await;
+    assert_eq!(status, 200, "{v}");
+    v["result"]["builds"].as_array().expect("builds").len()
+}
+
+#[tokio::test]
+async fn installations_commands_decide_which_accounts_a_running_server_builds_pushes_for() {
+    let site = Site::new().await;
+    let token = "installations-bootstrap-token-0123456789";
+    let secret = "installations-webhook-secret";
+    let kiln = site
+        .serve(&[
+            "--bootstrap-token",
+            token,
+            "--github-webhook-secret",
+            secret,
+        ])
+        .await;
+    let conn = kiln
+        .ok(
+            token,
+            Method::PUT,
+            &acct("/repos/connections"),
+            Some(json!({"provider_type": "github",
+            "provider_account_id": "1", "provider_account_name": "octo-org", "repo_id": "4040404",
+            "repo_name": "site"})),
+        )
+        .await;
+    let build_token = kiln
+        .ok(
+            token,
+            Method::POST,
+            &acct("/tokens"),
+            Some(build_token_body("ci")),
+        )
+        .await;
+    kiln.ok(
+        token,
+        Method::POST,
+        &acct("/triggers"),
+        Some(json!({"external_script_id": "site",
+        "repo_connection_uuid": conn["result"]["repo_connection_uuid"],
+        "build_token_uuid": build_token["result"]["build_token_uuid"], "trigger_name": "prod",
+        "build_command": "", "branch_includes": ["main"]})),
+    )
+    .await;
+
+    // Not linked: the account's trigger does not build the installation's pushes.
+    assert_eq!(deliver_push(&kiln, secret, "d-1", 31337).await, 0);
+    let run = site
+        .kiln(&[
+            "installations",
+            "link",
+            "--account",
+            ACCOUNT,
+            "--installation",
+            "31337",
+        ])
+        .await;
+    run.assert_ok("installations link");
+    assert!(run.stderr.contains("Linked"), "{}", run.describe());
+    site.kiln(&[
+        "installations",
+        "link",
+        "--account",
+        OTHER_ACCOUNT,
+        "--installation",
+        "42",
+    ])
+    .await
+    .assert_ok("installations link another");
+    let list = site
+        .kiln(&["installations", "list", "--account", ACCOUNT])
+        .await;
+    list.assert_ok("installations list");
+    let rows: Vec<Vec<&str>> = list
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 1, "{}", list.describe());
+    assert_eq!(rows[0][..2], ["31337", ACCOUNT], "{}", list.describe());
+    let all = site.kiln(&["installations", "list"]).await;
+    all.assert_ok("installations list");
+    assert_eq!(all.stdout.lines().count(), 3, "{}", all.describe());
+
+    // Linked: the running server builds the next push, and only a push naming that installation.
+    assert_eq!(deliver_push(&kiln, secret, "d-2", 31337).await, 1);
+    assert_eq!(deliver_push(&kiln, secret, "d-3", 42).await, 0);
+
+    site.kiln(&[
+        "installations",
+        "unlink",
+        "--account",
+        ACCOUNT,
+        "--installation",
+        "31337",
+    ])
+    .await
+    .assert_ok("installations unlink");
+    assert_eq!(deliver_push(&kiln, secret, "d-4", 31337).await, 0);
+    site.kiln(&[
+        "installations",
+        "unlink",
+        "--account",
+        ACCOUNT,
+        "--installation",
+        "31337",
+    ])
+    .await
+    .assert_failed("unlinking twice", "not linked");
+    site.kiln(&[
+        "installations",
+        "link",
+        "--account",
+        ACCOUNT,
+        "--installation",
+        "0",
+    ])
+    .await
+    .assert_failed("a zero installation id", "installation");
+    site.kiln(&[
+        "installations",
+        "link",
+        "--account",
+        "not an account",
+        "--installation",
+        "1",
+    ])
+    .await
+    .assert_failed("a bad account id", "account");
+    kiln.stop().await;
+}

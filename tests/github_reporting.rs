@@ -176,6 +176,7 @@ async fn setup(fail_first: usize) -> (TestApp, Fake, String, tempfile::TempDir) 
     git(&repo, &["init", "-q", "-b", "main"]);
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "site"]);
+    app.link_installation(ACCOUNT, INSTALLATION).await;
     let (conn, token) = app
         .github_repo("octo-org", "site", &REPO_ID.to_string())
         .await;
@@ -477,6 +478,7 @@ async fn private_repositories_are_cloned_with_the_installation_token() {
         });
     })
     .await;
+    app.link_installation(ACCOUNT, INSTALLATION).await;
     let (conn, token) = app
         .github_repo("octo-org", "site", &REPO_ID.to_string())
         .await;

@@ -59,6 +59,10 @@ async fn a_real_push_payload_builds_its_repository() {
         .expect("a branch push");
     let repo_id = push["repository"]["id"].as_u64().unwrap().to_string();
     let (conn, token) = app.github_repo("Codertocat", "Hello-World", &repo_id).await;
+    let installation = push["installation"]["id"]
+        .as_i64()
+        .expect("an App delivery");
+    app.link_installation(ACCOUNT, installation).await;
     app.trigger(
         "hello",
         &conn,

@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 const REPO_ID: u64 = 186_853_002;
+/// The GitHub App installation the payloads name (linked to [`ACCOUNT`] by [`monorepo`]).
+const INSTALLATION: i64 = 2311213;
 
 fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac");
@@ -75,12 +77,14 @@ fn push(git_ref: &str, after: &str, files: &[&str]) -> Value {
             "default_branch": "main"},
         "pusher": {"name": "mona", "email": "mona@example.com"},
         "sender": {"login": "mona", "id": 21031067, "type": "User"},
-        "installation": {"id": 2311213, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMjMxMTIxMw=="}
+        "installation": {"id": INSTALLATION, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMjMxMTIxMw=="}
     })
 }
 
-/// Two Workers built from one repository: `web` (apps/web) and `api` (apps/api), production on main.
+/// Two Workers built from one repository: `web` (apps/web) and `api` (apps/api), production on main;
+/// the account owns the installation the deliveries name.
 async fn monorepo(app: &TestApp) -> (String, String) {
+    app.link_installation(ACCOUNT, INSTALLATION).await;
     let (conn, token) = app
         .github_repo("octo-org", "monorepo", &REPO_ID.to_string())
         .await;
@@ -136,7 +140,7 @@ async fn a_signed_push_builds_the_workers_whose_paths_changed_exactly_once() {
             .get_installation(&REPO_ID.to_string())
             .await
             .unwrap(),
-        Some(2311213)
+        Some(INSTALLATION)
     );
 
     // A redelivery creates nothing.
@@ -302,7 +306,7 @@ fn pull_request(action: &str, number: i64, head: &str, sha: &str) -> Value {
         "repository": {"id": REPO_ID, "name": "monorepo", "full_name": "octo-org/monorepo",
             "owner": {"login": "octo-org", "id": 6811672}},
         "sender": {"login": "mona", "id": 21031067},
-        "installation": {"id": 2311213}
+        "installation": {"id": INSTALLATION}
     })
 }
 

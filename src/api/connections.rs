@@ -13,7 +13,9 @@ use axum::extract::State;
 
 use super::AppState;
 
-/// Body of `upsertRepoConnection`.
+/// Body of `upsertRepoConnection`. A connection names a repository and grants nothing by itself: a
+/// repository covered by a GitHub App installation is built, cloned and reported on only for the
+/// accounts an operator linked to that installation (`kiln installations link`).
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct UpsertRepoConnectionRequest {
     pub provider_type: String,

@@ -116,6 +116,26 @@ impl GithubApp {
         Ok(answer.token)
     }
 
+    /// The id of the App's installation that covers the repository `owner/repo` (`GET
+    /// /repos/{owner}/{repo}/installation`, with the App's JWT); `None` when the App is not installed
+    /// on it (GitHub answers 404). Errors: invalid names, an unreachable API or another answer.
+    pub async fn repo_installation(&self, owner: &str, repo: &str) -> anyhow::Result<Option<i64>> {
+        crate::git::check_slug("repository owner", owner)?;
+        crate::git::check_slug("repository name", repo)?;
+        let url = format!("{}/repos/{owner}/{repo}/installation", self.api_url);
+        let resp = self
+            .send(reqwest::Method::GET, &url, &self.jwt(), None)
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let found: Value = checked(reqwest::Method::GET, &url, resp).await?;
+        found["id"]
+            .as_i64()
+            .map(Some)
+            .context("GitHub's installation has no id")
+    }
+
     /// Creates a check run; returns its id.
     pub async fn create_check_run(
         &self,
@@ -205,6 +225,18 @@ impl GithubApp {
         bearer: &str,
         body: Option<Value>,
     ) -> anyhow::Result<T> {
+        let resp = self.send(method.clone(), url, bearer, body).await?;
+        checked(method, url, resp).await
+    }
+
+    /// Sends one API request; the answer's status is the caller's to check.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        bearer: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<reqwest::Response> {
         let mut req = self
             .http
             .request(method.clone(), url)
@@ -214,24 +246,29 @@ impl GithubApp {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("{method} {url}"))?;
-        let status = resp.status();
-        if !status.is_success() {
-            // GitHub's error text, never the token.
-            let text: String = resp
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
-            anyhow::bail!("{method} {url}: {status}: {text}");
-        }
-        resp.json()
-            .await
-            .with_context(|| format!("{method} {url}: unreadable answer"))
+        req.send().await.with_context(|| format!("{method} {url}"))
     }
+}
+
+/// The answer's JSON body when its status is a success, else an error with GitHub's text (never the
+/// token).
+async fn checked<T: serde::de::DeserializeOwned>(
+    method: reqwest::Method,
+    url: &str,
+    resp: reqwest::Response,
+) -> anyhow::Result<T> {
+    let status = resp.status();
+    if !status.is_success() {
+        let text: String = resp
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        anyhow::bail!("{method} {url}: {status}: {text}");
+    }
+    resp.json()
+        .await
+        .with_context(|| format!("{method} {url}: unreadable answer"))
 }

@@ -87,7 +87,10 @@ async fn update_comments(store: &Store, app: &GithubApp, public_url: &str) {
     for item in items {
         let result = async {
             let number = pr_number(&item.pr_url)?;
-            let body = render_comment(&store.pr_builds(&item.pr_url).await?, public_url);
+            let body = render_comment(
+                &store.pr_builds(&item.pr_url, item.installation).await?,
+                public_url,
+            );
             match item.comment_id {
                 None => {
                     app.create_comment(item.installation, &item.owner, &item.repo, number, &body)

@@ -138,8 +138,13 @@ impl Store {
         let pull_request = match (&new.pull_request, &new.branch) {
             (Some(pr), _) => Some(pr.clone()),
             (None, Some(branch)) => {
-                super::webhooks::open_pull_request(w, &t.info.repo_connection.repo_id, branch)
-                    .await?
+                super::webhooks::open_pull_request(
+                    w,
+                    &t.info.repo_connection.repo_id,
+                    branch,
+                    account,
+                )
+                .await?
             }
             (None, None) => None,
         };

@@ -51,7 +51,9 @@ pub struct PrBuild {
 
 impl Store {
     /// Builds of GitHub repositories (with a known installation and commit) whose last reported status
-    /// differs from their status and whose retry time has come, oldest first.
+    /// differs from their status and whose retry time has come, oldest first. Only builds of accounts
+    /// that own the repository's installation: another account's connection to the repository never
+    /// reports on it (and an account unlinked since stops being reported).
     pub async fn builds_to_report(
         &self,
         now: Timestamp,
@@ -65,6 +67,7 @@ impl Store {
              FROM builds b JOIN triggers t ON t.uuid = b.trigger_uuid \
              JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
              JOIN github_installations i ON i.repo_id = c.repo_id \
+             JOIN github_installation_accounts l ON l.installation_id = i.installation_id AND l.account_id = b.account_id \
              LEFT JOIN github_reports r ON r.build_uuid = b.uuid \
              WHERE c.provider_type = 'github' AND b.commit_hash IS NOT NULL \
              AND (r.build_uuid IS NULL OR r.reported_status IS NULL OR r.reported_status <> b.status) \
@@ -181,13 +184,17 @@ impl Store {
             .collect()
     }
 
-    /// The newest build of each Worker for a pull request, in the order the Workers were first built.
-    pub async fn pr_builds(&self, pr_url: &str) -> anyhow::Result<Vec<PrBuild>> {
+    /// The newest build of each Worker for a pull request, in the order the Workers were first built:
+    /// builds of the accounts that own `installation` (the one the comment is written with) only.
+    pub async fn pr_builds(&self, pr_url: &str, installation: i64) -> anyhow::Result<Vec<PrBuild>> {
         let rows = sqlx::query(
-            "SELECT uuid, account_id, external_script_id, status, outcome, commit_hash FROM builds \
-             WHERE pr_url = $1 ORDER BY id",
+            "SELECT b.uuid AS uuid, b.account_id AS account_id, b.external_script_id AS external_script_id, \
+             b.status AS status, b.outcome AS outcome, b.commit_hash AS commit_hash FROM builds b \
+             JOIN github_installation_accounts l ON l.account_id = b.account_id AND l.installation_id = $2 \
+             WHERE b.pr_url = $1 ORDER BY b.id",
         )
         .bind(pr_url)
+        .bind(installation)
         .fetch_all(&self.pool)
         .await
         .context("reading a pull request's builds")?;

@@ -49,7 +49,7 @@ impl Store {
             remember_installation(&mut w, &push.repo_id, installation).await?;
         }
         let mut queued = Vec::new();
-        for t in repo_triggers(&mut w, &push.repo_id).await? {
+        for t in repo_triggers(&mut w, &push.repo_id, push.installation_id).await? {
             let paths_ok = paths_selected(
                 &t.path_includes,
                 &t.path_excludes,
@@ -134,7 +134,7 @@ impl Store {
                 created_on: ev.created_on,
                 pull_request_url: ev.url.clone(),
             });
-            for t in repo_triggers(&mut w, &ev.repo_id).await? {
+            for t in repo_triggers(&mut w, &ev.repo_id, ev.installation_id).await? {
                 if !branch_selected(&t.branch_includes, &t.branch_excludes, &ev.head_branch)
                     || already_built(&mut w, t.id, &ev.head_sha, &ev.head_branch).await?
                 {
@@ -176,7 +176,8 @@ impl Store {
         Ok(DeliveryOutcome::Handled(queued))
     }
 
-    /// The GitHub App installation last seen for a repository.
+    /// The GitHub App installation last seen for a repository (by GitHub's numeric `repo_id`): the one
+    /// named by the newest signed delivery about it, i.e. GitHub's word that it covers the repository.
     pub async fn get_installation(&self, repo_id: &str) -> anyhow::Result<Option<i64>> {
         let row =
             sqlx::query("SELECT installation_id FROM github_installations WHERE repo_id = $1")
@@ -199,18 +200,29 @@ struct RepoTrigger {
     path_excludes: Vec<String>,
 }
 
+/// The live triggers of the GitHub repository `repo_id` whose accounts own `installation`, the App
+/// installation the delivery names (GitHub's word that it covers the repository). A delivery without
+/// one (a repository or organization webhook rather than the App's) reaches no trigger: nothing then
+/// says which account the repository belongs to, and a connection (any account can name any
+/// repository) is no proof.
 async fn repo_triggers(
     w: &mut super::WriteTx<'_>,
     repo_id: &str,
+    installation: Option<i64>,
 ) -> anyhow::Result<Vec<RepoTrigger>> {
+    let Some(installation) = installation else {
+        return Ok(Vec::new());
+    };
     let rows = sqlx::query(
         "SELECT t.uuid AS uuid, t.account_id AS account_id, t.branch_includes AS branch_includes, \
          t.branch_excludes AS branch_excludes, t.path_includes AS path_includes, t.path_excludes AS path_excludes \
          FROM triggers t JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
+         JOIN github_installation_accounts l ON l.account_id = t.account_id AND l.installation_id = $2 \
          WHERE c.provider_type = 'github' AND c.repo_id = $1 AND c.deleted_on IS NULL AND t.deleted_on IS NULL \
          ORDER BY t.created_on, t.uuid",
     )
     .bind(repo_id)
+    .bind(installation)
     .fetch_all(&mut *w.tx)
     .await
     .context("finding the repository's triggers")?;
@@ -265,18 +277,25 @@ async fn remember_installation(
     Ok(())
 }
 
-/// The newest open pull request whose head is `branch`.
+/// The newest open pull request whose head is `branch`, for a build of `account`: only when the
+/// account owns the App installation that covers the repository (another account's connection to the
+/// repository learns nothing of its pull requests, and its builds never reach their comments).
 pub(super) async fn open_pull_request(
     w: &mut super::WriteTx<'_>,
     repo_id: &str,
     branch: &str,
+    account: &AccountId,
 ) -> anyhow::Result<Option<PullRequest>> {
     let row = sqlx::query(
-        "SELECT url, created_on FROM pull_requests WHERE repo_id = $1 AND head_branch = $2 AND closed_on IS NULL \
-         ORDER BY number DESC LIMIT 1",
+        "SELECT p.url AS url, p.created_on AS created_on FROM pull_requests p \
+         JOIN github_installations i ON i.repo_id = p.repo_id \
+         JOIN github_installation_accounts l ON l.installation_id = i.installation_id AND l.account_id = $3 \
+         WHERE p.repo_id = $1 AND p.head_branch = $2 AND p.closed_on IS NULL \
+         ORDER BY p.number DESC LIMIT 1",
     )
     .bind(repo_id)
     .bind(branch)
+    .bind(account.as_str())
     .fetch_optional(&mut *w.tx)
     .await
     .context("finding the branch's pull request")?;

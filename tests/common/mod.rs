@@ -314,6 +314,16 @@ impl TestApp {
         )
     }
 
+    /// Links `account` to the GitHub App installation `installation`, as `kiln installations link`
+    /// does: the account then builds the pushes of the repositories that installation covers.
+    pub async fn link_installation(&self, account: &str, installation: i64) {
+        let account = AccountId::parse(account).expect("account id");
+        self.store()
+            .link_installation(installation, &account)
+            .await
+            .expect("link installation");
+    }
+
     /// A trigger for `worker` on a connection; `extra` fields are merged into the request body.
     pub async fn trigger(&self, worker: &str, conn: &str, token: &str, extra: Value) -> String {
         let mut body = json!({"external_script_id": worker, "repo_connection_uuid": conn,
