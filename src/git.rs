@@ -90,8 +90,8 @@ pub struct GitCache {
     git: Git,
     fetch_timeout: Duration,
     local_timeout: Duration,
-    /// Per mirror path: when its last successful fetch started. Holding the mutex = fetching it.
-    fetches: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    /// Per mirror path: its last successful fetch. Holding the mutex = fetching it.
+    fetches: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<LastFetch>>>>>,
 }
 
 impl GitCache {
@@ -139,7 +139,13 @@ impl GitCache {
     /// The up-to-date mirror of `owner/repo`: cloned on first use, fetched (branches and tags, with
     /// pruning) on every later call. One fetch per repository runs at a time, across tasks (an async
     /// mutex) and processes (a file lock); a caller that waited for a fetch which started after its
-    /// own call reuses that fetch. A failed first clone leaves nothing behind.
+    /// own call, with the same credentials, reuses that fetch. A failed first clone leaves nothing
+    /// behind.
+    ///
+    /// Mirrors are shared by every build and account, whoever's credentials filled them: a mirror is
+    /// only handed out after the remote accepted the caller's own credentials (none here) in a fetch
+    /// of its own or one it shares with the same credentials. A caller that may not read the
+    /// repository gets [`GitError::Fetch`], never the mirror.
     pub async fn mirror(&self, owner: &str, repo: &str) -> anyhow::Result<Mirror> {
         self.mirror_with_token(owner, repo, None).await
     }
@@ -160,7 +166,9 @@ impl GitCache {
     }
 
     /// The up-to-date mirror at `path` of the repository at `url` (created or fetched), `auth` being
-    /// the `Authorization` header of an installation token.
+    /// the `Authorization` header of an installation token. Every call fetches with its own
+    /// credentials unless it waited for a fetch that started after the call with the same ones: the
+    /// remote's answer to those credentials is what lets the caller use the (shared) mirror.
     async fn mirror_at(
         &self,
         path: PathBuf,
@@ -175,8 +183,12 @@ impl GitCache {
             map.entry(path.clone()).or_default().clone()
         };
         let asked = Instant::now();
+        let credentials = credentials_key(url, auth.as_deref());
         let mut last_fetch = slot.lock().await;
-        if !last_fetch.is_some_and(|started| started >= asked) {
+        let shared = last_fetch
+            .as_ref()
+            .is_some_and(|last| last.started >= asked && last.credentials == credentials);
+        if !shared {
             let started = Instant::now();
             let _file_lock = lock_file(path.with_extension("lock")).await?;
             if tokio::fs::try_exists(&path).await.unwrap_or(false) {
@@ -185,7 +197,10 @@ impl GitCache {
             } else {
                 self.create(&path, url, auth.clone()).await?;
             }
-            *last_fetch = Some(started);
+            *last_fetch = Some(LastFetch {
+                started,
+                credentials,
+            });
         }
         Ok(self.open_mirror(path, url))
     }
@@ -509,6 +524,25 @@ impl GitCache {
         }
         Ok(())
     }
+}
+
+/// The last successful fetch of a mirror: when it started and with which credentials.
+#[derive(Debug)]
+struct LastFetch {
+    started: Instant,
+    credentials: CredentialsKey,
+}
+
+/// What identifies the credentials a fetch sent (a digest, so that they are not kept in memory twice):
+/// `None` for none.
+type CredentialsKey = Option<[u8; 32]>;
+
+/// The [`CredentialsKey`] of a fetch of `url` with the token header `token_auth` (the header wins over
+/// credentials written in the URL, as in [`remote_and_auth`]).
+fn credentials_key(url: &str, token_auth: Option<&str>) -> CredentialsKey {
+    use sha2::{Digest, Sha256};
+    let (_, auth) = remote_and_auth(url, token_auth.map(str::to_owned));
+    auth.map(|header| Sha256::digest(header.as_bytes()).into())
 }
 
 /// Splits `user:password@` off an http(s) URL into an `Authorization` header, so that git gets the

@@ -8,6 +8,8 @@
 //!   nothing of B's is reported on A's repository. Unlinking A stops A's builds too.
 //! * Without a GitHub App, deliveries build only the triggers of the accounts linked to the
 //!   installation they name, and none without one.
+//! * Mirrors are shared by repository: a mirror (or a submodule's mirror) that one installation's
+//!   token filled is handed to other credentials only after the remote accepted them.
 
 mod common;
 
@@ -25,6 +27,7 @@ use base64::Engine;
 use common::*;
 use hmac::{Hmac, Mac};
 use kiln::domain::Permission;
+use kiln::git::{GitCache, GitError};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -814,4 +817,161 @@ async fn without_an_app_deliveries_build_only_the_linked_accounts_and_nothing_wi
     assert!(logs.iter().any(|l| l == NOT_LINKED), "{logs:#?}");
     assert!(!logs.iter().any(|l| l.contains(&sha)), "{logs:#?}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_mirror_filled_with_one_installations_token_needs_the_callers_own_credentials() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fake = FakeGithub::start(&tmp.path().join("remotes")).await;
+    fake.repo(
+        "octo-org",
+        "site",
+        Policy {
+            installation: Some(A_INSTALLATION),
+            private: true,
+        },
+    );
+    let cache = Arc::new(GitCache::new(tmp.path().join("git"), fake.template()));
+    let a_token = installation_token(A_INSTALLATION);
+    let b_token = installation_token(B_INSTALLATION);
+    cache
+        .mirror_with_token("octo-org", "site", Some(&a_token))
+        .await
+        .expect("A's token reads the repository");
+    // The mirror is complete on disk; other credentials still do not get it.
+    for token in [None, Some(b_token.as_str())] {
+        let err = cache
+            .mirror_with_token("octo-org", "site", token)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(GitError::find(&err), Some(GitError::Fetch { .. })),
+            "{err:#}"
+        );
+    }
+    // Nor by waiting for a fetch made with A's token that started after their own call: a fetch
+    // with A's token holds the mirror, another with A's token and one without queue behind it.
+    let gate = fake.gate.clone().lock_owned().await;
+    let fetch = |token: Option<String>| {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .mirror_with_token("octo-org", "site", token.as_deref())
+                .await
+        })
+    };
+    let first = fetch(Some(a_token.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = fetch(Some(a_token.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let anonymous = fetch(None);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(gate);
+    first.await.expect("join").expect("A's first fetch");
+    second.await.expect("join").expect("A's second fetch");
+    let err = anonymous
+        .await
+        .expect("join")
+        .expect_err("no credentials, no mirror");
+    assert!(
+        matches!(GitError::find(&err), Some(GitError::Fetch { .. })),
+        "{err:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_submodule_mirror_filled_with_another_token_is_fetched_with_the_builds_own_credentials() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fake = FakeGithub::start(&tmp.path().join("remotes")).await;
+    let (_, private) = fake.repo(
+        "octo-org",
+        "private",
+        Policy {
+            installation: Some(A_INSTALLATION),
+            private: true,
+        },
+    );
+    // A public repository whose submodule is A's private repository.
+    let (site, _) = fake.repo(
+        "b-org",
+        "site",
+        Policy {
+            installation: None,
+            private: false,
+        },
+    );
+    git(
+        &site,
+        &[
+            "config",
+            "--file",
+            ".gitmodules",
+            "submodule.lib.path",
+            "lib",
+        ],
+    );
+    git(
+        &site,
+        &[
+            "config",
+            "--file",
+            ".gitmodules",
+            "submodule.lib.url",
+            "https://github.com/octo-org/private.git",
+        ],
+    );
+    git(&site, &["add", ".gitmodules"]);
+    git(
+        &site,
+        &[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{private},lib"),
+        ],
+    );
+    git(&site, &["commit", "-q", "-m", "a submodule"]);
+    let sha = head(&site);
+    let cache = GitCache::new(tmp.path().join("git"), fake.template());
+
+    // A's build (A's token covers the submodule) fills the submodule's mirror.
+    let a_token = installation_token(A_INSTALLATION);
+    let mirror = cache
+        .mirror_with_token("b-org", "site", Some(&a_token))
+        .await
+        .expect("mirror");
+    let a_dest = tmp.path().join("work/a");
+    mirror.checkout(&sha, &a_dest).await.expect("checkout");
+    let subs = cache
+        .checkout_submodules(&a_dest, &mirror, Some(&a_token))
+        .await
+        .expect("A's submodule");
+    assert_eq!(subs.len(), 1);
+    assert!(a_dest.join("lib/index.js").is_file());
+
+    // B's builds of the same public repository, without a token or with another installation's: the
+    // submodule's mirror has the commit, but it is not theirs to read.
+    let b_token = installation_token(B_INSTALLATION);
+    for (n, token) in [None, Some(b_token.as_str())].into_iter().enumerate() {
+        let mirror = cache
+            .mirror_with_token("b-org", "site", token)
+            .await
+            .expect("the public superproject");
+        let dest = tmp.path().join(format!("work/b{n}"));
+        mirror.checkout(&sha, &dest).await.expect("checkout");
+        let err = cache
+            .checkout_submodules(&dest, &mirror, token)
+            .await
+            .expect_err("the submodule is A's");
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("submodule lib (https://github.com/octo-org/private.git): "),
+            "{text}"
+        );
+        assert!(
+            matches!(GitError::find(&err), Some(GitError::Fetch { .. })),
+            "{text}"
+        );
+        assert!(!dest.join("lib/index.js").exists());
+    }
 }

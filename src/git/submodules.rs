@@ -40,6 +40,17 @@ pub struct SubmoduleCheckout {
     pub mirror: PathBuf,
 }
 
+/// When a submodule's existing mirror may be used without asking the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    /// Only after the remote accepted this checkout's credentials (or their absence): a mirror that
+    /// other credentials (another account's installation token) may have filled.
+    AfterFetch,
+    /// As soon as it has the commit, when no credentials are involved: a mirror keyed by its URL,
+    /// filled only ever without credentials.
+    WhenComplete,
+}
+
 /// One `submodule.<name>` section of `.gitmodules`.
 #[derive(Debug, Default)]
 struct Entry {
@@ -74,8 +85,12 @@ impl GitCache {
     /// own in this cache. `token` (the superproject's installation token) is used for the submodules
     /// that resolve to repositories of the URL template; it never reaches another host.
     ///
-    /// Without a `.gitmodules` file this starts no process. Without `token`, a submodule whose mirror
-    /// already has the commit is checked out without any network access. Any submodule that cannot be checked out
+    /// Without a `.gitmodules` file this starts no process. A submodule of the URL template's
+    /// repositories is always fetched with the superproject's credentials (or none) before its mirror
+    /// is used, even when the mirror has the commit: that mirror is shared with every build, and another
+    /// account's token may have filled it (a `.gitmodules` may name anyone's private repository). A
+    /// submodule on another host, whose mirror only ever sees its URL's own credentials, is checked out
+    /// without network access when its mirror has the commit. Any submodule that cannot be checked out
     /// (a refused URL or path, a repository or commit that cannot be fetched) fails the whole call
     /// with an error that starts `submodule <path> (<url>)`. Entries of `.gitmodules` without a
     /// gitlink in the tree are ignored, like git does, and so are those with `update = none`.
@@ -181,13 +196,15 @@ impl GitCache {
                     &self.clone_url(&owner, &repo),
                     token_header(token),
                     sha,
+                    Reuse::AfterFetch,
                 )
                 .await?
             }
             Source::External(url) => {
                 let key = hex::encode(Sha256::digest(url.as_bytes()));
                 let path = self.root.join("external").join(format!("{key}.git"));
-                self.mirror_with_commit(path, &url, None, sha).await?
+                self.mirror_with_commit(path, &url, None, sha, Reuse::WhenComplete)
+                    .await?
             }
         };
         let dest = level.dir.join(path);
@@ -203,18 +220,19 @@ impl GitCache {
     }
 
     /// The mirror at `path` of `url` with the commit `sha`, then the commit alone if no branch or tag
-    /// has it. Without credentials a mirror that already has the commit is used as it is (no
-    /// network: commits do not change). With them it is fetched anyway, as the remote's check that
-    /// these credentials may read the repository: the mirror is shared by every build, and a
-    /// `.gitmodules` may name anyone's private repository.
+    /// has it. With [`Reuse::WhenComplete`] and no credentials, a mirror that already has the commit
+    /// is used as it is (no network: commits do not change); otherwise it is fetched anyway, as the
+    /// remote's check that these credentials may read the repository.
     async fn mirror_with_commit(
         &self,
         path: PathBuf,
         url: &str,
         auth: Option<String>,
         sha: &str,
+        reuse: Reuse,
     ) -> anyhow::Result<Mirror> {
-        if auth.is_none()
+        if reuse == Reuse::WhenComplete
+            && auth.is_none()
             && split_credentials(url).1.is_none()
             && tokio::fs::try_exists(path.join("HEAD"))
                 .await
