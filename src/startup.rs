@@ -431,7 +431,8 @@ impl Server {
     }
 
     /// Stops accepting requests, finishes the ones in flight (for at most [`SHUTDOWN_GRACE`]), stops
-    /// the builds running here (they end `terminated`), and closes the store.
+    /// the builds running here (they end `terminated`), reports what is pending to GitHub (their check
+    /// runs included, for at most [`crate::github::reporter::FLUSH_GRACE`]), and closes the store.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -447,16 +448,17 @@ impl Server {
                 Ok(())
             }
         };
-        if let Some((stop, task)) = self.reporter.take() {
-            let _ = stop.send(true);
-            if let Err(e) = task.await {
-                tracing::error!(error = %e, "the GitHub reporter task panicked");
-            }
-        }
         if let Some((stop, task)) = self.scheduler.take() {
             let _ = stop.send(true);
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "the scheduler task panicked");
+            }
+        }
+        // After the builds: what they ended as (`terminated`) reaches GitHub before the exit.
+        if let Some((stop, task)) = self.reporter.take() {
+            let _ = stop.send(true);
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the GitHub reporter task panicked");
             }
         }
         self.store.close().await;

@@ -36,6 +36,8 @@ struct Call {
 struct Fake {
     calls: Arc<Mutex<Vec<Call>>>,
     fail_next: Arc<AtomicUsize>,
+    /// Set: every call is recorded, then never answered (a GitHub that hangs).
+    stall: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn fake_handler(State(fake): State<Fake>, req: Request) -> impl IntoResponse {
@@ -57,6 +59,9 @@ async fn fake_handler(State(fake): State<Fake>, req: Request) -> impl IntoRespon
         auth,
         body,
     });
+    if fake.stall.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
     if fake.fail_next.load(Ordering::SeqCst) > 0 {
         fake.fail_next.fetch_sub(1, Ordering::SeqCst);
         return (
@@ -524,4 +529,95 @@ async fn private_repositories_are_cloned_with_the_installation_token() {
         .await;
     assert!(!logs.to_string().contains("ghs_faketoken123"), "{logs}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_build_stopped_by_a_shutdown_completes_its_check_run_before_the_server_exits() {
+    let (app, fake, _public, _keys) = setup(0).await;
+    // A build that runs until the server stops.
+    let (_, triggers) = app.get(&app.acct("/workers/site/triggers")).await;
+    let trigger = s(&triggers["result"][0]["trigger_uuid"]);
+    app.ok(
+        Method::PATCH,
+        &app.acct(&format!("/triggers/{trigger}")),
+        Some(json!({"build_command": "echo started; sleep 600"})),
+    )
+    .await;
+    let build = push(&app, &head(&app)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let calls = fake.calls.lock().unwrap().clone();
+        if calls.iter().any(|c| c.body["status"] == "in_progress") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the check run never went in progress: {calls:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let running = app
+        .ok(Method::GET, &app.acct(&format!("/builds/{build}")), None)
+        .await;
+    assert_eq!(running["status"], "running", "{running}");
+
+    // What `kiln serve` does on SIGTERM: the build ends `terminated`, and its check run says so before
+    // the server is gone (not when a node starts again).
+    app.stop().await;
+    let calls = fake.calls.lock().unwrap().clone();
+    let last = calls
+        .iter()
+        .rev()
+        .find(|c| c.path.contains("/check-runs"))
+        .expect("check run calls");
+    assert_eq!(
+        (last.method.as_str(), last.path.as_str()),
+        ("PATCH", "/repos/octo-org/site/check-runs/4242"),
+        "{calls:#?}"
+    );
+    assert_eq!(last.body["status"], "completed", "{calls:#?}");
+    // `terminated` is reported as GitHub's `timed_out` (a timeout or a lost or stopped runner).
+    assert_eq!(last.body["conclusion"], "timed_out", "{calls:#?}");
+}
+
+#[tokio::test]
+async fn the_shutdown_waits_for_a_hanging_github_only_for_a_bounded_time() {
+    let (app, fake, _public, _keys) = setup(0).await;
+    let (_, triggers) = app.get(&app.acct("/workers/site/triggers")).await;
+    let trigger = s(&triggers["result"][0]["trigger_uuid"]);
+    app.ok(
+        Method::PATCH,
+        &app.acct(&format!("/triggers/{trigger}")),
+        Some(json!({"build_command": "sleep 600"})),
+    )
+    .await;
+    push(&app, &head(&app)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !fake
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c.body["status"] == "in_progress")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never in progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fake.stall.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    app.stop().await;
+    let took = started.elapsed();
+    // The flush gives up after FLUSH_GRACE (the build's own stop and the HTTP grace come before it).
+    assert!(
+        took < kiln::github::reporter::FLUSH_GRACE + Duration::from_secs(45),
+        "stopping took {took:?}"
+    );
+    assert!(
+        fake.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.body["status"] == "completed"),
+        "the completion was at least attempted"
+    );
 }
