@@ -20,10 +20,10 @@ use crate::cache::{BuildCache, CacheDir, CacheKind, Restored};
 use crate::domain::{BuildId, BuildOutcome, Timestamp, VersionId, plan_project};
 use crate::git::GitCache;
 use crate::github::RepoAccess;
-use crate::logs::{LogSink, LogSinkConfig, Masker, pump};
+use crate::logs::{LogSink, LogSinkConfig, LogSummary, Masker, pump};
 use crate::sandbox::{BuildUser, BuildUserPool, BuildUserSpec, SandboxMode, Step, StepSpec};
 use crate::scheduler::Stop;
-use crate::store::{ClaimedBuild, Store};
+use crate::store::{ClaimedBuild, Store, store_condition};
 use crate::toolchain::ToolchainStore;
 
 /// Runner settings.
@@ -81,6 +81,10 @@ pub struct RunnerContext {
 
 /// The hosted product's message for a deleted or rolled build token.
 pub const STALE_TOKEN_LINE: &str = "Failed: The build token selected for this build has been deleted or rolled and cannot be used for this build. Please update your build token in the Worker Builds settings and retry the build.";
+
+/// Logged after a failure when the disk the build writes to (its workspace, the git mirrors, the
+/// cache: all in the data dir) is full.
+pub const DISK_FULL_LINE: &str = "Failed: the disk is full (no space left on device)";
 
 /// Why the steps ended before completing.
 enum Interrupted {
@@ -224,16 +228,43 @@ async fn execute_build(
             Err(e) => tracing::error!(error = %e, "recording the commit failed"),
         }
     }
+    // What ends the build is recorded even when the store cannot take it right now (a full disk):
+    // it is retried until the store is back, unless Kiln shuts down meanwhile.
+    let mut stop = run.stop.clone();
     drop(run);
-    let printed_version = match sink.finish().await {
-        Ok(summary) => summary.version_id,
+    let summary = match sink.finish().await {
+        Ok(summary) => summary,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "finishing the build log failed");
-            None
+            LogSummary::default()
         }
     };
-    record_version(ctx, &build, &workspace, printed_version.as_deref()).await;
-    match ctx.store.finish_build(id, owner, outcome).await {
+    if let Some(line) = summary.unwritten_line() {
+        let lines = [(Timestamp::now(), line)];
+        let stored = until_stored(&mut stop, on_shutdown, || {
+            ctx.store.append_build_logs(id, &lines)
+        })
+        .await;
+        if let Err(e) = stored {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "logging the missing log lines failed"
+            );
+        }
+    }
+    record_version(
+        ctx,
+        &build,
+        &workspace,
+        summary.version_id.as_deref(),
+        &mut stop,
+    )
+    .await;
+    let finished = until_stored(&mut stop, on_shutdown, || {
+        ctx.store.finish_build(id, owner, outcome)
+    })
+    .await;
+    match finished {
         Ok(true) => tracing::info!(outcome = outcome.as_str(), "build finished"),
         Ok(false) => tracing::info!("build had already been stopped"),
         Err(e) => tracing::error!(
@@ -249,6 +280,68 @@ async fn execute_build(
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "removing the workspace failed"),
         Err(e) => tracing::warn!(error = %e, "removing the workspace failed"),
+    }
+}
+
+/// First wait before retrying a write the store could not take ([`until_stored`]).
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between two such retries.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Gives up retrying only when Kiln shuts down.
+fn on_shutdown(why: Stop) -> bool {
+    why == Stop::Shutdown
+}
+
+/// Gives up retrying as soon as the build is stopped in any way.
+fn on_any_stop(why: Stop) -> bool {
+    why != Stop::No
+}
+
+/// Runs the store operation `op` until it succeeds, fails for a reason other than a
+/// [`crate::store::StoreCondition`] (a full disk, a database that is busy or unreachable: they
+/// pass), or `stop`
+/// holds a value that `gives_up` accepts. Waits [`STORE_RETRY_FIRST`] between tries, doubling up to
+/// [`STORE_RETRY_MAX`]. Returns the last error when it stops trying.
+async fn until_stored<T, Fut>(
+    stop: &mut watch::Receiver<Stop>,
+    gives_up: fn(Stop) -> bool,
+    mut op: impl FnMut() -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = STORE_RETRY_FIRST;
+    let mut waited = false;
+    loop {
+        let e = match op().await {
+            Ok(v) => {
+                if waited {
+                    tracing::info!("the store took the write after it came back");
+                }
+                return Ok(v);
+            }
+            Err(e) => e,
+        };
+        if store_condition(&e).is_none() || gives_up(*stop.borrow()) {
+            return Err(e);
+        }
+        if !waited {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "the store cannot take a write now; retrying until it can"
+            );
+            waited = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    return Err(e);
+                }
+            }
+        }
+        delay = (delay * 2).min(STORE_RETRY_MAX);
     }
 }
 
@@ -311,7 +404,21 @@ impl Run<'_> {
             "Failed: error occurred while cloning the repository: {e:#}"
         ))
         .await;
+        self.say_if_disk_full(Some(e)).await;
         BuildOutcome::Fail
+    }
+
+    /// After a failure: logs [`DISK_FULL_LINE`] when `e` says the disk is full or the workspace's
+    /// disk is full now.
+    async fn say_if_disk_full(&self, e: Option<&anyhow::Error>) {
+        let workspace = self.workspace.to_path_buf();
+        let full = e.is_some_and(crate::disk::is_full_error)
+            || tokio::task::spawn_blocking(move || crate::disk::is_full(&workspace))
+                .await
+                .unwrap_or(false);
+        if full {
+            self.system(DISK_FULL_LINE).await;
+        }
     }
 
     /// A system line, masked like user output.
@@ -348,6 +455,7 @@ impl Run<'_> {
             tracing::error!(error = format!("{e:#}"), "preparing the workspace failed");
             self.system("Failed: could not prepare the build environment")
                 .await;
+            self.say_if_disk_full(Some(&e)).await;
             return Ok(BuildOutcome::Fail);
         }
         let Some(token) = self.build.secrets.build_token.clone() else {
@@ -381,7 +489,13 @@ impl Run<'_> {
         }
         self.system("Success: Finished initializing build environment")
             .await;
-        match self.ctx.store.set_build_running(id, self.owner).await {
+        let (store, owner) = (&self.ctx.store, self.owner);
+        let mut stop = self.stop.clone();
+        match until_stored(&mut stop, on_any_stop, || {
+            store.set_build_running(id, owner)
+        })
+        .await
+        {
             Ok(true) => {}
             // Cancelled (or recovered elsewhere) between the claim and now.
             Ok(false) => return Err(Interrupted::Stopped(why_lost(&self.ctx.store, id).await)),
@@ -525,6 +639,7 @@ impl Run<'_> {
                 );
                 self.system("Failed: could not prepare the build environment")
                     .await;
+                self.say_if_disk_full(Some(&e)).await;
                 return Ok(BuildOutcome::Fail);
             }
         }
@@ -532,18 +647,20 @@ impl Run<'_> {
         // build command starts meanwhile (awaited before the outcome is recorded).
         let (store, record_mirror) = (self.ctx.store.clone(), mirror.clone());
         let (sha, resolved_branch) = (resolved.sha.clone(), resolved.branch.clone());
+        let mut stop = self.stop.clone();
         self.commit_record = Some(tokio::spawn(
             async move {
                 let info = record_mirror.commit_info(&sha).await?;
-                store
-                    .set_build_commit(
+                until_stored(&mut stop, on_shutdown, || {
+                    store.set_build_commit(
                         id,
                         resolved_branch.as_deref(),
                         &sha,
                         &info.message,
                         &info.author,
                     )
-                    .await
+                })
+                .await
             }
             .in_current_span(),
         ));
@@ -597,6 +714,7 @@ impl Run<'_> {
                     tracing::error!(error = %e, "linking the toolchains failed");
                     self.system("Failed: could not prepare the build's tools")
                         .await;
+                    self.say_if_disk_full(Some(&e.into())).await;
                     return Ok(BuildOutcome::Fail);
                 }
             }
@@ -634,6 +752,7 @@ impl Run<'_> {
             if self.run_step(step, early).await? != Some(0) {
                 self.system("Failed: error occurred while installing tools or dependencies")
                     .await;
+                self.say_if_disk_full(None).await;
                 return Ok(BuildOutcome::Fail);
             }
         }
@@ -656,6 +775,7 @@ impl Run<'_> {
                     "Failed: error occurred while running {kind} command"
                 ))
                 .await;
+                self.say_if_disk_full(None).await;
                 return Ok(BuildOutcome::Fail);
             }
             let done = if kind == "build" { "Build" } else { "Deploy" };
@@ -708,8 +828,13 @@ impl Run<'_> {
             Err(e) => {
                 // The cache removes what it half-restored; the details (paths) stay in Kiln's log.
                 tracing::warn!(error = format!("{e:#}"), "restoring the build cache failed");
+                let why = if crate::disk::is_full_error(&e) {
+                    "the disk is full"
+                } else {
+                    "the entry is damaged or unusable"
+                };
                 self.system(&format!(
-                    "Failed to restore {label} cache: the entry is damaged or unusable; building without it"
+                    "Failed to restore {label} cache: {why}; building without it"
                 ))
                 .await;
             }
@@ -744,8 +869,13 @@ impl Run<'_> {
             }
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "saving the build cache failed");
+                let why = if crate::disk::is_full_error(&e) {
+                    "the disk is full"
+                } else {
+                    "too large or unreadable"
+                };
                 self.system(&format!(
-                    "Warning: could not save the {label} cache (too large or unreadable)"
+                    "Warning: could not save the {label} cache ({why})"
                 ))
                 .await;
             }
@@ -988,6 +1118,7 @@ async fn record_version(
     build: &ClaimedBuild,
     ws: &Path,
     printed: Option<&str>,
+    stop: &mut watch::Receiver<Stop>,
 ) {
     let from_file = env::version_from_wrangler_output(&ws.join(env::WRANGLER_OUTPUT_DIR)).await;
     let Some(version) = from_file.or_else(|| printed.map(str::to_owned)) else {
@@ -997,11 +1128,12 @@ async fn record_version(
         tracing::warn!("ignoring a version id that is not a UUID");
         return;
     };
-    if let Err(e) = ctx
-        .store
-        .insert_build_version(&build.account, version, build.id)
-        .await
-    {
+    let stored = until_stored(stop, on_shutdown, || {
+        ctx.store
+            .insert_build_version(&build.account, version, build.id)
+    })
+    .await;
+    if let Err(e) = stored {
         tracing::error!(
             error = format!("{e:#}"),
             "recording the build's version failed"

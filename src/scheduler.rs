@@ -86,6 +86,15 @@ impl SchedulerHandle {
         (tx, rx)
     }
 
+    /// The builds running on this node now.
+    fn running(&self) -> Vec<BuildId> {
+        self.shared
+            .running
+            .lock()
+            .map(|running| running.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     fn unregister(&self, id: BuildId) {
         if let Ok(mut running) = self.shared.running.lock() {
             running.remove(&id);
@@ -192,9 +201,10 @@ impl Scheduler {
     }
 
     async fn recover(&self, dead_owner_prefix: Option<&str>) {
+        let running_here = self.handle.running();
         match self
             .store
-            .recover_lost_builds(Timestamp::now(), dead_owner_prefix)
+            .recover_lost_builds(Timestamp::now(), dead_owner_prefix, &running_here)
             .await
         {
             Ok(lost) => {

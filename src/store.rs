@@ -93,6 +93,7 @@ impl Store {
                             Ok(())
                         })
                     })
+                    .after_release(|conn, _| Box::pin(sqlite_connection_is_clean(conn)))
                     .connect_with(options)
                     .await
             }
@@ -159,6 +160,104 @@ impl Store {
         Ok(())
     }
 }
+
+/// Whether a SQLite connection given back to the pool may be used again: false when sqlx's count of
+/// its open transactions is not zero once its queued rollback has run.
+///
+/// SQLite rolls a whole transaction back by itself when a statement or the `COMMIT` fails with
+/// `SQLITE_FULL` (also `SQLITE_IOERR` and `SQLITE_NOMEM`; <https://sqlite.org/lang_transaction.html>,
+/// "Response To Errors Within A Transaction"). sqlx does not notice: its count stays at 1 and the
+/// `ROLLBACK` it sends when the transaction is dropped fails ("no transaction is active"). Reused, such
+/// a connection begins its next transaction with `SAVEPOINT` instead of `BEGIN`, and the first of
+/// those to fail is undone with `ROLLBACK TO`, which leaves the transaction open: the connection then
+/// keeps SQLite's write lock for good, every other connection gets `database is locked`, and what it
+/// "commits" (a `RELEASE` inside the open transaction) is never written. Closing the connection
+/// instead ends whatever SQLite still holds; the pool opens a fresh one.
+async fn sqlite_connection_is_clean(conn: &mut sqlx::AnyConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::{Connection, TransactionManager};
+    // The rollback of a dropped transaction is queued on the connection: let it run first.
+    conn.ping().await?;
+    let depth = sqlx::any::AnyTransactionManager::get_transaction_depth(conn);
+    if depth != 0 {
+        tracing::warn!(
+            depth,
+            "discarding a database connection whose transaction SQLite ended by itself"
+        );
+    }
+    Ok(depth == 0)
+}
+
+/// A condition of the store (the database, or the disk under it) that is not a bug in the request or
+/// in Kiln: the same request can succeed once it is over. See [`store_condition`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreCondition {
+    /// The disk is full: SQLite's `SQLITE_FULL`, PostgreSQL's `disk_full` (53100), or `ENOSPC` /
+    /// `EDQUOT` from the file system. Writes fail until space is freed; reads go on.
+    Full,
+    /// The database is busy, overloaded or unreachable: SQLite's `SQLITE_BUSY`/`SQLITE_LOCKED`,
+    /// PostgreSQL's other insufficient-resource errors (class 53), shutdown and connection errors
+    /// (57P01–57P03, class 08), a pool with no free connection in time, or a broken connection.
+    Unavailable,
+}
+
+/// What `e` (anywhere in its chain) says about the store, if it is a [`StoreCondition`].
+pub fn store_condition(e: &anyhow::Error) -> Option<StoreCondition> {
+    for cause in e.chain() {
+        if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
+            match e {
+                sqlx::Error::Database(db) => {
+                    if let Some(condition) = database_condition(db.as_ref()) {
+                        return Some(condition);
+                    }
+                }
+                sqlx::Error::Io(io) if crate::disk::is_full_io(io) => {
+                    return Some(StoreCondition::Full);
+                }
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => return Some(StoreCondition::Unavailable),
+                _ => {}
+            }
+        } else if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && crate::disk::is_full_io(io)
+        {
+            return Some(StoreCondition::Full);
+        }
+    }
+    None
+}
+
+/// The condition a database error stands for, from its SQLite result code or PostgreSQL SQLSTATE.
+fn database_condition(db: &dyn sqlx::error::DatabaseError) -> Option<StoreCondition> {
+    let code = db.code()?;
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // Extended result codes keep the primary code in their low byte
+        // (<https://sqlite.org/rescode.html>).
+        return match code.parse::<i32>().ok()? & 0xff {
+            SQLITE_FULL => Some(StoreCondition::Full),
+            SQLITE_BUSY | SQLITE_LOCKED => Some(StoreCondition::Unavailable),
+            _ => None,
+        };
+    }
+    if db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        // <https://www.postgresql.org/docs/current/errcodes-appendix.html>
+        return match code.as_ref() {
+            "53100" => Some(StoreCondition::Full),
+            "57P01" | "57P02" | "57P03" => Some(StoreCondition::Unavailable),
+            c if c.starts_with("53") || c.starts_with("08") => Some(StoreCondition::Unavailable),
+            _ => None,
+        };
+    }
+    None
+}
+
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_FULL: i32 = 13;
 
 impl WriteTx<'_> {
     /// Commits the transaction.

@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::domain::Invalid;
+use crate::store::{StoreCondition, store_condition};
 
 /// Body-validation failure (DESIGN.md §2).
 pub const CODE_INVALID: u32 = 12002;
@@ -19,6 +20,10 @@ pub const CODE_RATE_LIMITED: u32 = 12051;
 pub const CODE_AUTH: u32 = 10000;
 /// Internal error.
 pub const CODE_INTERNAL: u32 = 10001;
+/// Kiln's storage (its database or the disk under it) is full: 507 Insufficient Storage.
+pub const CODE_STORAGE_FULL: u32 = 10507;
+/// Kiln's database is busy or unreachable: 503 Service Unavailable.
+pub const CODE_STORAGE_UNAVAILABLE: u32 = 10503;
 /// No route matches the URI.
 pub const CODE_NO_ROUTE: u32 = 7003;
 /// The route exists but not for this method.
@@ -109,9 +114,22 @@ pub enum ApiError {
     NoRoute,
     #[error("Method not allowed for this route")]
     MethodNotAllowed,
+    /// The store or the disk under it is full ([`StoreCondition::Full`]): nothing was changed.
+    #[error("Storage is full: free disk space on the Kiln server, then retry")]
+    StorageFull,
+    /// The database is busy or unreachable ([`StoreCondition::Unavailable`]).
+    #[error("Storage is unavailable: retry shortly")]
+    StorageUnavailable,
+    /// A bug or an unexpected failure. A store condition inside is answered as the variant above
+    /// that names it (see [`ApiError::classified`]).
     #[error("Internal server error")]
     Internal(#[from] anyhow::Error),
 }
+
+/// `Retry-After` of a 507, in seconds: space comes back when an operator frees it.
+const STORAGE_FULL_RETRY_SECS: u64 = 30;
+/// `Retry-After` of a 503, in seconds.
+const STORAGE_UNAVAILABLE_RETRY_SECS: u64 = 5;
 
 impl From<Invalid> for ApiError {
     fn from(e: Invalid) -> Self {
@@ -120,6 +138,25 @@ impl From<Invalid> for ApiError {
 }
 
 impl ApiError {
+    /// An internal error whose cause is a [`StoreCondition`] becomes the variant for it: a full
+    /// disk or an unreachable database is a state of the server, not a bug, and says so.
+    fn classified(self) -> ApiError {
+        match &self {
+            ApiError::Internal(e) => match store_condition(e) {
+                Some(StoreCondition::Full) => {
+                    tracing::error!(error = format!("{e:#}"), "storage is full");
+                    ApiError::StorageFull
+                }
+                Some(StoreCondition::Unavailable) => {
+                    tracing::error!(error = format!("{e:#}"), "storage is unavailable");
+                    ApiError::StorageUnavailable
+                }
+                None => self,
+            },
+            _ => self,
+        }
+    }
+
     fn status_and_code(&self) -> (StatusCode, u32) {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, CODE_INVALID),
@@ -133,6 +170,10 @@ impl ApiError {
             }
             ApiError::NoRoute => (StatusCode::NOT_FOUND, CODE_NO_ROUTE),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, CODE_METHOD),
+            ApiError::StorageFull => (StatusCode::INSUFFICIENT_STORAGE, CODE_STORAGE_FULL),
+            ApiError::StorageUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, CODE_STORAGE_UNAVAILABLE)
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, CODE_INTERNAL),
         }
     }
@@ -140,31 +181,35 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(e) = &self {
+        let this = self.classified();
+        if let ApiError::Internal(e) = &this {
             // The chain goes to the log only; the client sees a fixed message.
             tracing::error!(error = format!("{e:#}"), "internal error");
         }
-        let (status, code) = self.status_and_code();
+        let (status, code) = this.status_and_code();
         let body: Envelope<()> = Envelope {
             success: false,
             errors: vec![ErrorItem {
                 code,
-                message: self.to_string(),
+                message: this.to_string(),
             }],
             messages: vec![],
             result: None,
             result_info: None,
         };
         let mut resp = (status, axum::Json(body)).into_response();
-        if let ApiError::RateLimited { retry_after_secs }
-        | ApiError::QuotaExceeded {
-            retry_after_secs, ..
-        } = self
-        {
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs.max(1)),
-            );
+        let retry_after = match this {
+            ApiError::RateLimited { retry_after_secs }
+            | ApiError::QuotaExceeded {
+                retry_after_secs, ..
+            } => Some(retry_after_secs),
+            ApiError::StorageFull => Some(STORAGE_FULL_RETRY_SECS),
+            ApiError::StorageUnavailable => Some(STORAGE_UNAVAILABLE_RETRY_SECS),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         resp
     }

@@ -321,7 +321,9 @@ fn unpack_into<R: Read>(
                     .mode(0o600)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(&dest)
-                    .map_err(|e| Io(anyhow!("creating {}: {e}", dest.display())))?;
+                    .map_err(|e| {
+                        Io(anyhow::Error::new(e).context(format!("creating {}", dest.display())))
+                    })?;
                 loop {
                     let n = match entry.read(&mut buf) {
                         Ok(0) => break,
@@ -329,8 +331,9 @@ fn unpack_into<R: Read>(
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(Bad(anyhow!("reading entry {shown}: {e}"))),
                     };
-                    file.write_all(&buf[..n])
-                        .map_err(|e| Io(anyhow!("writing {}: {e}", dest.display())))?;
+                    file.write_all(&buf[..n]).map_err(|e| {
+                        Io(anyhow::Error::new(e).context(format!("writing {}", dest.display())))
+                    })?;
                 }
                 let finish = || -> io::Result<()> {
                     file.set_permissions(Permissions::from_mode(mode))?;
@@ -340,7 +343,9 @@ fn unpack_into<R: Read>(
                     }
                     Ok(())
                 };
-                finish().map_err(|e| Io(anyhow!("finishing {}: {e}", dest.display())))?;
+                finish().map_err(|e| {
+                    Io(anyhow::Error::new(e).context(format!("finishing {}", dest.display())))
+                })?;
             }
             EntryType::Symlink => {
                 let target = entry
@@ -349,11 +354,13 @@ fn unpack_into<R: Read>(
                     .into_owned();
                 clear(&dest).map_err(Io)?;
                 // The target is kept as it is: the link stays a link, even one pointing outside.
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &dest)
-                    .map_err(|e| Io(anyhow!("creating link {}: {e}", dest.display())))?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &dest).map_err(|e| {
+                    Io(anyhow::Error::new(e).context(format!("creating link {}", dest.display())))
+                })?;
                 if let Some((uid, gid)) = owner {
-                    std::os::unix::fs::lchown(&dest, Some(uid), Some(gid))
-                        .map_err(|e| Io(anyhow!("chown {}: {e}", dest.display())))?;
+                    std::os::unix::fs::lchown(&dest, Some(uid), Some(gid)).map_err(|e| {
+                        Io(anyhow::Error::new(e).context(format!("chown {}", dest.display())))
+                    })?;
                 }
             }
             other => {
@@ -378,7 +385,9 @@ fn unpack_into<R: Read>(
             let times = fs::FileTimes::new().set_modified(UNIX_EPOCH + Duration::from_secs(*mtime));
             File::open(dir)?.set_times(times)
         };
-        finish().map_err(|e| Io(anyhow!("finishing {}: {e}", dir.display())))?;
+        finish().map_err(|e| {
+            Io(anyhow::Error::new(e).context(format!("finishing {}", dir.display())))
+        })?;
     }
     Ok(())
 }

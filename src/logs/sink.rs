@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::cap::{DEFAULT_LOG_CAP_BYTES, LogCap};
 use super::version::version_id_in_line;
 use crate::domain::{BuildId, Timestamp};
-use crate::store::Store;
+use crate::store::{Store, StoreCondition, store_condition};
 
 /// One log line: when it was read or written, and its text (no `\n`).
 pub type LogLine = (Timestamp, String);
@@ -75,6 +75,11 @@ pub struct LogSummary {
     pub lines_omitted: u64,
     /// Lines lost because the store kept failing.
     pub lines_unwritten: u64,
+    /// Of [`LogSummary::lines_unwritten`], the last ones that no stored line accounts for yet (the
+    /// store still failed at the end): the caller stores [`LogSummary::unwritten_line`] once it can.
+    pub lines_unwritten_unreported: u64,
+    /// The last failed write failed because Kiln's storage was full.
+    pub storage_full: bool,
     /// The last version id announced in the output (`Current Version ID: <uuid>`), if any.
     pub version_id: Option<String>,
 }
@@ -85,7 +90,8 @@ pub struct LogSummary {
 /// writer writes as soon as it is idle — whatever arrived while the previous write ran goes into the
 /// next one, up to [`BATCH_LINES`] lines — so a quiet build's line is readable at once and a chatty
 /// build's lines go in large batches (group commit). A failing store is retried with
-/// back-off, then the batch is logged as lost and the build goes on. Dropping a sink without
+/// back-off, then the batch is lost and the build goes on; the next line stored is a marker saying
+/// how many lines are missing there and why (e.g. Kiln's storage was full). Dropping a sink without
 /// [`LogSink::finish`] still writes everything, unobserved.
 #[derive(Debug)]
 pub struct LogSink {
@@ -132,6 +138,25 @@ impl LogSink {
     }
 }
 
+impl LogSummary {
+    /// The line that accounts for [`LogSummary::lines_unwritten_unreported`], if any.
+    pub fn unwritten_line(&self) -> Option<String> {
+        (self.lines_unwritten_unreported > 0)
+            .then(|| unwritten_line(self.lines_unwritten_unreported, self.storage_full))
+    }
+}
+
+/// The line stored where log lines are missing because the store failed (like the cap's marker).
+fn unwritten_line(count: u64, storage_full: bool) -> String {
+    let why = if storage_full {
+        "Kiln's storage was full"
+    } else {
+        "Kiln's store was unavailable"
+    };
+    let plural = if count == 1 { "" } else { "s" };
+    format!("[... {count} line{plural} could not be stored: {why} ...]")
+}
+
 /// The background task's state.
 struct Writer<W> {
     writer: W,
@@ -172,6 +197,11 @@ impl<W: LogWriter> Writer<W> {
         for batch in end.chunks(self.config.batch_lines.max(1)) {
             self.write(batch).await;
         }
+        if self.summary.lines_unwritten_unreported > 0 {
+            // Only the marker is left to write: give it every try.
+            self.degraded = false;
+            self.write(&[]).await;
+        }
         self.summary
     }
 
@@ -210,13 +240,29 @@ impl<W: LogWriter> Writer<W> {
         self.pending.clear();
     }
 
+    /// Writes `batch`, after a line accounting for the lines lost before it, if any.
     async fn write(&mut self, batch: &[LogLine]) {
+        let lost = self.summary.lines_unwritten_unreported;
+        let with_marker;
+        let lines = if lost > 0 {
+            let at = batch.first().map_or_else(Timestamp::now, |(at, _)| *at);
+            with_marker = std::iter::once((at, unwritten_line(lost, self.summary.storage_full)))
+                .chain(batch.iter().cloned())
+                .collect::<Vec<_>>();
+            &with_marker[..]
+        } else {
+            batch
+        };
+        if lines.is_empty() {
+            return;
+        }
         let attempts = if self.degraded { 1 } else { WRITE_ATTEMPTS };
         let mut delay = Duration::from_millis(RETRY_BASE_DELAY_MS);
         for attempt in 1..=attempts {
-            match self.writer.append(batch).await {
+            match self.writer.append(lines).await {
                 Ok(()) => {
-                    self.summary.lines_stored += batch.len() as u64;
+                    self.summary.lines_stored += lines.len() as u64;
+                    self.summary.lines_unwritten_unreported = 0;
                     self.degraded = false;
                     return;
                 }
@@ -230,6 +276,7 @@ impl<W: LogWriter> Writer<W> {
                     delay *= 2;
                 }
                 Err(e) => {
+                    self.summary.storage_full = store_condition(&e) == Some(StoreCondition::Full);
                     tracing::error!(
                         lines = batch.len(),
                         error = format!("{e:#}"),
@@ -239,6 +286,7 @@ impl<W: LogWriter> Writer<W> {
             }
         }
         self.summary.lines_unwritten += batch.len() as u64;
+        self.summary.lines_unwritten_unreported += batch.len() as u64;
         self.degraded = true;
     }
 }
@@ -389,8 +437,63 @@ mod tests {
             .await
             .expect("push");
         let summary = sink.finish().await.expect("finish");
-        assert_eq!(w.calls.load(Ordering::SeqCst), WRITE_ATTEMPTS as usize + 1);
+        // The first batch with retries, the second once, then the marker for both with retries.
+        assert_eq!(
+            w.calls.load(Ordering::SeqCst),
+            2 * WRITE_ATTEMPTS as usize + 1
+        );
         assert_eq!((summary.lines_stored, summary.lines_unwritten), (0, 4));
+        assert_eq!(summary.lines_unwritten_unreported, 4);
+        assert_eq!(
+            summary.unwritten_line().as_deref(),
+            Some("[... 4 lines could not be stored: Kiln's store was unavailable ...]")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lines_lost_to_a_full_disk_are_accounted_for_where_they_are_missing() {
+        // The first batch is given up on, the second is tried once: both lost; the third is stored
+        // after a marker for them.
+        let w = MemoryWriter::full_disk(WRITE_ATTEMPTS as usize + 1);
+        let config = LogSinkConfig {
+            batch_lines: 2,
+            ..LogSinkConfig::default()
+        };
+        let sink = LogSink::with_config(w.clone(), config);
+        sink.push_lines((0..6).map(line).collect())
+            .await
+            .expect("push");
+        let summary = sink.finish().await.expect("finish");
+        assert_eq!(
+            w.messages(),
+            [
+                "[... 4 lines could not be stored: Kiln's storage was full ...]",
+                "line 4",
+                "line 5"
+            ]
+        );
+        assert_eq!(
+            (
+                summary.lines_stored,
+                summary.lines_unwritten,
+                summary.lines_unwritten_unreported
+            ),
+            (3, 4, 0)
+        );
+        assert_eq!(summary.unwritten_line(), None);
+
+        // Lost at the very end and stored once the store is back: the marker alone.
+        let w = MemoryWriter::full_disk(WRITE_ATTEMPTS as usize);
+        let sink = LogSink::new(w.clone());
+        sink.push(Timestamp::from_millis(1), "only")
+            .await
+            .expect("push");
+        let summary = sink.finish().await.expect("finish");
+        assert_eq!(
+            w.messages(),
+            ["[... 1 line could not be stored: Kiln's storage was full ...]"]
+        );
+        assert_eq!(summary.lines_unwritten_unreported, 0);
     }
 
     #[tokio::test]

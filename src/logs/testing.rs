@@ -17,6 +17,8 @@ type Batch = (Duration, Vec<LogLine>);
 pub(crate) struct MemoryWriter {
     batches: Arc<Mutex<Vec<Batch>>>,
     failures: Arc<AtomicUsize>,
+    /// Failures are a full disk (`ENOSPC`) rather than an unreachable store.
+    full: bool,
     /// Calls to `append`, failed ones included.
     pub(crate) calls: Arc<AtomicUsize>,
     start: Arc<Mutex<Option<Instant>>>,
@@ -28,6 +30,14 @@ impl MemoryWriter {
         let w = MemoryWriter::default();
         w.failures.store(failures, Ordering::SeqCst);
         w
+    }
+
+    /// A writer whose first `failures` calls fail because the disk is full.
+    pub(crate) fn full_disk(failures: usize) -> Self {
+        MemoryWriter {
+            full: true,
+            ..MemoryWriter::failing(failures)
+        }
     }
 
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -61,6 +71,9 @@ impl LogWriter for MemoryWriter {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
+            if self.full {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
+            }
             anyhow::bail!("store unavailable");
         }
         Self::lock(&self.batches).push((now - start, lines.to_vec()));

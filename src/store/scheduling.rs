@@ -269,11 +269,14 @@ impl Store {
     }
 
     /// Ends as `terminated` every in-progress build whose lease expired before `now`, or (at start-up)
-    /// whose owner starts with `dead_owner_prefix`, and logs why. Returns them.
+    /// whose owner starts with `dead_owner_prefix`, and logs why. Returns them. Builds in
+    /// `running_here` are skipped: the caller runs them, so their runner is not lost even when their
+    /// lease could not be renewed (the store was full or unreachable for a while).
     pub async fn recover_lost_builds(
         &self,
         now: Timestamp,
         dead_owner_prefix: Option<&str>,
+        running_here: &[BuildId],
     ) -> anyhow::Result<Vec<LostBuild>> {
         let mut w = self.begin_write().await?;
         // Owners are `<node id>/<incarnation>`: hex and '-' only, so LIKE needs no escaping.
@@ -291,6 +294,9 @@ impl Store {
         let mut lost = Vec::new();
         for row in &rows {
             let uuid = text(row, "uuid")?;
+            if running_here.iter().any(|id| id.to_string() == uuid) {
+                continue;
+            }
             // The build stopped when its runner was last known alive, not when recovery noticed: a
             // node that was down for days must not charge those days as build minutes.
             let done = sqlx::query(&format!(
