@@ -221,13 +221,7 @@ async fn execute_build(
             BuildOutcome::Terminated
         }
     };
-    if let Some(record) = run.commit_record.take() {
-        match record.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "recording the commit failed"),
-            Err(e) => tracing::error!(error = %e, "recording the commit failed"),
-        }
-    }
+    let commit_record = run.commit_record.take();
     // What ends the build is recorded even when the store cannot take it right now (a full disk):
     // it is retried until the store is back, unless Kiln shuts down meanwhile.
     let mut stop = run.stop.clone();
@@ -239,6 +233,23 @@ async fn execute_build(
             LogSummary::default()
         }
     };
+    let version = built_version(&workspace, summary.version_id.as_deref()).await;
+    // The workspace goes before the store is waited for: a build that filled the disk the store
+    // shares must not keep it full.
+    let ws = workspace.clone();
+    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&ws)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "removing the workspace failed"),
+        Err(e) => tracing::warn!(error = %e, "removing the workspace failed"),
+    }
+    if let Some(record) = commit_record {
+        match record.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "recording the commit failed"),
+            Err(e) => tracing::error!(error = %e, "recording the commit failed"),
+        }
+    }
     if let Some(line) = summary.unwritten_line() {
         let lines = [(Timestamp::now(), line)];
         let stored = until_stored(&mut stop, on_shutdown, || {
@@ -252,14 +263,18 @@ async fn execute_build(
             );
         }
     }
-    record_version(
-        ctx,
-        &build,
-        &workspace,
-        summary.version_id.as_deref(),
-        &mut stop,
-    )
-    .await;
+    if let Some(version) = version {
+        let stored = until_stored(&mut stop, on_shutdown, || {
+            ctx.store.insert_build_version(&build.account, version, id)
+        })
+        .await;
+        if let Err(e) = stored {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "recording the build's version failed"
+            );
+        }
+    }
     let finished = until_stored(&mut stop, on_shutdown, || {
         ctx.store.finish_build(id, owner, outcome)
     })
@@ -274,13 +289,6 @@ async fn execute_build(
     }
     // Renew until the outcome is recorded, so that a slow store cannot make the build look lost.
     drop(renewal);
-    let ws = workspace.clone();
-    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&ws)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "removing the workspace failed"),
-        Err(e) => tracing::warn!(error = %e, "removing the workspace failed"),
-    }
 }
 
 /// First wait before retrying a write the store could not take ([`until_stored`]).
@@ -408,15 +416,28 @@ impl Run<'_> {
         BuildOutcome::Fail
     }
 
-    /// After a failure: logs [`DISK_FULL_LINE`] when `e` says the disk is full or the workspace's
-    /// disk is full now.
+    /// After a failure that ends the build: logs [`DISK_FULL_LINE`] when `e` says the disk is full
+    /// or the workspace's disk is full now. Then nothing of the build runs any more, so what it wrote
+    /// (checkout, HOME, TMPDIR; not the wrangler output) is removed first: its last lines, and the
+    /// store when it shares the disk, need the room.
     async fn say_if_disk_full(&self, e: Option<&anyhow::Error>) {
         let workspace = self.workspace.to_path_buf();
-        let full = e.is_some_and(crate::disk::is_full_error)
-            || tokio::task::spawn_blocking(move || crate::disk::is_full(&workspace))
-                .await
-                .unwrap_or(false);
-        if full {
+        let full = e.is_some_and(crate::disk::is_full_error);
+        let freed = tokio::task::spawn_blocking(move || {
+            if !full && !crate::disk::is_full(&workspace) {
+                return false;
+            }
+            for dir in ["repo", "home", "tmp"] {
+                match std::fs::remove_dir_all(workspace.join(dir)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(error = %e, dir, "freeing the workspace failed"),
+                }
+            }
+            true
+        })
+        .await;
+        if freed.unwrap_or(full) {
             self.system(DISK_FULL_LINE).await;
         }
     }
@@ -1111,32 +1132,16 @@ async fn why_lost(store: &Store, id: BuildId) -> Stop {
     }
 }
 
-/// Links the Worker version the deploy produced to the build: wrangler's ND-JSON output first, then the
-/// version line printed in the log.
-async fn record_version(
-    ctx: &RunnerContext,
-    build: &ClaimedBuild,
-    ws: &Path,
-    printed: Option<&str>,
-    stop: &mut watch::Receiver<Stop>,
-) {
+/// The Worker version the deploy produced: wrangler's ND-JSON output first, then the version line
+/// printed in the log; `None` when there is none or it is not a UUID.
+async fn built_version(ws: &Path, printed: Option<&str>) -> Option<VersionId> {
     let from_file = env::version_from_wrangler_output(&ws.join(env::WRANGLER_OUTPUT_DIR)).await;
-    let Some(version) = from_file.or_else(|| printed.map(str::to_owned)) else {
-        return;
-    };
-    let Ok(version) = VersionId::parse("version_id", &version) else {
-        tracing::warn!("ignoring a version id that is not a UUID");
-        return;
-    };
-    let stored = until_stored(stop, on_shutdown, || {
-        ctx.store
-            .insert_build_version(&build.account, version, build.id)
-    })
-    .await;
-    if let Err(e) = stored {
-        tracing::error!(
-            error = format!("{e:#}"),
-            "recording the build's version failed"
-        );
+    let version = from_file.or_else(|| printed.map(str::to_owned))?;
+    match VersionId::parse("version_id", &version) {
+        Ok(version) => Some(version),
+        Err(_) => {
+            tracing::warn!("ignoring a version id that is not a UUID");
+            None
+        }
     }
 }

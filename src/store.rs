@@ -135,11 +135,17 @@ impl Store {
     }
 
     pub(crate) async fn begin_write(&self) -> anyhow::Result<WriteTx<'_>> {
-        let guard = match self.backend {
-            Backend::Sqlite => Some(self.write_lock.lock().await),
-            Backend::Postgres => None,
+        let (guard, tx) = match self.backend {
+            Backend::Sqlite => {
+                let guard = self.write_lock.lock().await;
+                // IMMEDIATE takes the write lock now, waiting up to the busy timeout for another
+                // process's writer (`kiln tokens`, a backup): a deferred transaction that has read
+                // fails at once with `database is locked` when it then tries to write.
+                (Some(guard), self.pool.begin_with("BEGIN IMMEDIATE").await)
+            }
+            Backend::Postgres => (None, self.pool.begin().await),
         };
-        let tx = self.pool.begin().await.context("beginning a transaction")?;
+        let tx = tx.context("beginning a transaction")?;
         Ok(WriteTx {
             tx,
             superseded: Vec::new(),

@@ -1,9 +1,12 @@
-//! A full data-dir disk: the server's data dir is a small tmpfs that a filler file fills while a build
-//! is writing logs. Requests that must write get the envelope error (507, "storage is full"), reads go
+//! A full disk: the server's data dir is a small tmpfs that a filler file fills while a build is
+//! writing logs. Requests that must write get the envelope error (507, "storage is full"), reads go
 //! on, and once the filler is deleted Kiln recovers by itself: the running build ends with its real
 //! outcome, saying how many log lines could not be stored, and new builds queue and run — no restart.
+//! A checkout that does not fit fails its build saying the disk is full; the build cache keeps its
+//! entries whole. The database's own conditions (PostgreSQL's `disk_full`, a busy or overloaded
+//! database) are envelope errors (507, 503) on both backends, never a 500.
 //!
-//! Needs root (for `mount`); skipped with a printed reason otherwise.
+//! The tmpfs tests need root (for `mount`); they are skipped with a printed reason otherwise.
 
 mod common;
 
@@ -56,6 +59,25 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Fills the file system of `dir` with one file until a write fails with ENOSPC, then gives `leave`
+/// bytes back.
+fn fill_leaving(dir: &Path, leave: u64) -> PathBuf {
+    let path = fill(dir);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open the filler");
+    let len = f.metadata().expect("filler size").len();
+    f.set_len(len.saturating_sub(leave)).expect("shrink the filler");
+    path
+}
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+    bytes
+}
+
 /// Fills the file system of `dir` with one file until a write fails with ENOSPC.
 fn fill(dir: &Path) -> PathBuf {
     let path = dir.join("filler");
@@ -87,6 +109,10 @@ fn fill(dir: &Path) -> PathBuf {
 async fn a_full_data_disk_fails_writes_clearly_and_kiln_recovers_when_space_is_back() {
     if !is_root() {
         println!("skipped: mounting a tmpfs as the data dir needs root");
+        return;
+    }
+    if backend() != Backend::Sqlite {
+        println!("skipped: the database is on the data dir's disk only with SQLite");
         return;
     }
     let outer = tempfile::tempdir().unwrap();
@@ -184,5 +210,203 @@ async fn a_full_data_disk_fails_writes_clearly_and_kiln_recovers_when_space_is_b
             .await
             .contains(&"fresh-build".to_owned())
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_that_does_not_fit_fails_the_build_saying_the_disk_is_full() {
+    if !is_root() {
+        println!("skipped: mounting a tmpfs as the data dir needs root");
+        return;
+    }
+    let outer = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(&outer.path().join("data"), "48m");
+    let data = mount.path.clone();
+    let app = spawn_runner(SandboxMode::Bwrap, |c| c.store.data_dir = data.clone()).await;
+    let f = app.fixture("bigcheckout").await;
+    let repo = commit_files(&app, "bigcheckout", &[("README.md", "big\n")], "init");
+    // Incompressible: the checkout writes all 8 MB.
+    std::fs::write(repo.join("big.bin"), random_bytes(8 << 20)).unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "big file"]);
+    set_commands(&app, &f.trigger, "echo built", "").await;
+    // The first build fills the mirror; the commit is then fetched, only its checkout needs room.
+    let first = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    assert_eq!(wait_stopped(&app, &first).await["build_outcome"], "success");
+
+    let filler = fill_leaving(&data, 3 << 20);
+    let failed = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    let b = wait_stopped(&app, &failed).await;
+    assert_eq!(b["build_outcome"], "fail", "{b}");
+    let logs = all_logs(&app, &failed).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("Failed: error occurred while cloning the repository")),
+        "{logs:?}"
+    );
+    assert_eq!(
+        logs.last().map(String::as_str),
+        Some(kiln::runner::DISK_FULL_LINE),
+        "{logs:?}"
+    );
+    assert!(!logs.iter().any(|l| l == "built"), "{logs:?}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let next = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    let b = wait_stopped(&app, &next).await;
+    assert_eq!(b["build_outcome"], "success", "{b}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_build_cache_keeps_whole_entries_when_the_disk_is_full() {
+    use kiln::cache::{BuildCache, CacheDir, CacheKind, CacheLimits, Restored};
+    if !is_root() {
+        println!("skipped: mounting a tmpfs for the cache needs root");
+        return;
+    }
+    let outer = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(&outer.path().join("fs"), "16m");
+    let cache = BuildCache::open(mount.path.join("cache"), CacheLimits::default()).unwrap();
+    let (trigger, key, kind) = (
+        "6f1c2f0e-2f0b-4b8e-9d1a-3c5d7e9f1a2b",
+        "ab12",
+        CacheKind::Dependencies,
+    );
+    let source = outer.path().join("npm");
+    std::fs::create_dir_all(&source).unwrap();
+    let dirs = |path: &Path| {
+        vec![CacheDir {
+            name: "home/.npm".into(),
+            path: path.to_path_buf(),
+        }]
+    };
+    let original = random_bytes(2 << 20);
+    std::fs::write(source.join("a.bin"), &original).unwrap();
+    assert!(cache.save(trigger, kind, key, &dirs(&source)).await.unwrap() > 0);
+
+    // A save that does not fit fails as a full disk and leaves the stored entry and no temp file.
+    let filler = fill(&mount.path);
+    std::fs::write(source.join("a.bin"), random_bytes(2 << 20)).unwrap();
+    let e = cache
+        .save(trigger, kind, key, &dirs(&source))
+        .await
+        .expect_err("saving on a full disk");
+    assert!(kiln::disk::is_full_error(&e), "{e:#}");
+    let temps: Vec<_> = std::fs::read_dir(mount.path.join("cache").join(".tmp"))
+        .unwrap()
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
+    let elsewhere = outer.path().join("restored");
+    assert_eq!(
+        cache
+            .restore(trigger, kind, key, &dirs(&elsewhere), None)
+            .await
+            .unwrap(),
+        Restored::Exact
+    );
+    assert_eq!(std::fs::read(elsewhere.join("a.bin")).unwrap(), original);
+
+    // A restore into the full disk fails as a full disk and keeps the entry.
+    let e = cache
+        .restore(trigger, kind, key, &dirs(&mount.path.join("target")), None)
+        .await
+        .expect_err("restoring onto a full disk");
+    assert!(kiln::disk::is_full_error(&e), "{e:#}");
+    assert_eq!(cache.entries(trigger).await.unwrap().len(), 1);
+
+    // Space back: saving works again.
+    std::fs::remove_file(&filler).unwrap();
+    let newer = std::fs::read(source.join("a.bin")).unwrap();
+    assert!(cache.save(trigger, kind, key, &dirs(&source)).await.unwrap() > 0);
+    let again = outer.path().join("again");
+    cache
+        .restore(trigger, kind, key, &dirs(&again), None)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(again.join("a.bin")).unwrap(), newer);
+}
+
+/// Calls `POST …/triggers/{trigger}/builds` and returns status, body and `Retry-After`.
+async fn post_build(app: &TestApp, trigger: &str) -> (StatusCode, serde_json::Value, Option<String>) {
+    let resp = app
+        .client
+        .post(app.url(&app.acct(&format!("/triggers/{trigger}/builds"))))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"branch": "main"}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, resp.json().await.unwrap(), retry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_databases_own_conditions_are_envelope_errors_not_500() {
+    use sqlx::{Connection, Executor};
+    let app = TestApp::spawn().await;
+    let f = app.fixture("conditions").await;
+    match backend() {
+        Backend::Postgres => {
+            // The server itself answers with the condition, as on a real full disk or overload.
+            let url = app.config.store.database_url.clone().unwrap();
+            let mut pg = sqlx::PgConnection::connect(&url).await.unwrap();
+            let raise = |code: &str| {
+                format!(
+                    "CREATE OR REPLACE FUNCTION kiln_test_refuse() RETURNS trigger AS $$ BEGIN \
+                     RAISE EXCEPTION 'refused by the test' USING ERRCODE = '{code}'; END $$ LANGUAGE plpgsql"
+                )
+            };
+            pg.execute(raise("disk_full").as_str()).await.unwrap();
+            pg.execute(
+                "CREATE TRIGGER kiln_test_refuse BEFORE INSERT ON builds \
+                 FOR EACH ROW EXECUTE FUNCTION kiln_test_refuse()",
+            )
+            .await
+            .unwrap();
+            let (status, body, retry) = post_build(&app, &f.trigger).await;
+            assert_error(status, &body, 507, 10507);
+            assert_eq!(
+                body["errors"][0]["message"],
+                "Storage is full: free disk space on the Kiln server, then retry"
+            );
+            assert!(retry.is_some());
+            pg.execute(raise("too_many_connections").as_str())
+                .await
+                .unwrap();
+            let (status, body, retry) = post_build(&app, &f.trigger).await;
+            assert_error(status, &body, 503, 10503);
+            assert!(retry.is_some());
+            pg.execute("DROP TRIGGER kiln_test_refuse ON builds")
+                .await
+                .unwrap();
+            pg.close().await.unwrap();
+        }
+        Backend::Sqlite => {
+            // Another process holds SQLite's write lock past Kiln's busy timeout (10 s).
+            let db = app.data_dir().join("kiln.db");
+            let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            other.execute("BEGIN IMMEDIATE").await.unwrap();
+            let (status, body, retry) = post_build(&app, &f.trigger).await;
+            assert_error(status, &body, 503, 10503);
+            assert_eq!(
+                body["errors"][0]["message"],
+                "Storage is unavailable: retry shortly"
+            );
+            assert!(retry.is_some());
+            other.execute("ROLLBACK").await.unwrap();
+            other.close().await.unwrap();
+        }
+    }
+    // The condition is over: the same request succeeds, on the same server.
+    let (status, body, _) = post_build(&app, &f.trigger).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     app.stop().await;
 }
