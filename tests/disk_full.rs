@@ -68,7 +68,8 @@ fn fill_leaving(dir: &Path, leave: u64) -> PathBuf {
         .open(&path)
         .expect("open the filler");
     let len = f.metadata().expect("filler size").len();
-    f.set_len(len.saturating_sub(leave)).expect("shrink the filler");
+    f.set_len(len.saturating_sub(leave))
+        .expect("shrink the filler");
     path
 }
 
@@ -283,7 +284,13 @@ async fn the_build_cache_keeps_whole_entries_when_the_disk_is_full() {
     };
     let original = random_bytes(2 << 20);
     std::fs::write(source.join("a.bin"), &original).unwrap();
-    assert!(cache.save(trigger, kind, key, &dirs(&source)).await.unwrap() > 0);
+    assert!(
+        cache
+            .save(trigger, kind, key, &dirs(&source))
+            .await
+            .unwrap()
+            > 0
+    );
 
     // A save that does not fit fails as a full disk and leaves the stored entry and no temp file.
     let filler = fill(&mount.path);
@@ -318,7 +325,13 @@ async fn the_build_cache_keeps_whole_entries_when_the_disk_is_full() {
     // Space back: saving works again.
     std::fs::remove_file(&filler).unwrap();
     let newer = std::fs::read(source.join("a.bin")).unwrap();
-    assert!(cache.save(trigger, kind, key, &dirs(&source)).await.unwrap() > 0);
+    assert!(
+        cache
+            .save(trigger, kind, key, &dirs(&source))
+            .await
+            .unwrap()
+            > 0
+    );
     let again = outer.path().join("again");
     cache
         .restore(trigger, kind, key, &dirs(&again), None)
@@ -328,7 +341,10 @@ async fn the_build_cache_keeps_whole_entries_when_the_disk_is_full() {
 }
 
 /// Calls `POST …/triggers/{trigger}/builds` and returns status, body and `Retry-After`.
-async fn post_build(app: &TestApp, trigger: &str) -> (StatusCode, serde_json::Value, Option<String>) {
+async fn post_build(
+    app: &TestApp,
+    trigger: &str,
+) -> (StatusCode, serde_json::Value, Option<String>) {
     let resp = app
         .client
         .post(app.url(&app.acct(&format!("/triggers/{trigger}/builds"))))

@@ -47,6 +47,8 @@ pub fn document() -> Value {
                 "403": {"$ref": "#/components/responses/Error"},
                 "404": {"$ref": "#/components/responses/Error"},
                 "409": {"$ref": "#/components/responses/Error"},
+                "503": {"$ref": "#/components/responses/StorageUnavailable"},
+                "507": {"$ref": "#/components/responses/StorageFull"},
             },
             "x-permission": match r.access {
                 Access::Public => "none",
@@ -80,18 +82,18 @@ pub fn document() -> Value {
         "components": {
             "schemas": schemas,
             "responses": {
-                "Error": {
-                    "description": "An error envelope",
-                    "content": {"application/json": {"schema": {
-                        "type": "object",
-                        "properties": {
-                            "success": {"type": "boolean", "enum": [false]},
-                            "errors": {"type": "array", "items": error_item},
-                            "messages": {"type": "array", "items": {"type": "string"}},
-                            "result": {"nullable": true},
-                        }
-                    }}}
-                }
+                "Error": error_response("An error envelope", &error_item),
+                "StorageFull": error_response(
+                    "Kiln's storage (its database or the disk under it) is full: code 10507, nothing \
+                     was changed. Reads still work; retry after `Retry-After` seconds, once disk space \
+                     is freed on the server.",
+                    &error_item,
+                ),
+                "StorageUnavailable": error_response(
+                    "Kiln's database is busy, overloaded or unreachable: code 10503, nothing was \
+                     changed. Retry after `Retry-After` seconds.",
+                    &error_item,
+                ),
             },
             "securitySchemes": {
                 "api_token": {"type": "http", "scheme": "bearer"},
@@ -100,6 +102,22 @@ pub fn document() -> Value {
             },
         },
         "security": [{"api_token": []}, {"api_email": [], "api_key": []}],
+    })
+}
+
+/// An error response: the envelope with `success: false`.
+fn error_response(description: &str, error_item: &schemars::Schema) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {
+            "type": "object",
+            "properties": {
+                "success": {"type": "boolean", "enum": [false]},
+                "errors": {"type": "array", "items": error_item},
+                "messages": {"type": "array", "items": {"type": "string"}},
+                "result": {"nullable": true},
+            }
+        }}}
     })
 }
 
