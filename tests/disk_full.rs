@@ -122,6 +122,8 @@ async fn a_full_data_disk_fails_writes_clearly_and_kiln_recovers_when_space_is_b
     let app = spawn_runner(SandboxMode::Bwrap, |c| {
         c.store.data_dir = data.clone();
         c.scheduler.default_concurrency = 1;
+        // Shorter than the outage: the build's lease lapses while it cannot be renewed.
+        c.scheduler.lease = Duration::from_secs(2);
     })
     .await;
     let f = app.fixture("diskfull").await;
@@ -181,6 +183,26 @@ async fn a_full_data_disk_fails_writes_clearly_and_kiln_recovers_when_space_is_b
     }
 
     std::fs::remove_file(&filler).unwrap();
+    // Space is back: the build's next lines are stored after a line saying what is missing. Its
+    // lease lapsed meanwhile, yet this node, which runs it, does not take it for lost.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !all_logs(&app, &first)
+        .await
+        .iter()
+        .any(|l| l.contains("could not be stored"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the build's log never resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        let b = get_build(&app, &first).await;
+        assert_eq!(b["status"], "running", "{b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     std::fs::write(
         data.join("workspaces").join(&first).join("repo").join("go"),
         "",

@@ -1,6 +1,7 @@
 //! Crash recovery with the real binary: `kill -9` of `kiln serve` in the middle of a build. The build
 //! that was running ends `terminated` with a log line saying why, its processes are gone, and every
-//! queued build still runs after the restart.
+//! queued build still runs after the restart. A node's recovery pass leaves the builds it runs itself
+//! alone, even when their leases lapsed.
 
 mod common;
 
@@ -280,4 +281,58 @@ fn head(dir: &Path) -> String {
         .output()
         .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A node's recovery pass skips the builds the node itself runs: a lease that lapsed because the
+/// store could not take its renewal (a full disk) does not make a live build lost.
+#[tokio::test]
+async fn a_node_does_not_take_its_own_running_builds_for_lost() {
+    use kiln::domain::{BuildId, Timestamp};
+    let app = TestApp::spawn().await;
+    let f = app.fixture("own-builds").await;
+    let (status, body) = app
+        .post(
+            &app.acct(&format!("/triggers/{}/builds", f.trigger)),
+            json!({"branch": "main"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let now = Timestamp::now();
+    let lapsed = Timestamp::from_millis(now.millis() - 1000);
+    let claimed = app
+        .store()
+        .claim_build("node-a/incarnation", lapsed, 2)
+        .await
+        .unwrap()
+        .expect("a queued build");
+    let id: BuildId = claimed.id;
+    let lost = app
+        .store()
+        .recover_lost_builds(now, None, &[id])
+        .await
+        .unwrap();
+    assert!(lost.is_empty(), "{lost:?}");
+    let b = app
+        .ok(
+            reqwest::Method::GET,
+            &app.acct(&format!("/builds/{id}")),
+            None,
+        )
+        .await;
+    assert_eq!(b["status"], "initializing", "{b}");
+    // Another node (or this one once the build is no longer its own) recovers it.
+    let lost = app
+        .store()
+        .recover_lost_builds(now, None, &[])
+        .await
+        .unwrap();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    let b = app
+        .ok(
+            reqwest::Method::GET,
+            &app.acct(&format!("/builds/{id}")),
+            None,
+        )
+        .await;
+    assert_eq!(b["build_outcome"], "terminated", "{b}");
 }
