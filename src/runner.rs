@@ -3,6 +3,7 @@
 
 mod caching;
 mod env;
+mod outage;
 mod project;
 mod tools;
 
@@ -23,8 +24,9 @@ use crate::github::RepoAccess;
 use crate::logs::{LogSink, LogSinkConfig, LogSummary, Masker, pump};
 use crate::sandbox::{BuildUser, BuildUserPool, BuildUserSpec, SandboxMode, Step, StepSpec};
 use crate::scheduler::Stop;
-use crate::store::{ClaimedBuild, Store, store_condition};
+use crate::store::{ClaimedBuild, Store};
 use crate::toolchain::ToolchainStore;
+use outage::{on_any_stop, on_shutdown, until_stored};
 
 /// Runner settings.
 #[derive(Debug, Clone)]
@@ -289,68 +291,6 @@ async fn execute_build(
     }
     // Renew until the outcome is recorded, so that a slow store cannot make the build look lost.
     drop(renewal);
-}
-
-/// First wait before retrying a write the store could not take ([`until_stored`]).
-const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
-/// Longest wait between two such retries.
-const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// Gives up retrying only when Kiln shuts down.
-fn on_shutdown(why: Stop) -> bool {
-    why == Stop::Shutdown
-}
-
-/// Gives up retrying as soon as the build is stopped in any way.
-fn on_any_stop(why: Stop) -> bool {
-    why != Stop::No
-}
-
-/// Runs the store operation `op` until it succeeds, fails for a reason other than a
-/// [`crate::store::StoreCondition`] (a full disk, a database that is busy or unreachable: they
-/// pass), or `stop`
-/// holds a value that `gives_up` accepts. Waits [`STORE_RETRY_FIRST`] between tries, doubling up to
-/// [`STORE_RETRY_MAX`]. Returns the last error when it stops trying.
-async fn until_stored<T, Fut>(
-    stop: &mut watch::Receiver<Stop>,
-    gives_up: fn(Stop) -> bool,
-    mut op: impl FnMut() -> Fut,
-) -> anyhow::Result<T>
-where
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let mut delay = STORE_RETRY_FIRST;
-    let mut waited = false;
-    loop {
-        let e = match op().await {
-            Ok(v) => {
-                if waited {
-                    tracing::info!("the store took the write after it came back");
-                }
-                return Ok(v);
-            }
-            Err(e) => e,
-        };
-        if store_condition(&e).is_none() || gives_up(*stop.borrow()) {
-            return Err(e);
-        }
-        if !waited {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "the store cannot take a write now; retrying until it can"
-            );
-            waited = true;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            changed = stop.changed() => {
-                if changed.is_err() {
-                    return Err(e);
-                }
-            }
-        }
-        delay = (delay * 2).min(STORE_RETRY_MAX);
-    }
 }
 
 /// The values to mask, by name: secret variables and the build token.

@@ -271,3 +271,58 @@ impl WriteTx<'_> {
         self.tx.commit().await.context("committing")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, Executor};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn recognises_sqlites_own_full_and_busy_errors() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = Store::sqlite_url(dir.path());
+        let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+        conn.execute("CREATE TABLE t (v BLOB)")
+            .await
+            .expect("create");
+        // A database that may not grow is full the way a full disk makes it.
+        conn.execute("PRAGMA max_page_count = 3")
+            .await
+            .expect("pragma");
+        let full = conn
+            .execute("INSERT INTO t VALUES (zeroblob(100000))")
+            .await
+            .expect_err("the database is full");
+        assert_eq!(
+            store_condition(&anyhow::Error::new(full).context("inserting")),
+            Some(StoreCondition::Full)
+        );
+        let bad = conn
+            .execute("INSERT INTO missing VALUES (1)")
+            .await
+            .expect_err("no such table");
+        assert_eq!(store_condition(&anyhow::Error::new(bad)), None);
+
+        // Another connection holds the write lock and this one does not wait.
+        let mut other = sqlx::AnyConnection::connect(&url).await.expect("connect");
+        other.execute("BEGIN IMMEDIATE").await.expect("begin");
+        conn.execute("PRAGMA busy_timeout = 0")
+            .await
+            .expect("pragma");
+        let busy = conn
+            .execute("BEGIN IMMEDIATE")
+            .await
+            .expect_err("the database is locked");
+        assert_eq!(
+            store_condition(&anyhow::Error::new(busy)),
+            Some(StoreCondition::Unavailable)
+        );
+        assert_eq!(
+            store_condition(&anyhow::anyhow!("database or disk is full")),
+            None,
+            "only the error itself counts, never its text"
+        );
+    }
+}
