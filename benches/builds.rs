@@ -11,6 +11,10 @@
 //!    `build_caching_enabled`, built cold (cache purged) then warm, alternately; the time from
 //!    `Restoring from dependencies cache` to the build command's start (restore, toolchains, install).
 //!    Target: warm at most half of cold.
+//! 4. Watch-path matching (in process): the worst the limits allow, 200 patterns of 8 wildcards
+//!    (100 includes, 100 excludes) whose literals nearly match everywhere (`abb` in `abab…`), against
+//!    1 MiB of changed paths (255 of ~4,000 bytes, and 2,999 of ~350 bytes), none matching; and the
+//!    issue's push (2,999 paths of ~4,000 bytes), which is over the limits and not matched at all.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -191,8 +195,60 @@ async fn baseline_once(mirror: &Path, dest: &Path, command: &str) -> Duration {
     elapsed
 }
 
+/// Median time of `paths_selected` over `rounds` runs (section 4).
+fn time_watch_paths(
+    includes: &[String],
+    excludes: &[String],
+    paths: &[String],
+    rounds: usize,
+    expected: bool,
+) -> Duration {
+    let mut times: Vec<Duration> = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            let selected = kiln::domain::paths_selected(includes, excludes, paths, 1);
+            let took = start.elapsed();
+            assert_eq!(selected, expected);
+            took
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn measure_watch_paths() {
+    let patterns = |tag: &str| -> Vec<String> {
+        (0..100)
+            .map(|i| format!("*{}{tag}{i:02}*", "abb*".repeat(6)))
+            .collect()
+    };
+    let (includes, excludes) = (patterns("x"), patterns("y"));
+    let paths = |count: usize, bytes: usize| -> Vec<String> {
+        (0..count)
+            .map(|i| format!("src/{}/{i:04}", "ab".repeat(bytes / 2)))
+            .collect()
+    };
+    let rounds = if full_run() { 5 } else { 1 };
+    println!("watch-path matching, 100 + 100 patterns of 8 wildcards (median of {rounds}):");
+    for (count, bytes, what, builds) in [
+        (255, 3990, "255 paths of ~4,000 bytes (1 MiB)", false),
+        (2999, 340, "2,999 paths of ~350 bytes (1 MiB)", false),
+        (
+            2999,
+            3990,
+            "the issue's 2,999 paths of ~4,000 bytes (over the limit: builds)",
+            true,
+        ),
+    ] {
+        let list = paths(count, bytes);
+        let took = time_watch_paths(&includes, &excludes, &list, rounds, builds);
+        println!("  {:9.1} ms  {what}", ms(took));
+    }
+}
+
 #[tokio::main]
 async fn main() {
+    measure_watch_paths();
     let dir = tempfile::tempdir().expect("tempdir");
     // Run as root, `kiln serve` checks that its build user reaches the data dir below this directory.
     std::fs::set_permissions(

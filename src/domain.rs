@@ -9,7 +9,11 @@ mod seed;
 mod time;
 mod validate;
 
-pub use filters::{branch_selected, glob_matches, is_preview_trigger, paths_selected};
+pub use filters::{
+    Glob, WATCH_PATHS_MAX_COMMITS, WATCH_PATHS_MAX_FILES, WATCH_PATHS_MAX_PATH_BYTES,
+    WATCH_PATHS_MAX_TOTAL_BYTES, WatchPathCheck, branch_selected, glob_matches, is_preview_trigger,
+    paths_selected,
+};
 pub use ids::{
     AccountId, BuildId, BuildTokenId, DeployHookId, EnvVarKey, RepoConnectionId, TriggerId,
     VersionId, WorkerId,

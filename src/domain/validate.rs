@@ -10,12 +10,16 @@ pub const MAX_ROOT_DIRECTORY_LEN: usize = 256;
 pub const MAX_PATTERN_LEN: usize = 256;
 /// Maximum number of patterns in one include/exclude list.
 pub const MAX_PATTERNS: usize = 100;
+/// Maximum number of `*` wildcards in one branch or path pattern. The hosted product documents `*`
+/// alone, at the start or at the end of a rule; Kiln takes it anywhere, a bounded number of times,
+/// which bounds the cost of matching a push's paths.
+pub const MAX_PATTERN_WILDCARDS: usize = 8;
 /// Maximum length of names (trigger, token) and provider identifiers, in characters.
 pub const MAX_NAME_LEN: usize = 256;
 /// Maximum length of a deploy hook name, in characters.
 pub const MAX_HOOK_NAME_LEN: usize = 58;
-/// Maximum length of a branch name, in characters.
-pub const MAX_BRANCH_LEN: usize = 256;
+/// Maximum length of a branch name, in bytes (git's limit on one file name, which a loose ref is).
+pub const MAX_BRANCH_LEN: usize = 255;
 /// Maximum size of one environment variable value, in bytes (5 KB).
 pub const MAX_ENV_VALUE_BYTES: usize = 5 * 1024;
 /// Maximum number of environment variables per trigger.
@@ -83,7 +87,8 @@ pub fn root_directory(value: &str) -> Result<String, Invalid> {
     })
 }
 
-/// A list of branch or path patterns.
+/// A list of branch or path patterns: at most [`MAX_PATTERNS`], each 1–[`MAX_PATTERN_LEN`]
+/// characters with at most [`MAX_PATTERN_WILDCARDS`] `*`.
 pub fn patterns(field: &str, values: &[String]) -> Result<Vec<String>, Invalid> {
     if values.len() > MAX_PATTERNS {
         return Err(Invalid::field(
@@ -93,24 +98,66 @@ pub fn patterns(field: &str, values: &[String]) -> Result<Vec<String>, Invalid> 
     }
     values
         .iter()
-        .map(|p| bounded_text(field, p, 1, MAX_PATTERN_LEN))
+        .map(|p| {
+            let p = bounded_text(field, p, 1, MAX_PATTERN_LEN)?;
+            if p.matches('*').count() > MAX_PATTERN_WILDCARDS {
+                return Err(Invalid::field(
+                    field,
+                    format!("a pattern may have at most {MAX_PATTERN_WILDCARDS} '*' wildcards"),
+                ));
+            }
+            Ok(p)
+        })
         .collect()
 }
 
-/// A branch name as git accepts it (the subset that matters for safety: no spaces, `..`, or leading `-`).
-pub fn branch(field: &str, value: &str) -> Result<String, Invalid> {
-    let b = bounded_text(field, value, 1, MAX_BRANCH_LEN)?;
-    let bad = b.starts_with('-')
-        || b.contains("..")
-        || b.contains("@{")
-        || b.ends_with('/')
-        || b.ends_with(".lock")
-        || b.chars()
-            .any(|c| c.is_whitespace() || "~^:?*[\\".contains(c));
-    if bad {
-        return Err(Invalid::field(field, "is not a valid git branch name"));
+/// Whether `name` is a full reference name by git's rules (`git check-ref-format`): no control
+/// character (U+0000 included), space, `~ ^ : ? * [ \`, `..`, `@{`, `//`; no component that is empty,
+/// starts with `.` or ends with `.lock`; not `@`, not ending with `/` or `.`.
+pub fn valid_refname(name: &str) -> bool {
+    if name.is_empty()
+        || name == "@"
+        || name.ends_with('/')
+        || name.ends_with('.')
+        || name.contains("..")
+        || name.contains("@{")
+        || name.contains("//")
+    {
+        return false;
     }
-    Ok(b)
+    let bad_char = |c: char| {
+        c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+    };
+    if name.chars().any(bad_char) {
+        return false;
+    }
+    name.split('/')
+        .all(|part| !part.is_empty() && !part.starts_with('.') && !part.ends_with(".lock"))
+}
+
+/// Whether `name` is a branch name: `git check-ref-format --branch` rules (which also refuse `HEAD`
+/// and a leading `-`), at most [`MAX_BRANCH_LEN`] bytes. The one rule for branch names from the API,
+/// from webhook payloads and before any git command.
+pub fn valid_branch_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_BRANCH_LEN
+        && !name.starts_with('-')
+        && name != "HEAD"
+        && valid_refname(&format!("refs/heads/{name}"))
+}
+
+/// A branch name from a client (surrounding whitespace trimmed): [`valid_branch_name`].
+pub fn branch(field: &str, value: &str) -> Result<String, Invalid> {
+    let b = value.trim();
+    if !valid_branch_name(b) {
+        return Err(Invalid::field(
+            field,
+            format!(
+                "is not a valid git branch name (git check-ref-format rules, 1-{MAX_BRANCH_LEN} bytes)"
+            ),
+        ));
+    }
+    Ok(b.to_owned())
 }
 
 /// A commit hash: 4–64 hexadecimal characters (abbreviated or full).
@@ -138,6 +185,27 @@ pub fn env_value(key: &str, value: &str) -> Result<(), Invalid> {
         )));
     }
     Ok(())
+}
+
+/// Longest commit message stored with a build, in bytes; a longer one (from a webhook payload or
+/// read from the repository) is cut on a character boundary.
+pub const MAX_COMMIT_MESSAGE_BYTES: usize = 4096;
+/// Longest commit author (an e-mail address or a name) stored with a build, in bytes.
+pub const MAX_AUTHOR_BYTES: usize = 256;
+
+/// Free text from outside (a webhook payload, a repository) made storable: U+0000, which a
+/// PostgreSQL `text` cannot hold, becomes U+FFFD, and what is longer than `max_bytes` is cut at the
+/// last character boundary within it.
+pub fn storable_text(value: &str, max_bytes: usize) -> String {
+    let mut text = value.replace('\0', "\u{fffd}");
+    if text.len() > max_bytes {
+        let mut end = max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// The variables that describe how a host reaches the network: proxies (both spellings) and the CA
@@ -169,12 +237,38 @@ mod tests {
     }
 
     #[test]
+    fn patterns_have_bounded_wildcards() {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(patterns("path_includes", &v(&["*a*b*c*d*e*f*g*"])).is_ok());
+        assert!(patterns("path_includes", &v(&["*a*b*c*d*e*f*g*h*"])).is_err());
+        assert!(patterns("path_includes", &vec!["x".to_owned(); MAX_PATTERNS + 1]).is_err());
+    }
+
+    #[test]
+    fn storable_text_has_no_nul_and_fits() {
+        assert_eq!(storable_text("a\0b", 100), "a\u{fffd}b");
+        assert_eq!(storable_text("héllo", 2), "h");
+        assert_eq!(storable_text("héllo", 3), "hé");
+        assert_eq!(
+            storable_text(&"€".repeat(2000), MAX_COMMIT_MESSAGE_BYTES).len(),
+            4095
+        );
+        assert_eq!(storable_text("short", MAX_AUTHOR_BYTES), "short");
+    }
+
+    #[test]
     fn branches_and_commits() {
         assert!(branch("branch", "main").is_ok());
         assert!(branch("branch", "feature/x-1").is_ok());
         assert!(branch("branch", "-rf").is_err());
         assert!(branch("branch", "a..b").is_err());
         assert!(branch("branch", "a b").is_err());
+        // One rule with git's: NUL and the rest of check-ref-format's refusals.
+        for bad in ["ma\0in", "x.lock", "a//b", ".hidden", "HEAD", "a\u{7f}b"] {
+            assert!(branch("branch", bad).is_err(), "{bad:?}");
+        }
+        assert!(branch("branch", &"a".repeat(MAX_BRANCH_LEN)).is_ok());
+        assert!(branch("branch", &"a".repeat(MAX_BRANCH_LEN + 1)).is_err());
         assert!(commit_hash("abc123def456").is_ok());
         assert!(commit_hash("xyz").is_err());
         assert!(commit_hash("abc").is_err());

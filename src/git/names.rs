@@ -3,9 +3,9 @@
 //! a revision expression (`main~1`, `a..b`, `@{-1}`).
 
 use super::GitError;
+use crate::domain::valid_branch_name;
+pub use crate::domain::valid_refname;
 
-/// Longest branch name accepted, in bytes.
-pub const MAX_BRANCH_LEN: usize = 255;
 /// Shortest abbreviated object id accepted (git's own minimum).
 pub const MIN_ABBREV: usize = 4;
 /// Length of a full SHA-256 object id; SHA-1 ids have 40.
@@ -18,40 +18,14 @@ fn invalid(what: &'static str, value: &str) -> GitError {
     }
 }
 
-/// A branch name usable as `refs/heads/<name>`: git's `check-ref-format --branch` rules (which also
-/// refuse `HEAD` and a leading `-`).
+/// A branch name usable as `refs/heads/<name>`: the one branch-name rule
+/// ([`crate::domain::valid_branch_name`], git's `check-ref-format --branch`).
 pub fn check_branch(name: &str) -> Result<(), GitError> {
-    if name.is_empty()
-        || name.len() > MAX_BRANCH_LEN
-        || name.starts_with('-')
-        || name == "HEAD"
-        || !valid_refname(&format!("refs/heads/{name}"))
-    {
-        return Err(invalid("branch name", name));
+    if valid_branch_name(name) {
+        Ok(())
+    } else {
+        Err(invalid("branch name", name))
     }
-    Ok(())
-}
-
-/// Git's rules for a full reference name (`git check-ref-format`).
-pub fn valid_refname(name: &str) -> bool {
-    if name.is_empty()
-        || name == "@"
-        || name.ends_with('/')
-        || name.ends_with('.')
-        || name.contains("..")
-        || name.contains("@{")
-        || name.contains("//")
-    {
-        return false;
-    }
-    let bad_char = |c: char| {
-        c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
-    };
-    if name.chars().any(bad_char) {
-        return false;
-    }
-    name.split('/')
-        .all(|part| !part.is_empty() && !part.starts_with('.') && !part.ends_with(".lock"))
 }
 
 /// A hexadecimal object id, full or abbreviated (4–64 digits); returned in lower case.
@@ -190,7 +164,8 @@ mod tests {
         ] {
             assert!(check_branch(bad).is_err(), "{bad:?}");
         }
-        assert!(check_branch(&"a".repeat(MAX_BRANCH_LEN + 1)).is_err());
+        assert!(check_branch(&"a".repeat(crate::domain::MAX_BRANCH_LEN + 1)).is_err());
+        assert!(check_branch("a\0b").is_err());
     }
 
     #[test]
