@@ -33,13 +33,16 @@ pub struct CreateTriggerRequest {
     pub deploy_command: Option<String>,
     /// Default: `/`.
     pub root_directory: Option<String>,
-    /// Default: `[]`.
+    /// Default: `[]`. Branch patterns: at most 100, each 1–256 characters with at most 8 `*`
+    /// wildcards (`*` matches any run of characters, `/` included).
     pub branch_includes: Option<Vec<String>>,
-    /// Default: `[]`.
+    /// Default: `[]`. Same rules as `branch_includes`.
     pub branch_excludes: Option<Vec<String>>,
-    /// Default: `["*"]`.
+    /// Default: `["*"]`. Watch paths, with the rules of `branch_includes`: a push builds when a
+    /// changed path not matching `path_excludes` matches one. A pull request's build checks them
+    /// against the pull request's changes when it starts and ends `skipped` when none matches.
     pub path_includes: Option<Vec<String>>,
-    /// Default: `[]`.
+    /// Default: `[]`. Same rules as `branch_includes`.
     pub path_excludes: Option<Vec<String>>,
     /// Default: `false`.
     pub build_caching_enabled: Option<bool>,
@@ -53,8 +56,10 @@ pub struct UpdateTriggerRequest {
     pub build_command: Option<String>,
     pub deploy_command: Option<String>,
     pub root_directory: Option<String>,
+    /// Same rules as in `createTrigger`.
     pub branch_includes: Option<Vec<String>>,
     pub branch_excludes: Option<Vec<String>>,
+    /// Same rules as in `createTrigger`.
     pub path_includes: Option<Vec<String>>,
     pub path_excludes: Option<Vec<String>>,
     pub build_caching_enabled: Option<bool>,
