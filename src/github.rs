@@ -92,6 +92,8 @@ struct Author {
 }
 
 /// Reads a `push` payload. `Ok(None)` for pushes that build nothing: tags and branch deletions.
+/// Fails for a branch name git would refuse ([`crate::domain::valid_branch_name`]: U+0000, `..`…)
+/// and for an `after` that is not a full commit id.
 pub fn parse_push(body: &[u8]) -> anyhow::Result<Option<Push>> {
     let p: PushPayload = serde_json::from_slice(body)?;
     let Some(branch) = p.git_ref.strip_prefix("refs/heads/") else {
@@ -100,6 +102,8 @@ pub fn parse_push(body: &[u8]) -> anyhow::Result<Option<Push>> {
     if p.deleted || p.after.bytes().all(|b| b == b'0') {
         return Ok(None);
     }
+    check_branch_field("ref", branch)?;
+    check_commit_field("after", &p.after)?;
     let mut changed: Vec<String> = p
         .commits
         .iter()
@@ -110,7 +114,7 @@ pub fn parse_push(body: &[u8]) -> anyhow::Result<Option<Push>> {
     Ok(Some(Push {
         repo_id: p.repository.id.to_string(),
         branch: branch.to_owned(),
-        after: p.after,
+        after: p.after.to_ascii_lowercase(),
         commit_message: p.head_commit.as_ref().map(|c| c.message.clone()),
         author: p
             .head_commit
@@ -143,6 +147,10 @@ pub struct PullRequestEvent {
     pub created_on: crate::domain::Timestamp,
     pub head_branch: String,
     pub head_sha: String,
+    /// The branch the pull request merges into, and its head when the event was sent (`None` when
+    /// the payload has no `base`): watch paths are evaluated on the changes since their merge base.
+    pub base_branch: Option<String>,
+    pub base_sha: Option<String>,
     pub title: String,
     pub author: Option<String>,
     pub installation_id: Option<i64>,
@@ -164,7 +172,15 @@ struct PullRequestBody {
     #[serde(default)]
     title: String,
     head: PullRequestHead,
+    base: Option<PullRequestBase>,
     user: Option<PullRequestUser>,
+}
+
+#[derive(Deserialize)]
+struct PullRequestBase {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    sha: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -181,9 +197,23 @@ struct PullRequestUser {
     login: String,
 }
 
-/// Reads a `pull_request` payload.
+/// Reads a `pull_request` payload. Fails for branch names git would refuse, commit ids that are not
+/// full ones, and a URL with control characters or longer than [`MAX_URL_BYTES`].
 pub fn parse_pull_request(body: &[u8]) -> anyhow::Result<PullRequestEvent> {
     let p: PullRequestPayload = serde_json::from_slice(body)?;
+    let pr = &p.pull_request;
+    check_branch_field("pull_request.head.ref", &pr.head.git_ref)?;
+    check_commit_field("pull_request.head.sha", &pr.head.sha)?;
+    if let Some(base) = &pr.base {
+        check_branch_field("pull_request.base.ref", &base.git_ref)?;
+        if let Some(sha) = &base.sha {
+            check_commit_field("pull_request.base.sha", sha)?;
+        }
+    }
+    anyhow::ensure!(
+        pr.html_url.len() <= MAX_URL_BYTES && !pr.html_url.chars().any(char::is_control),
+        "pull_request.html_url: must be at most {MAX_URL_BYTES} bytes without control characters"
+    );
     // Pull requests from forks build nothing: their branches are not the repository's, and a build
     // runs with the trigger's token and secrets.
     let from_fork = p
@@ -207,11 +237,39 @@ pub fn parse_pull_request(body: &[u8]) -> anyhow::Result<PullRequestEvent> {
         url: p.pull_request.html_url,
         created_on: crate::domain::Timestamp::from_millis(created.timestamp_millis()),
         head_branch: p.pull_request.head.git_ref,
-        head_sha: p.pull_request.head.sha,
+        head_sha: p.pull_request.head.sha.to_ascii_lowercase(),
+        base_branch: p.pull_request.base.as_ref().map(|b| b.git_ref.clone()),
+        base_sha: p
+            .pull_request
+            .base
+            .as_ref()
+            .and_then(|b| b.sha.as_ref())
+            .map(|sha| sha.to_ascii_lowercase()),
         title: p.pull_request.title,
         author: p.pull_request.user.map(|u| u.login),
         installation_id: p.installation.map(|i| i.id),
     })
+}
+
+/// Longest pull request URL accepted from a payload, in bytes.
+pub const MAX_URL_BYTES: usize = 2048;
+
+/// A branch name from a payload: the one branch-name rule, git's.
+fn check_branch_field(field: &str, branch: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        crate::domain::valid_branch_name(branch),
+        "{field}: not a valid git branch name"
+    );
+    Ok(())
+}
+
+/// A commit id from a payload: a full SHA-1 or SHA-256 object id.
+fn check_commit_field(field: &str, sha: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        crate::git::is_full_oid(sha),
+        "{field}: not a full commit id (40 or 64 hexadecimal digits)"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -243,5 +301,35 @@ mod tests {
         assert_eq!(parse_push(tag).unwrap(), None);
         let deletion = br#"{"ref":"refs/heads/x","after":"0000000000000000000000000000000000000000","deleted":true,"repository":{"id":1}}"#;
         assert_eq!(parse_push(deletion).unwrap(), None);
+    }
+
+    #[test]
+    fn impossible_names_and_ids_are_refused() {
+        let push = |git_ref: &str, after: &str| {
+            serde_json::to_vec(
+                &serde_json::json!({"ref": git_ref, "after": after, "repository": {"id": 1}}),
+            )
+            .unwrap()
+        };
+        let sha = "a".repeat(40);
+        assert!(
+            parse_push(&push("refs/heads/main", &sha))
+                .unwrap()
+                .is_some()
+        );
+        for bad in [
+            "refs/heads/ma\0in",
+            "refs/heads/a..b",
+            "refs/heads/x.lock",
+            "refs/heads/-x",
+        ] {
+            assert!(parse_push(&push(bad, &sha)).is_err(), "{bad:?}");
+        }
+        for bad in ["abc", "main", &"g".repeat(40)] {
+            assert!(
+                parse_push(&push("refs/heads/main", bad)).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -18,8 +18,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::cache::{BuildCache, CacheDir, CacheKind, Restored};
-use crate::domain::{BuildId, BuildOutcome, Timestamp, VersionId, plan_project};
-use crate::git::GitCache;
+use crate::domain::{
+    BuildId, BuildOutcome, Timestamp, VersionId, WatchPathCheck, paths_selected, plan_project,
+};
+use crate::git::{GitCache, GitError, Mirror, Resolved};
 use crate::github::RepoAccess;
 use crate::logs::{LogSink, LogSinkConfig, LogSummary, Masker, pump};
 use crate::sandbox::{BuildUser, BuildUserPool, BuildUserSpec, SandboxMode, Step, StepSpec};
@@ -88,6 +90,21 @@ pub const STALE_TOKEN_LINE: &str = "Failed: The build token selected for this bu
 /// cache: all in the data dir) is full.
 pub const DISK_FULL_LINE: &str = "Failed: the disk is full (no space left on device)";
 
+/// The line a pull-request build ends with, `skipped`, when no file the pull request changes matches
+/// its trigger's watch paths (the hosted product skips such a push without a build; its wording for
+/// the case is not known).
+pub const WATCH_PATHS_SKIPPED_LINE: &str =
+    "Build skipped: no file changed by the pull request matches the build watch paths";
+
+/// What the watch-path check of a pull-request build decided.
+enum WatchPaths {
+    /// Build; with the mirror fetched and the commit resolved when the check got that far (the
+    /// clone step reuses them).
+    Build(Option<(Mirror, Resolved)>),
+    /// End the build `skipped`.
+    Skip,
+}
+
 /// Why the steps ended before completing.
 enum Interrupted {
     Stopped(Stop),
@@ -135,6 +152,41 @@ pub async fn run_build(
         .instrument(span)
         .await;
     }
+}
+
+/// Whether a pull request's changes select its build under the watch paths of `check`: the files
+/// changed from the merge base of its base branch (the head the event saw, else the branch's head
+/// now) and `head`, and the commits in between, evaluated like a push's (on a blocking thread).
+async fn pull_request_selected(
+    mirror: &Mirror,
+    check: &WatchPathCheck,
+    head: &str,
+) -> anyhow::Result<bool> {
+    let mut base = None;
+    if let Some(sha) = &check.base_sha {
+        match mirror
+            .resolve(check.base_branch.as_deref(), Some(sha))
+            .await
+        {
+            Ok(resolved) => base = Some(resolved.sha),
+            Err(e) if matches!(GitError::find(&e), Some(GitError::UnknownCommit(_))) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let base = match (base, &check.base_branch) {
+        (Some(base), _) => base,
+        (None, Some(branch)) => mirror.resolve(Some(branch), None).await?.sha,
+        (None, None) => anyhow::bail!("the event named no base branch"),
+    };
+    let merge_base = mirror.merge_base(&base, head).await?.ok_or_else(|| {
+        anyhow::anyhow!("the pull request shares no history with its base branch")
+    })?;
+    let changed = mirror.changed_paths(&merge_base, head).await?;
+    let commits = mirror.count_commits(&merge_base, head).await?;
+    let (includes, excludes) = (check.includes.clone(), check.excludes.clone());
+    tokio::task::spawn_blocking(move || paths_selected(&includes, &excludes, &changed, commits))
+        .await
+        .map_err(|e| anyhow::anyhow!("matching the watch paths failed: {e}"))
 }
 
 /// Aborts a task when dropped (also when the owner unwinds).
@@ -448,6 +500,23 @@ impl Run<'_> {
             self.system(&failed.line).await;
             return Ok(BuildOutcome::Fail);
         }
+        // A pull-request build checks its trigger's watch paths on the pull request's changes: its
+        // event listed no files.
+        let (mut early_token, mut prefetched) = (None, None);
+        if let Some(check) = self.build.watch_paths.clone() {
+            let token = match self.clone_credentials().await {
+                Ok(token) => token,
+                Err(line) => {
+                    self.system(&line).await;
+                    return Ok(BuildOutcome::Fail);
+                }
+            };
+            match self.check_watch_paths(&check, token.as_deref()).await? {
+                WatchPaths::Skip => return Ok(BuildOutcome::Skipped),
+                WatchPaths::Build(fetched) => prefetched = fetched,
+            }
+            early_token = Some(token);
+        }
         self.system("Success: Finished initializing build environment")
             .await;
         let (store, owner) = (&self.ctx.store, self.owner);
@@ -465,7 +534,11 @@ impl Run<'_> {
 
         self.system("Cloning repository...").await;
         // Before anything is fetched or pushed: whether this account may reach the repository at all.
-        let github_token = match self.clone_credentials().await {
+        let credentials = match early_token {
+            Some(token) => Ok(token),
+            None => self.clone_credentials().await,
+        };
+        let github_token = match credentials {
             Ok(token) => token,
             Err(line) => {
                 self.system(&line).await;
@@ -505,15 +578,19 @@ impl Run<'_> {
                 }
             }
         }
-        let fetched = self
-            .guard(async {
-                let mirror = git
-                    .mirror_with_token(&owner_name, &repo_name, github_token.as_deref())
-                    .await?;
-                let resolved = mirror.resolve(branch.as_deref(), commit.as_deref()).await?;
-                anyhow::Ok((mirror, resolved))
-            })
-            .await?;
+        let fetched = match prefetched {
+            Some(fetched) => Ok(fetched),
+            None => {
+                self.guard(async {
+                    let mirror = git
+                        .mirror_with_token(&owner_name, &repo_name, github_token.as_deref())
+                        .await?;
+                    let resolved = mirror.resolve(branch.as_deref(), commit.as_deref()).await?;
+                    anyhow::Ok((mirror, resolved))
+                })
+                .await?
+            }
+        };
         let (mirror, resolved) = match fetched {
             Ok(v) => v,
             Err(e) => return Ok(self.clone_failed(&e).await),
@@ -842,6 +919,47 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Fetches the mirror and checks the pull request's changes against the trigger's watch paths
+    /// ([`WatchPathCheck`]). Changes that cannot be read (a fetch failure, which the clone step then
+    /// reports; a base branch gone) build, with a warning.
+    async fn check_watch_paths(
+        &mut self,
+        check: &WatchPathCheck,
+        token: Option<&str>,
+    ) -> Result<WatchPaths, Interrupted> {
+        let meta = &self.build.metadata;
+        let git = self.ctx.git.clone();
+        let (owner, repo) = (meta.provider_account_name.clone(), meta.repo_name.clone());
+        let (branch, commit) = (meta.branch.clone(), meta.commit_hash.clone());
+        let fetched = self
+            .guard(async {
+                let mirror = git.mirror_with_token(&owner, &repo, token).await?;
+                let resolved = mirror.resolve(branch.as_deref(), commit.as_deref()).await?;
+                anyhow::Ok((mirror, resolved))
+            })
+            .await?;
+        let Ok((mirror, resolved)) = fetched else {
+            return Ok(WatchPaths::Build(None));
+        };
+        match self
+            .guard(pull_request_selected(&mirror, check, &resolved.sha))
+            .await?
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                self.system(WATCH_PATHS_SKIPPED_LINE).await;
+                return Ok(WatchPaths::Skip);
+            }
+            Err(e) => {
+                self.system(&format!(
+                    "Warning: could not read the pull request's changes to check the build watch paths ({e:#}); building"
+                ))
+                .await;
+            }
+        }
+        Ok(WatchPaths::Build(Some((mirror, resolved))))
     }
 
     /// The installation token the build's repository is fetched with ([`crate::github::repo_access`]):

@@ -40,7 +40,7 @@ pub use logs::LogPage;
 pub use reports::{CommentItem, PrBuild, ReportItem};
 pub use scheduling::{ClaimedBuild, LostBuild};
 pub use triggers::{NewTrigger, TriggerPatch, TriggerWriteError};
-pub use webhooks::DeliveryOutcome;
+pub use webhooks::{DeliveryOutcome, PAIR_WINDOW_MS, PushSelection};
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -62,6 +62,7 @@ pub struct InsertedBuild {
 /// Body of `createManualBuild`: a branch, a commit, or both.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct CreateBuildRequest {
+    /// A branch name by git's rules (`git check-ref-format --branch`), at most 255 bytes.
     pub branch: Option<String>,
     pub commit_hash: Option<String>,
     /// A template to create the (empty) connected repository's first commit from, before building.
@@ -205,6 +206,7 @@ pub async fn create_manual_build(
         pull_request: None,
         deploy_hook: None,
         seed,
+        watch_paths: None,
     };
     // An unknown trigger is a 404 even for an account out of build minutes.
     let trigger_exists = app.store.get_trigger(&account, trigger).await?.is_some();

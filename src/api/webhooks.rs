@@ -1,5 +1,7 @@
 //! `POST /webhooks/github`: signed GitHub deliveries, each handled once.
 
+use std::borrow::Cow;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
@@ -25,6 +27,8 @@ pub struct DeliveryResult {
 
 /// Verifies the signature before reading the payload, then handles `push` and `pull_request`; other
 /// events (and `ping`) are acknowledged. A delivery and the builds it causes are stored in one transaction before the 200.
+/// Both of GitHub's content types are read: `application/json`, and `application/x-www-form-urlencoded`
+/// (GitHub's default: `payload=<url-encoded JSON>`), whose raw body the signature covers.
 pub async fn receive_github_webhook(
     State(app): State<AppState>,
     req: Request,
@@ -32,7 +36,7 @@ pub async fn receive_github_webhook(
     if app.github_webhook_secrets.is_empty() {
         return Err(ApiError::Unauthenticated);
     }
-    let (signature, event, delivery) = {
+    let (signature, event, delivery, content_type) = {
         let header = |name: &str| {
             req.headers()
                 .get(name)
@@ -43,6 +47,7 @@ pub async fn receive_github_webhook(
             header("x-hub-signature-256"),
             header("x-github-event"),
             header("x-github-delivery"),
+            header("content-type"),
         )
     };
     // Unsigned deliveries are refused before their body is read.
@@ -61,22 +66,35 @@ pub async fn receive_github_webhook(
     if !signed {
         return Err(ApiError::Unauthenticated);
     }
-    let event =
-        event.ok_or_else(|| ApiError::BadRequest("X-GitHub-Event: header is required".into()))?;
+    // GitHub's event names: lower-case words joined by `_` (stored with the delivery).
+    let event = event
+        .filter(|e| {
+            !e.is_empty() && e.len() <= 64 && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        })
+        .ok_or_else(|| {
+            ApiError::BadRequest("X-GitHub-Event: header is required (an event name)".into())
+        })?;
     let delivery = delivery
         .filter(|d| !d.is_empty() && d.len() <= 128)
         .ok_or_else(|| ApiError::BadRequest("X-GitHub-Delivery: header is required".into()))?;
+    let payload = || payload_json(content_type.as_deref(), &body);
     let (duplicate, builds) = match event.as_str() {
         "push" => {
-            let push = parse_push(&body)
+            let push = parse_push(&payload()?)
                 .map_err(|e| ApiError::BadRequest(format!("invalid push payload: {e}")))?;
             match push {
-                Some(push) => outcome(&app, app.store.handle_push(&delivery, &push).await?),
+                Some(push) => {
+                    let selection = app.store.select_push_triggers(&push).await?;
+                    outcome(
+                        &app,
+                        app.store.handle_push(&delivery, &push, &selection).await?,
+                    )
+                }
                 None => (!app.store.record_delivery(&delivery, &event).await?, vec![]),
             }
         }
         "pull_request" => {
-            let ev = parse_pull_request(&body)
+            let ev = parse_pull_request(&payload()?)
                 .map_err(|e| ApiError::BadRequest(format!("invalid pull_request payload: {e}")))?;
             outcome(&app, app.store.handle_pull_request(&delivery, &ev).await?)
         }
@@ -95,6 +113,22 @@ pub async fn receive_github_webhook(
         duplicate,
         builds,
     })
+}
+
+/// The JSON payload of a delivery: the body itself, or the `payload` field of a form-encoded one.
+fn payload_json<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<Cow<'a, [u8]>, ApiError> {
+    let essence = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase());
+    if essence.as_deref() != Some("application/x-www-form-urlencoded") {
+        return Ok(Cow::Borrowed(body));
+    }
+    form_urlencoded::parse(body)
+        .find(|(key, _)| key == "payload")
+        .map(|(_, value)| Cow::Owned(value.into_owned().into_bytes()))
+        .ok_or_else(|| {
+            ApiError::BadRequest("a form-encoded delivery needs a payload= field".into())
+        })
 }
 
 /// Whether the delivery was a redelivery, and the builds it queued (waking the scheduler for them).

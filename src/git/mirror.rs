@@ -341,6 +341,48 @@ impl Mirror {
         Ok(split_nul(&out.stdout))
     }
 
+    /// The best common ancestor of two commits (full object ids), `None` when they share no history
+    /// (`git merge-base`).
+    pub async fn merge_base(&self, a: &str, b: &str) -> anyhow::Result<Option<String>> {
+        let (a, b) = (full_oid(a)?, full_oid(b)?);
+        let out = self
+            .git
+            .output(self.cmd().args(["merge-base", "--end-of-options", &a, &b]))
+            .await?;
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        match (out.success, out.code) {
+            (true, _) => Ok(Some(full_oid(&stdout)?)),
+            // Exit status 1 without a message: no common ancestor.
+            (false, Some(1)) if out.stderr.trim().is_empty() => Ok(None),
+            _ => Err(GitError::Command {
+                args: format!("merge-base {a} {b}"),
+                code: out.code,
+                stderr: out.stderr,
+            }
+            .into()),
+        }
+    }
+
+    /// How many commits `to` has that `from` does not (`git rev-list --count ^from to`; full ids).
+    pub async fn count_commits(&self, from: &str, to: &str) -> anyhow::Result<usize> {
+        let (from, to) = (full_oid(from)?, full_oid(to)?);
+        let out = self
+            .git
+            .ok(self.cmd().args([
+                "rev-list",
+                "--count",
+                "--end-of-options",
+                &format!("^{from}"),
+                &to,
+            ]))
+            .await
+            .context("counting commits")?;
+        String::from_utf8_lossy(&out)
+            .trim()
+            .parse()
+            .context("reading a commit count")
+    }
+
     /// Paths that differ between two revisions (`git diff --name-only`, renames as delete + add).
     pub async fn changed_paths(&self, from: &str, to: &str) -> anyhow::Result<Vec<String>> {
         let from = check_rev(from)?;

@@ -13,7 +13,8 @@ use super::rows::{
 };
 use crate::domain::{
     AccountId, Build, BuildId, BuildOutcome, BuildStatus, BuildTriggerMetadata, DeployHookId,
-    PullRequest, SeedRepo, Timestamp, TriggerId, TriggerSource, VersionId, WorkerId,
+    MAX_AUTHOR_BYTES, MAX_COMMIT_MESSAGE_BYTES, PullRequest, SeedRepo, Timestamp, TriggerId,
+    TriggerSource, VersionId, WatchPathCheck, WorkerId, storable_text,
 };
 
 /// A build to queue.
@@ -29,6 +30,8 @@ pub struct NewBuild {
     pub deploy_hook: Option<DeployHookId>,
     /// Create the repository's first commit from a template before building.
     pub seed: Option<SeedRepo>,
+    /// Check the trigger's watch paths when the build starts (pull-request builds).
+    pub watch_paths: Option<WatchPathCheck>,
 }
 
 /// What cancelling a build did.
@@ -168,8 +171,14 @@ impl Store {
             build_trigger_source: new.source,
             branch: new.branch.clone(),
             commit_hash: new.commit_hash.clone(),
-            commit_message: new.commit_message.clone(),
-            author: new.author.clone(),
+            commit_message: new
+                .commit_message
+                .as_deref()
+                .map(|m| storable_text(m, MAX_COMMIT_MESSAGE_BYTES)),
+            author: new
+                .author
+                .as_deref()
+                .map(|a| storable_text(a, MAX_AUTHOR_BYTES)),
             build_command: t.info.build_command.clone(),
             deploy_command: t.info.deploy_command.clone(),
             build_token_name: t.build_token_name.clone(),
@@ -184,8 +193,8 @@ impl Store {
         let now = Timestamp::now();
         sqlx::query(
             "INSERT INTO builds (uuid, account_id, trigger_uuid, external_script_id, status, trigger_source, \
-             branch, commit_hash, metadata, secrets_enc, pull_request, deploy_hook_uuid, created_on, modified_on, seed_repo, pr_url) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15)",
+             branch, commit_hash, metadata, secrets_enc, pull_request, deploy_hook_uuid, created_on, modified_on, seed_repo, pr_url, \
+             watch_paths) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16)",
         )
         .bind(id.to_string())
         .bind(account.as_str())
@@ -202,6 +211,7 @@ impl Store {
         .bind(now.millis())
         .bind(new.seed.as_ref().map(serde_json::to_string).transpose()?)
         .bind(pull_request.as_ref().map(|pr| pr.pull_request_url.clone()))
+        .bind(new.watch_paths.as_ref().map(serde_json::to_string).transpose()?)
         .execute(&mut *w.tx)
         .await
         .context("inserting a build")?;
@@ -383,7 +393,8 @@ impl Store {
         }
     }
 
-    /// Build minutes an account used since `since`: each stopped build counts its rounded-up minutes.
+    /// Build minutes an account used since `since`: each stopped build counts its rounded-up minutes,
+    /// but for skipped ones (a pull-request build that no watch path selects stops while initializing).
     pub async fn build_minutes_used(
         &self,
         account: &AccountId,
@@ -391,7 +402,8 @@ impl Store {
     ) -> anyhow::Result<i64> {
         let row = sqlx::query(
             "SELECT CAST(COALESCE(SUM((stopped_on - initializing_on + 59999) / 60000), 0) AS BIGINT) AS minutes \
-             FROM builds WHERE account_id = $1 AND stopped_on >= $2 AND initializing_on IS NOT NULL",
+             FROM builds WHERE account_id = $1 AND stopped_on >= $2 AND initializing_on IS NOT NULL \
+             AND outcome <> 'skipped'",
         )
         .bind(account.as_str())
         .bind(since.millis())

@@ -357,6 +357,7 @@ impl Store {
             pull_request: None,
             deploy_hook: Some(id),
             seed: None,
+            watch_paths: None,
         };
         let Some((build, created_on)) = self.insert_build_in(&mut w, &account, &new).await? else {
             return Ok(HookCall::NoTrigger { branch });

@@ -10,8 +10,9 @@ use super::builds::BuildSecrets;
 use super::rows::{opt_text, text};
 use super::{Store, WriteTx};
 use crate::domain::{
-    AccountId, BuildId, BuildOutcome, BuildTriggerMetadata, SeedRepo, Timestamp, TriggerId,
-    WorkerId,
+    AccountId, BuildId, BuildOutcome, BuildTriggerMetadata, MAX_AUTHOR_BYTES,
+    MAX_COMMIT_MESSAGE_BYTES, SeedRepo, Timestamp, TriggerId, WatchPathCheck, WorkerId,
+    storable_text,
 };
 
 /// A build a runner has claimed, with what it needs to run it.
@@ -26,6 +27,8 @@ pub struct ClaimedBuild {
     pub created_on: Timestamp,
     /// Seed the repository from a template before the checkout.
     pub seed: Option<SeedRepo>,
+    /// Check the trigger's watch paths against the pull request's changes before building.
+    pub watch_paths: Option<WatchPathCheck>,
     /// The connected repository's id at its provider (GitHub's numeric id).
     pub repo_id: String,
     /// The trigger's `build_caching_enabled` when the build was claimed (PRODUCT-NOTES §5).
@@ -65,7 +68,7 @@ impl Store {
             let row = sqlx::query(&format!(
                 "SELECT b.id AS id, b.uuid AS uuid, b.account_id AS account_id, b.trigger_uuid AS trigger_uuid, \
                  b.external_script_id AS worker, b.metadata AS metadata, b.secrets_enc AS secrets, b.created_on AS created_on, \
-                 b.seed_repo AS seed_repo, (SELECT c.repo_id FROM triggers t JOIN repo_connections c \
+                 b.seed_repo AS seed_repo, b.watch_paths AS watch_paths, (SELECT c.repo_id FROM triggers t JOIN repo_connections c \
                  ON c.uuid = t.repo_connection_uuid WHERE t.uuid = b.trigger_uuid) AS repo_id, \
                  (SELECT t.build_caching_enabled FROM triggers t WHERE t.uuid = b.trigger_uuid) AS caching, \
                  (SELECT t.branch_includes FROM triggers t WHERE t.uuid = b.trigger_uuid) AS branch_includes, \
@@ -168,6 +171,10 @@ impl Store {
                 .map(|s| serde_json::from_str(&s))
                 .transpose()
                 .context("build seed_repo")?,
+            watch_paths: opt_text(row, "watch_paths")?
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .context("build watch_paths")?,
         })
     }
 
@@ -230,8 +237,8 @@ impl Store {
             meta.branch = branch.map(str::to_owned);
         }
         meta.commit_hash = Some(commit_hash.to_owned());
-        meta.commit_message = Some(commit_message.to_owned());
-        meta.author = Some(author.to_owned());
+        meta.commit_message = Some(storable_text(commit_message, MAX_COMMIT_MESSAGE_BYTES));
+        meta.author = Some(storable_text(author, MAX_AUTHOR_BYTES));
         sqlx::query("UPDATE builds SET metadata = $1, branch = $2, commit_hash = $3, modified_on = $4 WHERE uuid = $5")
             .bind(serde_json::to_string(&meta)?)
             .bind(meta.branch.as_deref())

@@ -1,4 +1,11 @@
 //! GitHub deliveries: each handled once, in the same transaction as the builds it causes.
+//!
+//! Every push to a branch a trigger selects builds, also a commit the trigger built before (a force
+//! push back to it, a retry by pushing again). The one exception is the pair GitHub sends for one
+//! `git push` to a branch with an open pull request: a `push` and a `pull_request` event for the same
+//! head commit. When they arrive together, that is while the build the first one queued is still
+//! queued, initializing or running, or within [`PAIR_WINDOW_MS`] of its creation, the second joins
+//! that build instead of queuing another (a build's pull request is attached to it if it had none).
 
 use anyhow::Context;
 use sqlx::Row;
@@ -7,10 +14,21 @@ use super::Store;
 use super::builds::NewBuild;
 use super::rows::{list, text, ts};
 use crate::domain::{
-    AccountId, BuildId, PullRequest, Timestamp, TriggerId, TriggerSource, branch_selected,
-    paths_selected,
+    AccountId, BuildId, PullRequest, Timestamp, TriggerId, TriggerSource, WatchPathCheck,
+    branch_selected, paths_selected,
 };
 use crate::github::{PullRequestAction, PullRequestEvent, Push};
+
+/// How long after the build of one event of a push/pull_request pair was queued the other event still
+/// joins it, in milliseconds, once that build has stopped (GitHub sends both within seconds).
+pub const PAIR_WINDOW_MS: i64 = 60_000;
+
+/// The triggers a push selects by their branch filters and watch paths, matched outside any write
+/// transaction by [`Store::select_push_triggers`] and then handed to [`Store::handle_push`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSelection {
+    triggers: Vec<TriggerId>,
+}
 
 /// What handling a push delivery did.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,16 +48,54 @@ impl Store {
         Ok(new)
     }
 
-    /// Queues one build of the pushed commit for every trigger of a GitHub connection to the repository
-    /// whose branch filters and watch paths select the push, and records the delivery — atomically.
-    /// Builds carry the branch's open pull request; a trigger never builds one commit twice.
+    /// Matches a push against the branch filters and watch paths of the live triggers of GitHub
+    /// connections to its repository. The triggers are read without a write transaction and matched
+    /// on a blocking thread (up to 2,999 paths against a few hundred patterns): the cost of a large
+    /// push falls on its own delivery, never on the store's writers. A delivery is matched against
+    /// the filters as they are when it arrives.
+    pub async fn select_push_triggers(&self, push: &Push) -> anyhow::Result<PushSelection> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .context("reading the repository's triggers")?;
+        let triggers = repo_triggers(&mut conn, &push.repo_id, push.installation_id).await?;
+        drop(conn);
+        let push = push.clone();
+        tokio::task::spawn_blocking(move || PushSelection {
+            triggers: triggers
+                .into_iter()
+                .filter(|t| {
+                    branch_selected(&t.branch_includes, &t.branch_excludes, &push.branch)
+                        && paths_selected(
+                            &t.path_includes,
+                            &t.path_excludes,
+                            &push.changed_paths,
+                            push.commit_count,
+                        )
+                })
+                .map(|t| t.id)
+                .collect(),
+        })
+        .await
+        .context("matching a push against watch paths")
+    }
+
+    /// Queues one build of the pushed commit for every trigger in `selection` (from
+    /// [`Store::select_push_triggers`]) that is still live, and records the delivery — atomically.
+    /// Builds carry the branch's open pull request. A trigger whose build of the same head and branch
+    /// from the pull request's event arrived together with this push (see the module's doc) builds
+    /// nothing more; that build, if still queued, then builds without checking watch paths (this
+    /// push selected the trigger by itself).
     pub async fn handle_push(
         &self,
         delivery: &str,
         push: &Push,
+        selection: &PushSelection,
     ) -> anyhow::Result<DeliveryOutcome> {
         let mut w = self.begin_write().await?;
         if !insert_delivery(&mut w, delivery, "push").await? {
+            w.commit().await?;
             return Ok(DeliveryOutcome::Duplicate);
         }
         // A push and a pull_request event for one commit arrive together: one at a time per repository.
@@ -49,18 +105,21 @@ impl Store {
             remember_installation(&mut w, &push.repo_id, installation).await?;
         }
         let mut queued = Vec::new();
-        for t in repo_triggers(&mut w, &push.repo_id, push.installation_id).await? {
-            let paths_ok = paths_selected(
-                &t.path_includes,
-                &t.path_excludes,
-                &push.changed_paths,
-                push.commit_count,
-            );
-            if !(branch_selected(&t.branch_includes, &t.branch_excludes, &push.branch) && paths_ok)
-            {
+        for t in repo_triggers(&mut w.tx, &push.repo_id, push.installation_id).await? {
+            if !selection.triggers.contains(&t.id) {
                 continue;
             }
-            if already_built(&mut w, t.id, &push.after, &push.branch).await? {
+            let paired = paired_build(
+                &mut w,
+                t.id,
+                &push.after,
+                &push.branch,
+                TriggerSource::PullRequest,
+            )
+            .await?;
+            if let Some(build) = paired {
+                // The push selects the trigger by itself: the joined build needs no check of its own.
+                skip_watch_path_check(&mut w, build).await?;
                 continue;
             }
             let new = NewBuild {
@@ -74,6 +133,7 @@ impl Store {
                 pull_request: None,
                 deploy_hook: None,
                 seed: None,
+                watch_paths: None,
             };
             if let Some((build, _)) = self.insert_build_in(&mut w, &t.account, &new).await? {
                 queued.push((build, t.id));
@@ -83,8 +143,10 @@ impl Store {
     }
 
     /// Opened, reopened or synchronized pull requests build their head commit with every trigger whose
-    /// branch filters select the head branch (unless that trigger built the commit already); closed
-    /// ones stop being attached to the branch's builds.
+    /// branch filters select the head branch, unless the push of that head arrived together with the
+    /// event (see the module's doc); closed ones stop being attached to the branch's builds. The
+    /// payload lists no files: a trigger with watch paths gets a build that checks them against the
+    /// pull request's changes when it starts ([`WatchPathCheck`]) and ends `skipped` if none matches.
     pub async fn handle_pull_request(
         &self,
         delivery: &str,
@@ -92,6 +154,7 @@ impl Store {
     ) -> anyhow::Result<DeliveryOutcome> {
         let mut w = self.begin_write().await?;
         if !insert_delivery(&mut w, delivery, "pull_request").await? {
+            w.commit().await?;
             return Ok(DeliveryOutcome::Duplicate);
         }
         self.lock_key(&mut w, &format!("github-repo:{}", ev.repo_id))
@@ -134,10 +197,22 @@ impl Store {
                 created_on: ev.created_on,
                 pull_request_url: ev.url.clone(),
             });
-            for t in repo_triggers(&mut w, &ev.repo_id, ev.installation_id).await? {
-                if !branch_selected(&t.branch_includes, &t.branch_excludes, &ev.head_branch)
-                    || already_built(&mut w, t.id, &ev.head_sha, &ev.head_branch).await?
-                {
+            for t in repo_triggers(&mut w.tx, &ev.repo_id, ev.installation_id).await? {
+                if !branch_selected(&t.branch_includes, &t.branch_excludes, &ev.head_branch) {
+                    continue;
+                }
+                let paired = paired_build(
+                    &mut w,
+                    t.id,
+                    &ev.head_sha,
+                    &ev.head_branch,
+                    TriggerSource::Push,
+                )
+                .await?;
+                if let Some(build) = paired {
+                    if let Some(pr) = &pull_request {
+                        attach_pull_request(&mut w, build, pr).await?;
+                    }
                     continue;
                 }
                 let new = NewBuild {
@@ -150,6 +225,12 @@ impl Store {
                     pull_request: pull_request.clone(),
                     deploy_hook: None,
                     seed: None,
+                    watch_paths: WatchPathCheck::for_pull_request(
+                        &t.path_includes,
+                        &t.path_excludes,
+                        ev.base_branch.as_deref(),
+                        ev.base_sha.as_deref(),
+                    ),
                 };
                 if let Some((build, _)) = self.insert_build_in(&mut w, &t.account, &new).await? {
                     queued.push((build, t.id));
@@ -206,7 +287,7 @@ struct RepoTrigger {
 /// says which account the repository belongs to, and a connection (any account can name any
 /// repository) is no proof.
 async fn repo_triggers(
-    w: &mut super::WriteTx<'_>,
+    conn: &mut sqlx::AnyConnection,
     repo_id: &str,
     installation: Option<i64>,
 ) -> anyhow::Result<Vec<RepoTrigger>> {
@@ -223,7 +304,7 @@ async fn repo_triggers(
     )
     .bind(repo_id)
     .bind(installation)
-    .fetch_all(&mut *w.tx)
+    .fetch_all(conn)
     .await
     .context("finding the repository's triggers")?;
     rows.iter()
@@ -308,23 +389,57 @@ pub(super) async fn open_pull_request(
     .transpose()
 }
 
-/// Whether `trigger` has a push or pull-request build of `commit` on `branch` already (a push and the
-/// pull request's event for the same commit build it once; another branch's push builds it again).
-async fn already_built(
+/// The build of `trigger` for `commit` on `branch` that the other event of a push/pull_request pair
+/// (`other`) queued, when it arrived together with this one: still queued, initializing or running, or
+/// created less than [`PAIR_WINDOW_MS`] ago. The newest such build.
+async fn paired_build(
     w: &mut super::WriteTx<'_>,
     trigger: TriggerId,
     commit: &str,
     branch: &str,
-) -> anyhow::Result<bool> {
-    Ok(sqlx::query(
+    other: TriggerSource,
+) -> anyhow::Result<Option<BuildId>> {
+    let row = sqlx::query(
         "SELECT uuid FROM builds WHERE trigger_uuid = $1 AND commit_hash = $2 AND branch = $3 \
-         AND trigger_source IN ('push', 'pull_request') LIMIT 1",
+         AND trigger_source = $4 AND (status <> 'stopped' OR created_on >= $5) ORDER BY id DESC LIMIT 1",
     )
     .bind(trigger.to_string())
     .bind(commit)
     .bind(branch)
+    .bind(other.as_str())
+    .bind(Timestamp::now().millis() - PAIR_WINDOW_MS)
     .fetch_optional(&mut *w.tx)
     .await
-    .context("looking for a build of the commit")?
-    .is_some())
+    .context("looking for the paired build of the commit")?;
+    row.map(|r| BuildId::from_stored(&text(&r, "uuid")?))
+        .transpose()
+}
+
+/// A queued pull-request build joined by a push that selects its trigger builds without checking
+/// watch paths (a push with no file list, say, always builds).
+async fn skip_watch_path_check(w: &mut super::WriteTx<'_>, build: BuildId) -> anyhow::Result<()> {
+    sqlx::query("UPDATE builds SET watch_paths = NULL WHERE uuid = $1 AND status = 'queued'")
+        .bind(build.to_string())
+        .execute(&mut *w.tx)
+        .await
+        .context("dropping a build's watch-path check")?;
+    Ok(())
+}
+
+/// A push build joined by its pull request's event carries the pull request (unless it has one).
+async fn attach_pull_request(
+    w: &mut super::WriteTx<'_>,
+    build: BuildId,
+    pr: &PullRequest,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE builds SET pull_request = $1, pr_url = $2 WHERE uuid = $3 AND pull_request IS NULL",
+    )
+    .bind(serde_json::to_string(pr)?)
+    .bind(&pr.pull_request_url)
+    .bind(build.to_string())
+    .execute(&mut *w.tx)
+    .await
+    .context("attaching the pull request to its build")?;
+    Ok(())
 }
