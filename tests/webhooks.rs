@@ -1,6 +1,9 @@
 //! GitHub webhooks: signed deliveries of real-shaped `push` payloads build exactly the expected
 //! triggers, once; unsigned or badly signed deliveries, tags, deletions and filtered branches or
-//! paths build nothing.
+//! paths build nothing. Every push builds (also a commit built before); only a push and its
+//! pull_request event arriving together share a build; pull-request builds check watch paths;
+//! large path lists are matched outside the write transaction; form-encoded deliveries build;
+//! impossible refs are refused; stored free text is bounded.
 
 mod common;
 
