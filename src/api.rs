@@ -9,6 +9,7 @@ mod env_vars;
 pub mod error;
 mod extract;
 mod openapi;
+mod schema;
 mod tokens;
 mod triggers;
 mod webhooks;
@@ -18,13 +19,15 @@ use std::collections::BTreeMap;
 use axum::Router;
 use axum::http::Method;
 use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use schemars::{Schema, SchemaGenerator};
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{Access, authenticate};
 use error::ApiError;
-pub use extract::MAX_BODY_BYTES;
+pub use extract::{BodyLimit, MAX_BODY_BYTES};
 
 use crate::store::Store;
 
@@ -228,16 +231,18 @@ pub fn router(state: AppState) -> Router {
             "/webhooks/github",
             axum::routing::post(webhooks::receive_github_webhook)
                 .fallback(method_not_allowed)
-                .layer(axum::extract::DefaultBodyLimit::max(
-                    crate::github::MAX_WEBHOOK_BYTES,
-                )),
+                .layer(axum::Extension(BodyLimit(crate::github::MAX_WEBHOOK_BYTES))),
         )
         .with_state(state.clone());
     Router::new()
         .nest(BASE, api.with_state(state))
         .merge(webhooks)
         .fallback(no_route)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::Extension(BodyLimit(MAX_BODY_BYTES)))
+        // A panicking handler still answers the envelope (500, code 10001), and the connection lives.
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("a request handler panicked")).into_response()
+        }))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             tracing::debug_span!("request", method = %req.method(), path = %loggable_path(req.uri().path()))
         }))

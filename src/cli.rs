@@ -264,6 +264,20 @@ pub struct ServeArgs {
     /// The toolchain store shared by builds (default: `<data-dir>/toolchains`).
     #[arg(long, env = "KILN_TOOLCHAIN_DIR")]
     pub toolchain_dir: Option<PathBuf>,
+    /// HTTP connections served at once; further clients wait until one closes.
+    #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Time a client has to send a request's head (request line and header fields) from its first
+    /// byte; the connection is closed after it.
+    #[arg(long, env = "KILN_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's body once its head arrived; the answer is 408 after it.
+    #[arg(long, env = "KILN_BODY_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Time a connection may stay open without a request starting (a new one, or between keep-alive
+    /// requests), or without its client reading the response; it is closed after it.
+    #[arg(long, env = "KILN_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 use crate::toolchain::DEFAULT_REGISTRY as DEFAULT_NPM_REGISTRY;
@@ -388,6 +402,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .collect(),
         github_app,
         public_url: args.public_url,
+        http: crate::listen::HttpConfig {
+            max_connections: args.max_connections as usize,
+            header_read_timeout: args.header_read_timeout,
+            body_read_timeout: args.body_read_timeout,
+            idle_timeout: args.idle_timeout,
+        },
     };
     let mut server = Server::start(&config).await?;
     tracing::info!(addr = %server.addr, backend = ?server.store.backend(), "kiln listening on http://{}", server.addr);

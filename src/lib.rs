@@ -8,6 +8,7 @@ pub mod disk;
 pub mod domain;
 pub mod git;
 pub mod github;
+pub mod listen;
 pub mod logs;
 pub mod runner;
 pub mod sandbox;

@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub github_app: Option<crate::github::AppConfig>,
     /// The URL users reach this server at (check runs link to builds under it); `None`: the listen address.
     pub public_url: Option<String>,
+    /// Connection limit and timeouts of the HTTP server.
+    pub http: crate::listen::HttpConfig,
 }
 
 /// Opens (creating if needed) the data dir and the store, running migrations.
@@ -278,7 +280,7 @@ pub struct Server {
     pub addr: SocketAddr,
     pub store: Store,
     shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<()>,
     scheduler: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     reporter: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     _lock: std::fs::File,
@@ -287,6 +289,10 @@ pub struct Server {
 impl Server {
     /// Opens the store, binds `config.listen`, and serves and schedules builds in the background.
     pub async fn start(config: &ServeConfig) -> anyhow::Result<Server> {
+        match crate::listen::raise_fd_limit() {
+            Ok(files) => tracing::debug!(open_file_limit = files, "open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
         let store = open_store(&config.store).await?;
         // Absolute, because builds run elsewhere (the sandbox needs absolute paths) and `./kiln-data`
         // is the default.
@@ -411,14 +417,10 @@ impl Server {
             cache,
         });
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    rx.await.ok();
-                })
-                .await
-                .context("serving HTTP")
-        });
+        let http = config.http.clone();
+        let task = tokio::spawn(crate::listen::serve(listener, app, http, async {
+            rx.await.ok();
+        }));
         Ok(Server {
             addr,
             store,
@@ -438,7 +440,7 @@ impl Server {
             let _ = tx.send(());
         }
         let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
-            Ok(joined) => joined.context("server task panicked")?,
+            Ok(joined) => joined.context("server task panicked"),
             Err(_) => {
                 tracing::warn!(
                     grace_seconds = SHUTDOWN_GRACE.as_secs(),
@@ -467,7 +469,7 @@ impl Server {
 
     /// Serves until the task ends on its own (it does not without a shutdown).
     pub async fn wait(&mut self) -> anyhow::Result<()> {
-        (&mut self.task).await.context("server task panicked")?
+        (&mut self.task).await.context("server task panicked")
     }
 }
 

@@ -436,8 +436,9 @@ async fn errors() {
     let repo = Repo::create(&app, "errors-app", &[("package.json", "{}")]);
     let conn = repo.connect(&app).await;
 
+    // A well-formed branch the repository does not have is unknown, not malformed.
     let (status, v) = app.get(&repo.path(&app, "branch=does-not-exist")).await;
-    assert_error(status, &v, 400, 12002);
+    assert_error(status, &v, 404, 12000);
     assert!(
         v["errors"][0]["message"]
             .as_str()
@@ -504,7 +505,7 @@ async fn errors() {
     };
     ghost.connect(&app).await;
     let (status, v) = app.get(&ghost.path(&app, "branch=main")).await;
-    assert_error(status, &v, 400, 12002);
+    assert_error(status, &v, 404, 12000);
     let text = v.to_string();
     assert!(text.contains("octo-org/ghost"), "{v}");
     assert!(

@@ -114,13 +114,18 @@ fn root_directory(raw: Option<&str>) -> Result<String, ApiError> {
 /// Maps the failures a client can cause to 400 answers; the rest are internal.
 fn git_error(err: anyhow::Error, repo: &str) -> ApiError {
     let message = match GitError::find(&err) {
-        Some(GitError::UnknownBranch(b)) => format!("branch: no branch named {b:?} in {repo}"),
+        Some(GitError::UnknownBranch(b)) => {
+            return ApiError::Missing(format!("branch: no branch named {b:?} in {repo}"));
+        }
         Some(GitError::InvalidName { what, .. }) => {
             format!("the connection's {what} cannot be used to clone {repo}")
         }
         Some(GitError::Fetch { .. }) => {
+            // The provider does not have it, or does not show it to Kiln: unknown either way.
             tracing::warn!(error = %format!("{err:#}"), repo, "config autofill: fetch failed");
-            format!("could not fetch the repository {repo} from its provider")
+            return ApiError::Missing(format!(
+                "could not fetch the repository {repo} from its provider"
+            ));
         }
         Some(GitError::Timeout { .. } | GitError::TooMuchOutput { .. }) => {
             tracing::warn!(error = %format!("{err:#}"), repo, "config autofill: repository too large or slow");

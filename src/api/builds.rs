@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::error::{ApiError, ApiResult, Success, ok};
 use super::extract::{Account, ApiJson, NoBody, PathParams, QueryParams, id_list};
+use super::schema;
 use super::triggers::trigger_id;
 use crate::domain::{
     AccountId, Build, BuildId, BuildOutcome, Invalid, MAX_SEED_FILES, SeedFile, SeedRepo,
@@ -59,11 +60,14 @@ pub struct InsertedBuild {
     pub created_on: Timestamp,
 }
 
-/// Body of `createManualBuild`: a branch, a commit, or both.
+/// Body of `createManualBuild`: a branch, a commit, or both (a branch with `seed_repo`).
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(transform = schema::manual_build_rules)]
 pub struct CreateBuildRequest {
     /// A branch name by git's rules (`git check-ref-format --branch`), at most 255 bytes.
+    #[schemars(with = "Option<schema::Branch>")]
     pub branch: Option<String>,
+    #[schemars(with = "Option<schema::CommitHash>")]
     pub commit_hash: Option<String>,
     /// A template to create the (empty) connected repository's first commit from, before building.
     pub seed_repo: Option<SeedRepoRequest>,
@@ -73,20 +77,28 @@ pub struct CreateBuildRequest {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct SeedRepoRequest {
     /// `github`.
+    #[schemars(with = "crate::domain::ProviderType")]
     pub provider: String,
+    #[schemars(with = "schema::GithubName")]
     pub owner: String,
+    #[schemars(with = "schema::GithubName")]
     pub repository: String,
     /// The template's branch (default: its default branch).
+    #[schemars(with = "Option<schema::Branch>")]
     pub branch: Option<String>,
     /// The template's directory that becomes the repository's root (default: all of it).
+    #[schemars(with = "Option<schema::SeedPath>")]
     pub path: Option<String>,
     /// At most two files to add, or to edit (`replace`: the text replaced by `content`).
+    #[schemars(length(max = MAX_SEED_FILES))]
     pub files: Option<Vec<SeedFileRequest>>,
 }
 
-/// A file of `seed_repo`.
+/// A file of `seed_repo`; with `isBase64`, `content` is standard base64.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(transform = schema::seed_file_rules)]
 pub struct SeedFileRequest {
+    #[schemars(with = "schema::SeedFilename")]
     pub filename: String,
     pub content: String,
     #[serde(rename = "isBase64", default)]

@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult, ok, ok_empty};
 use super::extract::{Account, ApiJson, PathParams};
+use super::schema;
 use crate::domain::{
     Invalid, MAX_NAME_LEN, ProviderType, RepoConnection, RepoConnectionId, bounded_text,
 };
@@ -18,10 +19,15 @@ use super::AppState;
 /// accounts an operator linked to that installation (`kiln installations link`).
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct UpsertRepoConnectionRequest {
+    #[schemars(with = "ProviderType")]
     pub provider_type: String,
+    #[schemars(with = "schema::Name")]
     pub provider_account_id: String,
+    #[schemars(with = "schema::Name")]
     pub provider_account_name: String,
+    #[schemars(with = "schema::Name")]
     pub repo_id: String,
+    #[schemars(with = "schema::Name")]
     pub repo_name: String,
 }
 

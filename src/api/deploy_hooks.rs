@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::error::{ApiError, ApiResult, ok};
 use super::extract::{Account, ApiJson, NoBody, PathParams};
+use super::schema;
 use crate::domain::{
     BuildId, BuildStatus, DeployHook, DeployHookId, DetailedDeployHook, Invalid, MAX_HOOK_NAME_LEN,
     Timestamp, WorkerId, bounded_text, branch,
@@ -17,8 +18,10 @@ use crate::store::{HookCall, HookWriteError};
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct DeployHookRequest {
     /// 1–58 characters, unique among the Worker's hooks.
+    #[schemars(with = "schema::HookName")]
     pub deploy_hook_name: String,
     /// The branch the hook builds.
+    #[schemars(with = "schema::Branch")]
     pub branch: String,
 }
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::{ApiError, ApiResult, ok, ok_empty};
 use super::extract::{Account, ApiJson, PathParams};
+use super::schema;
 use super::triggers::trigger_id;
 use crate::domain::{AccountId, EnvVarKey, EnvVarMap, Invalid, MAX_ENV_VARS, TriggerId, env_value};
 use crate::store::EnvVarChange;
@@ -17,12 +18,14 @@ use crate::store::EnvVarChange;
 #[derive(Deserialize, JsonSchema)]
 pub struct EnvVarInput {
     pub is_secret: bool,
+    #[schemars(with = "Option<schema::EnvValue>")]
     pub value: Option<String>,
 }
 
 /// Body of `upsertEnvironmentVariables`: variables by name.
 #[derive(Deserialize, JsonSchema)]
 #[serde(transparent)]
+#[schemars(transform = schema::env_vars_rules)]
 pub struct EnvVarsRequest(pub BTreeMap<String, EnvVarInput>);
 
 impl EnvVarsRequest {
@@ -87,7 +90,13 @@ pub async fn upsert_env_vars(
 ) -> ApiResult<EnvVarMap> {
     let id = live_trigger(&app, &account, &path).await?;
     let changes = body.validate()?;
-    let vars = app.store.upsert_env_vars(id, &changes).await??;
+    // What the stored variables refuse (a new variable without a value, too many in all) is a
+    // conflict with them, not a malformed request.
+    let vars = app
+        .store
+        .upsert_env_vars(id, &changes)
+        .await?
+        .map_err(|e| ApiError::Conflict(e.0))?;
     ok(view(vars))
 }
 

@@ -92,14 +92,36 @@ pub fn ok_empty() -> ApiResult<()> {
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("Request body is larger than 1 MiB")]
-    PayloadTooLarge,
+    /// The body is longer than the route's limit (`limit`, in bytes).
+    #[error("Request body is larger than {}, the limit of this endpoint", human_bytes(*limit))]
+    PayloadTooLarge { limit: usize },
+    /// The body did not arrive within the body read timeout (DESIGN.md §2: a slow client cannot hold a
+    /// connection).
+    #[error("Request body was not received within {}s", timeout.as_secs())]
+    BodyTimeout { timeout: std::time::Duration },
+    /// hyper could not parse the request line or a header field (the answer is written by
+    /// [`crate::listen`], not by a handler).
+    #[error("Malformed HTTP request: the request line or a header field could not be parsed")]
+    MalformedRequest,
+    /// The request target is longer than the `http` crate's maximum.
+    #[error("URI too long: at most {} bytes", crate::listen::MAX_URI_BYTES)]
+    UriTooLong,
+    /// Too many header fields, or a request head over the buffer.
+    #[error(
+        "Request header fields too large: at most {} header fields, and at most {} for the request line and header fields together",
+        crate::listen::MAX_HEADERS,
+        human_bytes(crate::listen::MAX_HEAD_BYTES)
+    )]
+    HeadersTooLarge,
     #[error("Authentication error")]
     Unauthenticated,
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("Not found")]
     NotFound,
+    /// Something the caller may know of is missing (a branch of its own repository): 404 saying what.
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     Conflict(String),
     #[error("Rate limit exceeded")]
@@ -157,13 +179,35 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status of the answer and the JSON envelope it carries.
+    pub fn status_and_body(&self) -> (StatusCode, Envelope<()>) {
+        let (status, code) = self.status_and_code();
+        let body = Envelope {
+            success: false,
+            errors: vec![ErrorItem {
+                code,
+                message: self.to_string(),
+            }],
+            messages: vec![],
+            result: None,
+            result_info: None,
+        };
+        (status, body)
+    }
+
     fn status_and_code(&self) -> (StatusCode, u32) {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, CODE_INVALID),
-            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, CODE_INVALID),
+            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, CODE_INVALID),
+            ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, CODE_INVALID),
+            ApiError::MalformedRequest => (StatusCode::BAD_REQUEST, CODE_INVALID),
+            ApiError::UriTooLong => (StatusCode::URI_TOO_LONG, CODE_INVALID),
+            ApiError::HeadersTooLarge => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, CODE_INVALID)
+            }
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, CODE_AUTH),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, CODE_AUTH),
-            ApiError::NotFound => (StatusCode::NOT_FOUND, CODE_NOT_FOUND),
+            ApiError::NotFound | ApiError::Missing(_) => (StatusCode::NOT_FOUND, CODE_NOT_FOUND),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, CODE_CONFLICT),
             ApiError::RateLimited { .. } | ApiError::QuotaExceeded { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, CODE_RATE_LIMITED)
@@ -186,17 +230,7 @@ impl IntoResponse for ApiError {
             // The chain goes to the log only; the client sees a fixed message.
             tracing::error!(error = format!("{e:#}"), "internal error");
         }
-        let (status, code) = this.status_and_code();
-        let body: Envelope<()> = Envelope {
-            success: false,
-            errors: vec![ErrorItem {
-                code,
-                message: this.to_string(),
-            }],
-            messages: vec![],
-            result: None,
-            result_info: None,
-        };
+        let (status, body) = this.status_and_body();
         let mut resp = (status, axum::Json(body)).into_response();
         let retry_after = match this {
             ApiError::RateLimited { retry_after_secs }
@@ -212,5 +246,18 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         resp
+    }
+}
+
+/// A byte count for messages: `25 MiB`, `256 KiB`, `1000 bytes`.
+pub fn human_bytes(n: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    if n >= MIB && n.is_multiple_of(MIB) {
+        format!("{} MiB", n / MIB)
+    } else if n >= KIB && n.is_multiple_of(KIB) {
+        format!("{} KiB", n / KIB)
+    } else {
+        format!("{n} bytes")
     }
 }

@@ -3,17 +3,64 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::request::Parts;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, ResultInfo};
 use crate::domain::{AccountId, Invalid};
 
-/// Maximum request body size, in bytes (1 MiB).
+/// Maximum request body size of API routes, in bytes (1 MiB, DESIGN.md §2).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The largest body a route accepts, in bytes: a request extension set per route with
+/// `.layer(Extension(BodyLimit(n)))` (the router sets [`MAX_BODY_BYTES`] for all, the webhook route
+/// its own). [`read_body`] enforces it and names it in the 413 message.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// Reads a whole request body within the route's [`BodyLimit`] ([`MAX_BODY_BYTES`] when none is set).
+///
+/// Errors: 413 over the limit (refused from `Content-Length` before reading when it is declared), 408
+/// when the body read timeout of [`crate::listen`] passes first, 400 for a body that cannot be read.
+pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+    let limit = req
+        .extensions()
+        .get::<BodyLimit>()
+        .map_or(MAX_BODY_BYTES, |l| l.0);
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(body_error(&*e, limit)),
+    }
+}
+
+/// The answer for a body that could not be read: which of the causes in `e`'s chain it was.
+fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> ApiError {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return ApiError::PayloadTooLarge { limit };
+        }
+        if let Some(t) = c.downcast_ref::<crate::listen::BodyTimedOut>() {
+            return ApiError::BodyTimeout { timeout: t.0 };
+        }
+        cause = c.source();
+    }
+    ApiError::BadRequest(format!("could not read the request body: {e}"))
+}
 
 /// A JSON body; errors name the offending field.
 pub struct ApiJson<T>(pub T);
@@ -21,10 +68,8 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(body_rejection)?;
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::BadRequest(
                 "request body is required (a JSON object)".into(),
@@ -120,27 +165,14 @@ fn join_field(head: &str, rest: &str) -> String {
     }
 }
 
-fn body_rejection(r: BytesRejection) -> ApiError {
-    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge
-    } else {
-        ApiError::BadRequest(format!(
-            "could not read the request body: {}",
-            r.body_text()
-        ))
-    }
-}
-
 /// Drains and ignores a body (endpoints without one), still enforcing the size limit.
 pub struct NoBody;
 
 impl<S: Send + Sync> FromRequest<S> for NoBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state)
-            .await
-            .map_err(body_rejection)?;
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        read_body(req).await?;
         Ok(NoBody)
     }
 }

@@ -1,40 +1,63 @@
-//! The OpenAPI 3 description, generated from the route table and the request/response types.
+//! The OpenAPI 3.1 description, generated from the route table and the request/response types.
+//!
+//! Request schemas state the rules Kiln enforces (see [`super::schema`]), so that a request the
+//! description allows is accepted; response schemas state what Kiln always sends. Both are JSON
+//! Schema 2020-12, the dialect of OpenAPI 3.1.
 
-use schemars::generate::SchemaSettings;
+use schemars::generate::{Contract, SchemaSettings};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
 use super::error::{ErrorItem, ResultInfo};
-use super::{Access, BASE, routes};
+use super::extract::{DEFAULT_PER_PAGE, MAX_PAGE, MAX_PER_PAGE};
+use super::{Access, BASE, QueryDoc, routes, schema};
+use crate::domain::{
+    AccountId, BuildId, BuildTokenId, DeployHookId, EnvVarKey, MAX_IDS_PER_QUERY, ProviderType,
+    RepoConnectionId, TriggerId, VersionId, WorkerId,
+};
+
+/// A generator whose `$ref`s point into `components/schemas`: requests are described as Kiln reads
+/// them ([`Contract::Deserialize`]), responses as it writes them.
+fn generator(contract: Contract) -> SchemaGenerator {
+    SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+            s.contract = contract;
+        })
+        .into_generator()
+}
 
 /// The whole document.
 pub fn document() -> Value {
-    let mut generator = SchemaSettings::openapi3().into_generator();
-    let error_item = generator.subschema_for::<ErrorItem>();
-    let result_info = generator.subschema_for::<ResultInfo>();
+    let mut requests = generator(Contract::Deserialize);
+    let mut responses = generator(Contract::Serialize);
+    let error_item = responses.subschema_for::<ErrorItem>();
+    let result_info = responses.subschema_for::<ResultInfo>();
     let mut paths: Map<String, Value> = Map::new();
     for r in routes() {
         let mut params: Vec<Value> = path_params(r.path)
             .map(|name| {
-                json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
+                json!({"name": name, "in": "path", "required": true,
+                       "schema": path_param_schema(name, &mut requests)})
             })
             .collect();
-        params.extend(r.query.iter().map(|q| {
-            json!({"name": q.name, "in": "query", "required": q.required,
-                   "description": q.description, "schema": {"type": "string"}})
-        }));
-        let result = (r.result)(&mut generator);
+        params.extend(r.query.iter().map(|q| query_param(q, &mut requests)));
+        let result = (r.result)(&mut responses);
         let mut envelope = json!({
             "type": "object",
             "required": ["success", "errors", "messages", "result"],
             "properties": {
-                "success": {"type": "boolean"},
-                "errors": {"type": "array", "items": error_item},
+                "success": {"const": true},
+                "errors": {"type": "array", "maxItems": 0},
                 "messages": {"type": "array", "items": {"type": "string"}},
                 "result": result,
             }
         });
         if r.paginated {
             envelope["properties"]["result_info"] = result_info.clone().to_value();
+            envelope["required"] =
+                json!(["success", "errors", "messages", "result", "result_info"]);
         }
         let mut op = json!({
             "operationId": r.operation_id,
@@ -42,13 +65,9 @@ pub fn document() -> Value {
             "parameters": params,
             "responses": {
                 "200": {"description": "Success", "content": {"application/json": {"schema": envelope}}},
-                "400": {"$ref": "#/components/responses/Error"},
-                "401": {"$ref": "#/components/responses/Error"},
-                "403": {"$ref": "#/components/responses/Error"},
-                "404": {"$ref": "#/components/responses/Error"},
-                "409": {"$ref": "#/components/responses/Error"},
                 "503": {"$ref": "#/components/responses/StorageUnavailable"},
                 "507": {"$ref": "#/components/responses/StorageFull"},
+                "default": {"$ref": "#/components/responses/Error"},
             },
             "x-permission": match r.access {
                 Access::Public => "none",
@@ -62,7 +81,7 @@ pub fn document() -> Value {
         if let Some(body) = r.body {
             op["requestBody"] = json!({
                 "required": true,
-                "content": {"application/json": {"schema": body(&mut generator)}}
+                "content": {"application/json": {"schema": body(&mut requests)}}
             });
         }
         let entry = paths
@@ -70,19 +89,36 @@ pub fn document() -> Value {
             .or_insert_with(|| json!({}));
         entry[r.method.as_str().to_ascii_lowercase()] = op;
     }
-    let schemas: Map<String, Value> = generator.definitions().clone();
+    let mut schemas = responses.take_definitions(false);
+    for (name, schema) in requests.take_definitions(false) {
+        // A type read and written alike has one schema; one whose schema depends on the direction
+        // would need two names.
+        if let Some(written) = schemas.get(&name) {
+            assert_eq!(
+                written, &schema,
+                "{name} is described differently as a request and as a response"
+            );
+        }
+        schemas.insert(name, schema);
+    }
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "Kiln — Workers Builds API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "A self-hosted implementation of the Cloudflare Workers Builds REST API.",
+            "description": "A self-hosted implementation of the Cloudflare Workers Builds REST API. \
+                Every answer, success or error, is the envelope `{success, errors, messages, result}`.",
         },
         "paths": paths,
         "components": {
             "schemas": schemas,
             "responses": {
-                "Error": error_response("An error envelope", &error_item),
+                "Error": error_response(
+                    "An error envelope: 400 invalid input, 401/403 credentials, 404 unknown resource or \
+                     route, 405 method, 408 body too slow, 409 conflict, 413 body too large, 414 URI too \
+                     long, 429 rate limited, 431 header fields too large, 500 internal",
+                    &error_item,
+                ),
                 "StorageFull": error_response(
                     "Kiln's storage (its database or the disk under it) is full: code 10507, nothing \
                      was changed. Reads still work; retry after `Retry-After` seconds, once disk space \
@@ -111,11 +147,12 @@ fn error_response(description: &str, error_item: &schemars::Schema) -> Value {
         "description": description,
         "content": {"application/json": {"schema": {
             "type": "object",
+            "required": ["success", "errors", "messages", "result"],
             "properties": {
-                "success": {"type": "boolean", "enum": [false]},
-                "errors": {"type": "array", "items": error_item},
+                "success": {"const": false},
+                "errors": {"type": "array", "minItems": 1, "items": error_item},
                 "messages": {"type": "array", "items": {"type": "string"}},
-                "result": {"nullable": true},
+                "result": {"type": "null"},
             }
         }}}
     })
@@ -124,4 +161,73 @@ fn error_response(description: &str, error_item: &schemars::Schema) -> Value {
 fn path_params(path: &str) -> impl Iterator<Item = &str> {
     path.split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+}
+
+/// The rule of a path parameter, by its name (the same name means the same rule on every route).
+fn path_param_schema(name: &str, g: &mut SchemaGenerator) -> Value {
+    let schema = match name {
+        "account_id" => g.subschema_for::<AccountId>(),
+        "external_script_id" => g.subschema_for::<WorkerId>(),
+        "build_uuid" => g.subschema_for::<BuildId>(),
+        "trigger_uuid" => g.subschema_for::<TriggerId>(),
+        "build_token_uuid" => g.subschema_for::<BuildTokenId>(),
+        "repo_connection_uuid" => g.subschema_for::<RepoConnectionId>(),
+        "deploy_hook_uuid" => g.subschema_for::<DeployHookId>(),
+        "environment_variable_key" => EnvVarKey::json_schema(g),
+        "provider_type" => g.subschema_for::<ProviderType>(),
+        "provider_account_id" | "repo_id" => schema::path_segment_text(),
+        _ => panic!("path parameter {name} has no schema in openapi::path_param_schema"),
+    };
+    schema.to_value()
+}
+
+/// A query parameter with its rule, by its name.
+fn query_param(q: &QueryDoc, g: &mut SchemaGenerator) -> Value {
+    let mut param = json!({"name": q.name, "in": "query", "required": q.required,
+                           "description": q.description});
+    let schema: Schema = match q.name {
+        "page" => schemars::json_schema!({
+            "type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1,
+        }),
+        "per_page" => schemars::json_schema!({
+            "type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE, "default": DEFAULT_PER_PAGE,
+        }),
+        "external_script_ids" | "version_ids" => {
+            // A comma-separated list: OpenAPI's `form` style without `explode`.
+            param["style"] = json!("form");
+            param["explode"] = json!(false);
+            let item = if q.name == "version_ids" {
+                g.subschema_for::<VersionId>()
+            } else {
+                schema::worker_id_list_item()
+            };
+            schemars::json_schema!({
+                "type": "array", "minItems": 1, "maxItems": MAX_IDS_PER_QUERY, "items": item,
+            })
+        }
+        "cursor" => schemars::json_schema!({
+            "type": "string",
+            "format": "kiln-log-cursor",
+            "pattern": "^[A-Za-z0-9_-]*$",
+            "description": "Only a cursor returned by this endpoint (URL-safe base64 of its position); \
+                            empty or absent: the first page",
+        }),
+        "branch" => schema::branch(),
+        "root_directory" => schema::autofill_root_directory(),
+        other => panic!("query parameter {other} has no schema in openapi::query_param"),
+    };
+    param["schema"] = schema.to_value();
+    param
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_parameter_has_a_rule() {
+        // Panics name a parameter without one.
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+    }
 }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::{ApiError, ApiResult, Success, ok, ok_empty};
 use super::extract::{Account, ApiJson, PathParams, QueryParams};
+use super::schema;
 use crate::domain::{
     BuildToken, BuildTokenId, Invalid, MAX_NAME_LEN, MAX_TOKEN_SECRET_BYTES, bounded_text,
 };
@@ -14,9 +15,12 @@ use crate::domain::{
 /// Body of `createBuildToken`.
 #[derive(Deserialize, JsonSchema)]
 pub struct CreateBuildTokenRequest {
+    #[schemars(with = "schema::Name")]
     pub build_token_name: String,
     /// Write-only: stored encrypted, never returned.
+    #[schemars(with = "schema::TokenSecret")]
     pub build_token_secret: String,
+    #[schemars(with = "schema::Name")]
     pub cloudflare_token_id: String,
 }
 

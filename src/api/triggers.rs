@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::{ApiError, ApiResult, ok, ok_empty};
 use super::extract::{Account, ApiJson, NoBody, PathParams};
+use super::schema;
 use crate::domain::{
     BuildTokenId, Invalid, MAX_NAME_LEN, MAX_TRIGGERS_PER_WORKER, RepoConnectionId, Trigger,
     TriggerId, WorkerId, bounded_text, command, is_preview_trigger, patterns, root_directory,
@@ -22,27 +23,38 @@ pub const DEFAULT_PREVIEW_DEPLOY_COMMAND: &str = "npx wrangler versions upload";
 /// Body of `createTrigger`. Fields after `trigger_name` take the hosted product's defaults when absent.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct CreateTriggerRequest {
+    #[schemars(with = "WorkerId")]
     pub external_script_id: String,
+    #[schemars(with = "RepoConnectionId")]
     pub repo_connection_uuid: String,
+    #[schemars(with = "BuildTokenId")]
     pub build_token_uuid: String,
+    #[schemars(with = "schema::Name")]
     pub trigger_name: String,
     /// Default: empty (no build step).
+    #[schemars(with = "Option<schema::Command>")]
     pub build_command: Option<String>,
     /// Default: `npx wrangler deploy`; for a preview trigger (`branch_includes: ["*"]` with
     /// `branch_excludes`), `npx wrangler versions upload`.
+    #[schemars(with = "Option<schema::Command>")]
     pub deploy_command: Option<String>,
     /// Default: `/`.
+    #[schemars(with = "Option<schema::RootDirectory>")]
     pub root_directory: Option<String>,
     /// Default: `[]`. Branch patterns: at most 100, each 1–256 characters with at most 8 `*`
     /// wildcards (`*` matches any run of characters, `/` included).
+    #[schemars(with = "Option<schema::Patterns>")]
     pub branch_includes: Option<Vec<String>>,
     /// Default: `[]`. Same rules as `branch_includes`.
+    #[schemars(with = "Option<schema::Patterns>")]
     pub branch_excludes: Option<Vec<String>>,
     /// Default: `["*"]`. Watch paths, with the rules of `branch_includes`: a push builds when a
     /// changed path not matching `path_excludes` matches one. A pull request's build checks them
     /// against the pull request's changes when it starts and ends `skipped` when none matches.
+    #[schemars(with = "Option<schema::Patterns>")]
     pub path_includes: Option<Vec<String>>,
     /// Default: `[]`. Same rules as `branch_includes`.
+    #[schemars(with = "Option<schema::Patterns>")]
     pub path_excludes: Option<Vec<String>>,
     /// Default: `false`.
     pub build_caching_enabled: Option<bool>,
@@ -51,16 +63,25 @@ pub struct CreateTriggerRequest {
 /// Body of `updateTrigger`: every field optional; absent fields stay as they are.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct UpdateTriggerRequest {
+    #[schemars(with = "Option<schema::Name>")]
     pub trigger_name: Option<String>,
+    #[schemars(with = "Option<BuildTokenId>")]
     pub build_token_uuid: Option<String>,
+    #[schemars(with = "Option<schema::Command>")]
     pub build_command: Option<String>,
+    #[schemars(with = "Option<schema::Command>")]
     pub deploy_command: Option<String>,
+    #[schemars(with = "Option<schema::RootDirectory>")]
     pub root_directory: Option<String>,
     /// Same rules as in `createTrigger`.
+    #[schemars(with = "Option<schema::Patterns>")]
     pub branch_includes: Option<Vec<String>>,
+    #[schemars(with = "Option<schema::Patterns>")]
     pub branch_excludes: Option<Vec<String>>,
     /// Same rules as in `createTrigger`.
+    #[schemars(with = "Option<schema::Patterns>")]
     pub path_includes: Option<Vec<String>>,
+    #[schemars(with = "Option<schema::Patterns>")]
     pub path_excludes: Option<Vec<String>>,
     pub build_caching_enabled: Option<bool>,
 }

@@ -2,14 +2,13 @@
 
 use std::borrow::Cow;
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
 use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ok};
+use super::extract::read_body;
 use crate::domain::BuildId;
 use crate::github::{parse_pull_request, parse_push, signature_valid};
 use crate::store::DeliveryOutcome;
@@ -54,13 +53,7 @@ pub async fn receive_github_webhook(
     if signature.is_none() {
         return Err(ApiError::Unauthenticated);
     }
-    let body = Bytes::from_request(req, &()).await.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::BadRequest("could not read the request body".into())
-        }
-    })?;
+    let body = read_body(req).await?;
     // Nothing is parsed, stored or logged for a delivery that is not signed with our secret.
     let signed = signature.is_some_and(|s| signature_valid(&app.github_webhook_secrets, &body, &s));
     if !signed {

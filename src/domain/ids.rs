@@ -46,11 +46,15 @@ macro_rules! uuid_id {
                 true
             }
             fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                schemars::json_schema!({"type": "string", "format": "uuid"})
+                schemars::json_schema!({"type": "string", "format": "uuid", "pattern": UUID_PATTERN})
             }
         }
     };
 }
+
+/// What [`parse_uuid`] accepts, as a JSON Schema pattern.
+const UUID_PATTERN: &str =
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
 fn parse_uuid(field: &str, s: &str) -> Result<Uuid, Invalid> {
     // Only the canonical 36-character hyphenated form; braces, URNs and bare hex are refused.
@@ -95,6 +99,18 @@ pub const MAX_WORKER_ID_LEN: usize = 64;
 #[serde(transparent)]
 pub struct AccountId(String);
 
+impl schemars::JsonSchema for AccountId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AccountId".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"})
+    }
+}
+
 impl AccountId {
     /// Parses and validates an account id.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
@@ -130,12 +146,27 @@ impl fmt::Display for AccountId {
 }
 
 /// A Worker identifier: `external_script_id` = `script_tag` = `script_name` (DESIGN.md §2), opaque.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct WorkerId(String);
 
+impl schemars::JsonSchema for WorkerId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WorkerId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // Control characters are Unicode category Cc (`char::is_control`).
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A Worker's name: 1-64 characters, no control characters, '/' or ',', not '.' or '..'",
+            "pattern": r"^(?!\.\.?$)[^/,\x00-\x1f\x7f-\x9f]{1,64}$",
+        })
+    }
+}
+
 impl WorkerId {
-    /// Parses a Worker id: 1–64 characters, no control characters, no `/` or `,`.
+    /// Parses a Worker id: 1–64 characters, no control characters, no `/` or `,`, not `.` or `..`
+    /// (it is a path segment of the API's URLs, where those two mean something else).
     pub fn parse(field: &str, s: &str) -> Result<Self, Invalid> {
         let len = s.chars().count();
         if len == 0 || len > MAX_WORKER_ID_LEN {
@@ -146,6 +177,9 @@ impl WorkerId {
                 field,
                 "must not contain control characters, '/' or ','",
             ));
+        }
+        if s == "." || s == ".." {
+            return Err(Invalid::field(field, "must not be '.' or '..'"));
         }
         Ok(WorkerId(s.to_owned()))
     }
@@ -174,6 +208,22 @@ pub const MAX_ENV_KEY_LEN: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct EnvVarKey(String);
+
+impl schemars::JsonSchema for EnvVarKey {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EnvVarKey".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "maxLength": MAX_ENV_KEY_LEN,
+            "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+        })
+    }
+}
 
 impl EnvVarKey {
     /// Parses a variable name.
@@ -250,5 +300,7 @@ mod tests {
         assert!(WorkerId::parse("w", "").is_err());
         assert!(WorkerId::parse("w", &"x".repeat(65)).is_err());
         assert!(WorkerId::parse("w", "a\nb").is_err());
+        assert!(WorkerId::parse("w", "..").is_err());
+        assert!(WorkerId::parse("w", "...").is_ok());
     }
 }

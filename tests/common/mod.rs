@@ -135,6 +135,7 @@ impl TestApp {
             github_webhook_secrets: vec![WEBHOOK_SECRET.to_owned()],
             github_app: None,
             public_url: None,
+            http: kiln::listen::HttpConfig::default(),
         };
         let mut config = config;
         configure(&mut config);
