@@ -616,7 +616,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
         if let Phase::Exchange = this.phase
             && this.exchanges.all_finished()
         {
-            this.phase = Phase::Idle(Instant::now());
+            let now = Instant::now();
+            this.phase = Phase::Idle(now);
+            // hyper may not read again until woken: the idle deadline must wake it.
+            let _ = this.passed(cx, now + this.idle_timeout);
         }
         Poll::Ready(Ok(()))
     }
