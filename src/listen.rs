@@ -44,8 +44,8 @@ use crate::api::error::ApiError;
 
 /// Most header fields a request may have (hyper refuses more: 431).
 pub const MAX_HEADERS: usize = 100;
-/// Most bytes of a request head (request line and header fields together); hyper's read buffer is
-/// this big, and refuses a longer head (431).
+/// Most bytes of a request head (request line and header fields together): hyper refuses a longer
+/// head (431), and its read buffer is this big.
 pub const MAX_HEAD_BYTES: usize = 256 * 1024;
 /// Longest request URI, in bytes: the maximum of the `http` crate that hyper parses URIs with (414).
 pub const MAX_URI_BYTES: usize = 65534;
@@ -228,6 +228,7 @@ async fn connection(
     });
     let conn = http1::Builder::new()
         .max_headers(MAX_HEADERS)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES)
         // ConnIo times heads and idle connections (hyper's timer would count idle time as head time).
         .header_read_timeout(None)

@@ -80,11 +80,12 @@ fn wrong_method() -> Want {
     }
 }
 
+/// 413 naming the API routes' limit.
 fn too_large() -> Want {
     Want::Error {
         status: 413,
-        code: None,
-        names: vec![],
+        code: Some(12002),
+        names: vec!["larger than 1 MiB".to_owned()],
     }
 }
 
@@ -782,10 +783,6 @@ fn invalid_values(t: &mut Table, routes: &[BodyRoute], w: &World) {
         ("secret value over 5 KiB", json!({"BIG_SECRET": {"is_secret": true, "value": "x".repeat(5 * 1024 + 1)}}), vec!["BIG_SECRET"]),
         ("value with NUL", json!({"NUL_VAR": var("a\u{0}b")}), vec!["NUL_VAR"]),
         ("65 variables in one request", many(65), vec!["64"]),
-        // 63 new + 2 stored = 65: refused by the store, inside the transaction.
-        ("63 new variables on top of 2 stored", many(63), vec!["64"]),
-        ("new variable without a value", json!({"NEW_VAR": {"is_secret": false}}), vec!["NEW_VAR"]),
-        ("valid variable, then a new one without a value", json!({"AAA_VAR": var("v"), "ZZZ_VAR": {"is_secret": true}}), vec!["ZZZ_VAR"]),
     ];
     for (what, body, names) in env_cases {
         t.api(
@@ -794,6 +791,28 @@ fn invalid_values(t: &mut Table, routes: &[BodyRoute], w: &World) {
             &env.path,
             Body::Json(body),
             invalid(&names),
+        );
+    }
+    // Well-formed changes that the stored variables refuse: a conflict with them (409), checked by
+    // the store inside its transaction.
+    #[rustfmt::skip]
+    let env_conflicts: Vec<(&str, Value, Vec<&str>)> = vec![
+        // 63 new + 2 stored = 65.
+        ("63 new variables on top of 2 stored", many(63), vec!["64"]),
+        ("new variable without a value", json!({"NEW_VAR": {"is_secret": false}}), vec!["NEW_VAR"]),
+        ("valid variable, then a new one without a value", json!({"AAA_VAR": var("v"), "ZZZ_VAR": {"is_secret": true}}), vec!["ZZZ_VAR"]),
+    ];
+    for (what, body, names) in env_conflicts {
+        t.api(
+            format!("{} {what}", env.name),
+            env.method.clone(),
+            &env.path,
+            Body::Json(body),
+            Want::Error {
+                status: 409,
+                code: Some(12009),
+                names: names.iter().map(|n| (*n).to_owned()).collect(),
+            },
         );
     }
     // The key in the delete path follows the same rule.
@@ -1277,5 +1296,179 @@ async fn bad_inputs_are_refused_and_change_nothing() {
             "control writes are not visible at {key}"
         );
     }
+    app.stop().await;
+}
+
+/// Writes `request` raw on a new connection and returns everything the server sends until it closes.
+async fn raw_exchange(app: &TestApp, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.server.as_ref().expect("server").addr;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write the request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server neither answered nor closed")
+    .ok();
+    answer
+}
+
+/// The answers in `raw`, in order: status and JSON body of each (every one must be JSON).
+fn answers(raw: &[u8]) -> Vec<(u16, Value)> {
+    let mut text = String::from_utf8_lossy(raw).into_owned();
+    let mut out = Vec::new();
+    while !text.is_empty() {
+        let (head, rest) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head:?}"));
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("content-type: application/json"), "{head}");
+        let length: usize = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no content-length in {head:?}"));
+        let body: Value = serde_json::from_str(&rest[..length])
+            .unwrap_or_else(|e| panic!("{e}: {:?}", &rest[..length]));
+        out.push((status, body));
+        text = rest[length..].to_owned();
+    }
+    out
+}
+
+/// One error answer: `status`, code 12002, a message containing `says`.
+fn assert_refused(raw: &[u8], status: u16, says: &str) {
+    let all = answers(raw);
+    assert_eq!(all.len(), 1, "{all:?}");
+    let (got, body) = &all[0];
+    assert_eq!(*got, status, "{body}");
+    assert_eq!(body["success"], json!(false), "{body}");
+    assert_eq!(body["result"], Value::Null, "{body}");
+    assert_eq!(body["errors"][0]["code"], json!(12002), "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(says),
+        "{status}: {message:?} should say {says:?}"
+    );
+}
+
+#[tokio::test]
+async fn requests_hyper_cannot_parse_get_the_envelope_with_the_true_limits() {
+    let app = TestApp::spawn().await;
+
+    // A 100 KB URI: over the http crate's 65534 bytes.
+    let uri = format!("/client/v4/{}", "a".repeat(100_000));
+    let raw = raw_exchange(
+        &app,
+        format!("GET {uri} HTTP/1.1\r\nHost: kiln\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_refused(&raw, 414, "at most 65534 bytes");
+
+    // 500 header fields, and one header field of 300 KB.
+    let many: String = (0..500).map(|i| format!("X-Field-{i}: v\r\n")).collect();
+    let raw = raw_exchange(
+        &app,
+        format!("GET /client/v4/openapi.json HTTP/1.1\r\nHost: kiln\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert_refused(&raw, 431, "at most 100 header fields");
+    let big = "b".repeat(300 * 1024);
+    let raw = raw_exchange(
+        &app,
+        format!("GET /client/v4/openapi.json HTTP/1.1\r\nHost: kiln\r\nX-Big: {big}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_refused(&raw, 431, "256 KiB");
+
+    // Garbage request lines and header fields.
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /client/v4/openapi.json HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"POST /client/v4/openapi.json HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    ] {
+        let raw = raw_exchange(&app, garbage).await;
+        assert_refused(&raw, 400, "Malformed HTTP request");
+    }
+
+    // After a good request on a keep-alive connection, garbage still gets the envelope.
+    let raw = raw_exchange(
+        &app,
+        b"GET /client/v4/nope HTTP/1.1\r\nHost: kiln\r\n\r\nGARBAGE\r\n\r\n",
+    )
+    .await;
+    let all = answers(&raw);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        (all[0].0, &all[0].1["errors"][0]["code"]),
+        (404, &json!(7003))
+    );
+    assert_eq!(
+        (all[1].0, &all[1].1["errors"][0]["code"]),
+        (400, &json!(12002))
+    );
+
+    // A long URI within the limits is routed as any other.
+    let uri = format!("/client/v4/{}", "a".repeat(20_000));
+    let raw = raw_exchange(
+        &app,
+        format!("GET {uri} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let all = answers(&raw);
+    assert_eq!(
+        (all[0].0, &all[0].1["errors"][0]["code"]),
+        (404, &json!(7003))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused_naming_the_limit_of_their_route() {
+    let app = TestApp::spawn().await;
+    let webhook_head = |length: &str| {
+        format!(
+            "POST /webhooks/github HTTP/1.1\r\nHost: kiln\r\nContent-Type: application/json\r\n\
+             X-GitHub-Event: push\r\nX-GitHub-Delivery: d-1\r\nX-Hub-Signature-256: sha256=00\r\n{length}\r\n"
+        )
+    };
+    // 26 MiB announced: refused before it is read.
+    let raw = raw_exchange(
+        &app,
+        webhook_head(&format!("Content-Length: {}\r\n", 26 * 1024 * 1024)).as_bytes(),
+    )
+    .await;
+    assert_refused(&raw, 413, "larger than 25 MiB");
+    // 25 MiB and a byte, chunked: refused once read.
+    let mut request = webhook_head("Transfer-Encoding: chunked\r\n").into_bytes();
+    let chunk = 25 * 1024 * 1024 + 1;
+    request.extend_from_slice(format!("{chunk:x}\r\n").as_bytes());
+    request.resize(request.len() + chunk, b' ');
+    let raw = raw_exchange(&app, &request).await;
+    assert_refused(&raw, 413, "larger than 25 MiB");
+    // An API route says its own limit.
+    let raw = raw_exchange(
+        &app,
+        format!(
+            "POST /client/v4/accounts/{ACCOUNT}/builds/tokens HTTP/1.1\r\nHost: kiln\r\n\
+             Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            2 * 1024 * 1024
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_refused(&raw, 413, "larger than 1 MiB");
     app.stop().await;
 }
