@@ -39,6 +39,10 @@ const KILN_VARS: &[&str] = &[
     "KILN_LOG_CAP_MIB",
     "KILN_LEASE",
     "KILN_GIT_URL_TEMPLATE",
+    "KILN_MAX_CONNECTIONS",
+    "KILN_HEADER_READ_TIMEOUT",
+    "KILN_BODY_READ_TIMEOUT",
+    "KILN_IDLE_TIMEOUT",
 ];
 
 // ---------------------------------------------------------------------------------------------------
@@ -1716,5 +1720,87 @@ async fn installations_commands_decide_which_accounts_a_running_server_builds_pu
     ])
     .await
     .assert_failed("a bad account id", "account");
+    kiln.stop().await;
+}
+
+/// The soft and hard `Max open files` of process `pid`.
+fn open_file_limits(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[tokio::test]
+async fn serve_raises_its_open_file_limit_and_takes_the_connection_flags() {
+    let site = Site::new().await;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    let hard = limit.rlim_max;
+    let low = hard.min(256);
+    let kiln = Kiln::start(|port| {
+        let mut cmd = site.command();
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(site.store_args())
+            .args(["--max-connections", "16", "--header-read-timeout", "700ms"])
+            .env("KILN_BODY_READ_TIMEOUT", "2s")
+            .env("KILN_IDLE_TIMEOUT", "700ms");
+        // SAFETY: setrlimit is async-signal-safe; the closure only calls it.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lowered = libc::rlimit {
+                    rlim_cur: low,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        cmd
+    })
+    .await;
+    // Started with a soft limit of 256 (or the hard one): raised to the hard limit.
+    assert_eq!(open_file_limits(&kiln.pid()), (hard, hard));
+
+    // The idle timeout of the flag: an idle connection is closed after it.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", kiln.port))
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), idle.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection was not closed")
+        .ok();
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    // And a request head that never ends is closed after the header read timeout.
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", kiln.port))
+        .await
+        .expect("connect");
+    stalled
+        .write_all(b"GET /client/v4/openapi.json HTTP/1.1\r\nHost: kiln\r\n")
+        .await
+        .expect("write");
+    tokio::time::timeout(Duration::from_secs(60), stalled.read_to_end(&mut rest))
+        .await
+        .expect("the stalled head was not closed")
+        .ok();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     kiln.stop().await;
 }

@@ -466,7 +466,7 @@ async fn openapi_describes_every_route() {
     let app = TestApp::spawn().await;
     let (status, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(status, 200);
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     for r in kiln::api::routes() {
         let op =
             &doc["paths"][format!("/client/v4{}", r.path)][r.method.as_str().to_ascii_lowercase()];
