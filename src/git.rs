@@ -26,7 +26,7 @@ use anyhow::Context;
 use crate::domain::SeedRepo;
 
 pub use mirror::{CommitInfo, Mirror, Resolved};
-pub use names::{MAX_BRANCH_LEN, check_branch, check_slug, is_full_oid, valid_refname};
+pub use names::{check_branch, check_slug, is_full_oid, valid_refname};
 pub use run::redact_url;
 use run::{Cmd, Git};
 pub use submodules::{

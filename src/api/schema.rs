@@ -13,7 +13,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::domain::{
     MAX_BRANCH_LEN, MAX_COMMAND_LEN, MAX_ENV_VALUE_BYTES, MAX_ENV_VARS, MAX_HOOK_NAME_LEN,
-    MAX_NAME_LEN, MAX_PATTERN_LEN, MAX_PATTERN_WILDCARDS, MAX_PATTERNS, MAX_ROOT_DIRECTORY_LEN, MAX_TOKEN_SECRET_BYTES,
+    MAX_NAME_LEN, MAX_PATTERN_LEN, MAX_PATTERN_WILDCARDS, MAX_PATTERNS, MAX_ROOT_DIRECTORY_LEN,
+    MAX_TOKEN_SECRET_BYTES,
 };
 
 /// Unicode control characters (`char::is_control`, general category Cc), as a character-class body.
@@ -48,7 +49,7 @@ pub fn branch() -> Schema {
     json_schema!({
         "type": "string",
         "minLength": 1,
-        "maxLength": MAX_BRANCH_LEN.min(crate::git::MAX_BRANCH_LEN),
+        "maxLength": MAX_BRANCH_LEN,
         "pattern": format!(r"^(?!HEAD$)(?!-){part}(?:/{part})*$"),
     })
 }
