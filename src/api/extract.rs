@@ -81,15 +81,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "invalid request body: malformed JSON: {e}"
             )));
         }
-        // No text Kiln stores may hold U+0000 (PostgreSQL's text cannot): refused in any field.
-        if has_escaped_nul(&bytes)
-            && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes)
-            && let Some(field) = nul_field(&value)
-        {
-            return Err(ApiError::BadRequest(format!(
-                "{field}: must not contain NUL characters"
-            )));
-        }
         // Every body is an object; serde would also take a struct as an array of its field values.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(ApiError::BadRequest(
@@ -115,53 +106,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         de.end()
             .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
         Ok(ApiJson(value))
-    }
-}
-
-/// Whether JSON text has a `\u0000` escape in a string. Raw control bytes are invalid in JSON
-/// strings, and in valid JSON every backslash starts an escape, so one pass over the escapes finds it.
-fn has_escaped_nul(json: &[u8]) -> bool {
-    let mut i = 0;
-    while let Some(at) = memchr::memchr(b'\\', &json[i..]) {
-        let escape = i + at;
-        if json.get(escape + 1) == Some(&b'u')
-            && json.get(escape + 2..escape + 6) == Some(b"0000".as_slice())
-        {
-            return true;
-        }
-        // Skip the escaped character too (`\\` must not start another escape).
-        i = escape + 2;
-        if i >= json.len() {
-            return false;
-        }
-    }
-    false
-}
-
-/// The path (`a.b.0`) of the first string, or object key, of `value` holding U+0000.
-fn nul_field(value: &serde_json::Value) -> Option<String> {
-    use serde_json::Value;
-    match value {
-        Value::String(s) if s.contains('\0') => Some(String::new()),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, item)| nul_field(item).map(|rest| join_field(&i.to_string(), &rest))),
-        Value::Object(map) => map.iter().find_map(|(key, item)| {
-            if key.contains('\0') {
-                return Some(key.replace('\0', "\\0"));
-            }
-            nul_field(item).map(|rest| join_field(key, &rest))
-        }),
-        _ => None,
-    }
-}
-
-fn join_field(head: &str, rest: &str) -> String {
-    if rest.is_empty() {
-        head.to_owned()
-    } else {
-        format!("{head}.{rest}")
     }
 }
 
@@ -341,35 +285,4 @@ pub fn id_list<'a>(name: &str, raw: &'a str) -> Result<Vec<&'a str>, Invalid> {
         ));
     }
     Ok(ids)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::has_escaped_nul;
-
-    #[test]
-    fn escaped_nul_is_found_only_as_an_escape() {
-        assert!(has_escaped_nul(br#"{"a":"x\u0000y"}"#));
-        assert!(has_escaped_nul(br#"{"a\u0000":1}"#));
-        assert!(has_escaped_nul(br#"{"a":"\\\u0000"}"#));
-        assert!(
-            !has_escaped_nul(br#"{"a":"\\u0000"}"#),
-            "an escaped backslash, then text"
-        );
-        assert!(!has_escaped_nul(br#"{"a":"\u00001"}"#.split_at(8).0));
-        assert!(!has_escaped_nul(br#"{"a":"\u0001 \\"}"#));
-        assert!(!has_escaped_nul(b"\\"));
-    }
-
-    #[test]
-    fn the_field_with_nul_is_named() {
-        let v =
-            serde_json::json!({"a": "x", "NUL_VAR": {"value": "b\u{0}"}, "l": ["ok", "n\u{0}"]});
-        assert_eq!(super::nul_field(&v).as_deref(), Some("NUL_VAR.value"));
-        let v = serde_json::json!({"l": ["ok", "n\u{0}"]});
-        assert_eq!(super::nul_field(&v).as_deref(), Some("l.1"));
-        let v = serde_json::json!({"K\u{0}": 1});
-        assert_eq!(super::nul_field(&v).as_deref(), Some("K\\0"));
-        assert_eq!(super::nul_field(&serde_json::json!({"a": 1})), None);
-    }
 }
