@@ -33,6 +33,17 @@ pub use submodules::{
     MAX_GITMODULES_BYTES, MAX_SUBMODULE_DEPTH, MAX_SUBMODULES, SubmoduleCheckout,
 };
 
+/// Most bytes of file content a seed template may have.
+pub const MAX_SEED_BYTES: u64 = 256 * 1024 * 1024;
+/// Most files, directories and links a seed template may have.
+pub const MAX_SEED_ENTRIES: u64 = 50_000;
+/// How the template of a seed is copied.
+const SEED_COPY_LIMITS: crate::untrusted::CopyLimits = crate::untrusted::CopyLimits {
+    max_bytes: MAX_SEED_BYTES,
+    max_entries: MAX_SEED_ENTRIES,
+    max_depth: 64,
+};
+
 /// Clone URL of a repository when nothing else is configured.
 pub const DEFAULT_URL_TEMPLATE: &str = "https://github.com/{owner}/{repo}.git";
 /// Time limit of a fetch (or the first clone) of one repository.
@@ -337,6 +348,12 @@ impl GitCache {
     /// Creates the first commit of `owner/repo`'s `branch` from a template (`seed`), working in `work`
     /// (a fresh directory of the caller's), and pushes it without force: a branch that already exists
     /// is refused by the remote. Returns the new commit.
+    ///
+    /// The template is untrusted content: it is read and copied as an untrusted tree
+    /// ([`crate::untrusted::Tree`]: no link out of it is followed, links are copied as links, at most
+    /// [`MAX_SEED_BYTES`] in [`MAX_SEED_ENTRIES`] entries), and the copy and the seed's files are
+    /// written with the rights of `user` (the build's user when Kiln runs as root), so that not even a
+    /// fault in that walk could read or write what the build user cannot.
     pub async fn seed(
         &self,
         owner: &str,
@@ -344,51 +361,70 @@ impl GitCache {
         branch: &str,
         seed: &SeedRepo,
         work: &Path,
+        user: Option<crate::sandbox::BuildUser>,
     ) -> anyhow::Result<String> {
         names::check_branch(branch)?;
         let template = self.mirror(&seed.owner, &seed.repository).await?;
         let resolved = template.resolve(seed.branch.as_deref(), None).await?;
         let checkout = work.join("template");
         template.checkout(&resolved.sha, &checkout).await?;
-        let source = if seed.path.is_empty() {
-            checkout.clone()
-        } else {
-            checkout.join(&seed.path)
-        };
-        anyhow::ensure!(
-            tokio::fs::metadata(&source).await.is_ok_and(|m| m.is_dir()),
-            "the template {}/{} has no directory {:?}",
-            seed.owner,
-            seed.repository,
-            seed.path
-        );
         let tree = work.join("seed");
-        let files = seed.files.clone();
+        tokio::fs::create_dir(&tree)
+            .await
+            .with_context(|| format!("creating {}", tree.display()))?;
+        if let Some(user) = user {
+            use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::lchown(&tree, Some(user.uid), Some(user.gid))
+                .with_context(|| format!("chown {}", tree.display()))?;
+            tokio::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o700))
+                .await
+                .with_context(|| format!("chmod {}", tree.display()))?;
+        }
+        let (files, path) = (seed.files.clone(), seed.path.clone());
         let copy_to = tree.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            copy_tree(&source, &copy_to)?;
+        let template_name = format!("{}/{}", seed.owner, seed.repository);
+        crate::sandbox::BuildUser::run_as(user, move || -> anyhow::Result<()> {
+            use crate::untrusted::{Tree, TreeError};
+            let template = Tree::open(&checkout)?;
+            let source = if path.is_empty() {
+                template
+            } else {
+                template.open_dir(&path).map_err(|e| match e {
+                    TreeError::Missing(_) | TreeError::NotADirectory(_) => {
+                        anyhow::anyhow!("the template {template_name} has no directory {path:?}")
+                    }
+                    other => anyhow::anyhow!("the template {template_name}: {other}"),
+                })?
+            };
+            source
+                .copy_into(&copy_to, SEED_COPY_LIMITS)
+                .with_context(|| format!("copying the template {template_name}"))?;
+            let dest = Tree::open(&copy_to)?;
             for f in &files {
-                let path = copy_to.join(&f.filename);
                 let content = f.content();
                 let bytes = match &f.replace {
                     Some(needle) => {
-                        let text = std::fs::read_to_string(&path).with_context(|| {
-                            format!("{}: no such text file in the template", f.filename)
+                        let text = dest.read(&f.filename, MAX_SEED_BYTES).map_err(|e| {
+                            anyhow::anyhow!(
+                                "{}: no such text file in the template ({e})",
+                                f.filename
+                            )
                         })?;
-                        text.replace(needle.as_str(), &String::from_utf8_lossy(&content))
+                        String::from_utf8_lossy(&text)
+                            .replace(needle.as_str(), &String::from_utf8_lossy(&content))
                             .into_bytes()
                     }
                     None => content,
                 };
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::fs::write(&path, bytes).with_context(|| format!("writing {}", f.filename))?;
+                dest.write(&f.filename, &bytes)
+                    .with_context(|| format!("writing {}", f.filename))?;
             }
             Ok(())
         })
         .await
         .context("preparing the seed")??;
+        // The tree belongs to the build user; git runs as Kiln in it.
+        let safe = format!("safe.directory={}", tree.display());
         let message = format!("Initial commit from {}/{}", seed.owner, seed.repository);
         for args in [
             vec!["init", "--quiet", "--template=", "-b", branch],
@@ -405,7 +441,10 @@ impl GitCache {
             ],
         ] {
             self.git
-                .ok(Cmd::new(self.local_timeout).dir(&tree).args(args))
+                .ok(Cmd::new(self.local_timeout)
+                    .dir(&tree)
+                    .args(["-c", safe.as_str()])
+                    .args(args))
                 .await
                 .context("committing the seed")?;
         }
@@ -416,6 +455,7 @@ impl GitCache {
             .output(
                 with_auth(Cmd::new(self.fetch_timeout), auth.clone())
                     .dir(&tree)
+                    .args(["-c", safe.as_str()])
                     .args(["ls-remote", "--heads", "--end-of-options", &url])
                     .arg(format!("refs/heads/{branch}")),
             )
@@ -436,6 +476,7 @@ impl GitCache {
             .output(
                 with_auth(Cmd::new(self.fetch_timeout), auth)
                     .dir(&tree)
+                    .args(["-c", safe.as_str()])
                     .args([
                         "push",
                         "--quiet",
@@ -454,9 +495,12 @@ impl GitCache {
         }
         let sha = self
             .git
-            .ok(Cmd::new(self.local_timeout)
-                .dir(&tree)
-                .args(["rev-parse", "HEAD"]))
+            .ok(Cmd::new(self.local_timeout).dir(&tree).args([
+                "-c",
+                safe.as_str(),
+                "rev-parse",
+                "HEAD",
+            ]))
             .await?;
         Ok(String::from_utf8_lossy(&sha).trim().to_owned())
     }
@@ -642,27 +686,6 @@ fn with_auth(cmd: Cmd, auth: Option<String>) -> Cmd {
         Some(header) => cmd.secret_config("http.extraHeader", header),
         None => cmd,
     }
-}
-
-/// Copies a directory tree (files, directories, symlinks as symlinks), leaving out `.git`.
-fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
-        let entry = entry?;
-        if entry.file_name() == ".git" {
-            continue;
-        }
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
-        } else {
-            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
-        }
-    }
-    Ok(())
 }
 
 /// Whether the branch the mirror's `HEAD` names exists, read from the files (no git process).

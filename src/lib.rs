@@ -16,3 +16,4 @@ pub mod scheduler;
 pub mod startup;
 pub mod store;
 pub mod toolchain;
+pub mod untrusted;

@@ -561,7 +561,14 @@ impl Run<'_> {
             .await;
             let work = self.workspace.join("seed-work");
             let seeded = self
-                .guard(git.seed(&owner_name, &repo_name, &target, seed, &work))
+                .guard(git.seed(
+                    &owner_name,
+                    &repo_name,
+                    &target,
+                    seed,
+                    &work,
+                    self.build_user,
+                ))
                 .await?;
             match seeded {
                 Ok(sha) => {
@@ -1193,7 +1200,7 @@ async fn why_lost(store: &Store, id: BuildId) -> Stop {
 /// The Worker version the deploy produced: wrangler's ND-JSON output first, then the version line
 /// printed in the log; `None` when there is none or it is not a UUID.
 async fn built_version(ws: &Path, printed: Option<&str>) -> Option<VersionId> {
-    let from_file = env::version_from_wrangler_output(&ws.join(env::WRANGLER_OUTPUT_DIR)).await;
+    let from_file = env::version_from_wrangler_output(ws).await;
     let version = from_file.or_else(|| printed.map(str::to_owned))?;
     match VersionId::parse("version_id", &version) {
         Ok(version) => Some(version),

@@ -767,6 +767,126 @@ async fn seed_repo_creates_the_first_commit_from_a_template_then_builds_it() {
     app.stop().await;
 }
 
+/// The inputs: a template with symlinks wrote a file through a link as root (a link to a
+/// cron directory) and copied host directories (git mirrors, a config dir with an App key) into the
+/// seeded repository. Links are now copied as links, never followed out of the template, and nothing
+/// is written through one.
+#[tokio::test]
+async fn seeding_never_follows_a_template_link_out_of_the_template() {
+    let app = spawn_runner(SandboxMode::Bwrap, |_| {}).await;
+    let host = tempfile::tempdir_in("/var/tmp").unwrap();
+    let cron = host.path().join("cron.d");
+    let config = host.path().join("kiln-config");
+    std::fs::create_dir_all(&cron).unwrap();
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("app.pem"),
+        "-----BEGIN PRIVATE KEY----- host key",
+    )
+    .unwrap();
+    let mirrors = app.data_dir().join("git/mirrors");
+    let template = app.git_remotes().join("templates-org").join("linky");
+    std::fs::create_dir_all(template.join("site")).unwrap();
+    std::fs::write(template.join("site/build.sh"), "echo built\n").unwrap();
+    std::os::unix::fs::symlink(&cron, template.join("site/cron")).unwrap();
+    std::os::unix::fs::symlink(&config, template.join("site/config")).unwrap();
+    std::os::unix::fs::symlink(&mirrors, template.join("site/mirrors")).unwrap();
+    std::os::unix::fs::symlink(config.join("app.pem"), template.join("site/key.pem")).unwrap();
+    std::os::unix::fs::symlink(&config, template.join("escape")).unwrap();
+    git(&template, &["init", "-q", "-b", "main"]);
+    git(&template, &["add", "-A"]);
+    git(&template, &["commit", "-q", "-m", "links"]);
+    let seed = |path: &str, files: serde_json::Value| {
+        json!({"provider": "github", "owner": "templates-org", "repository": "linky",
+            "branch": "main", "path": path, "files": files})
+    };
+    let cases = [
+        // Copied: the links stay links; the build of the seeded repository runs.
+        ("seed-ok", seed("site", json!([])), None),
+        // Writing through a link into a host directory.
+        (
+            "seed-cron",
+            seed(
+                "site",
+                json!([{"filename": "cron/evil", "content": "* * * * * root sh"}]),
+            ),
+            Some("could not seed the repository"),
+        ),
+        // Reading a host file through a link to replace text in it.
+        (
+            "seed-key",
+            seed(
+                "site",
+                json!([{"filename": "key.pem", "content": "x", "replace": "host"}]),
+            ),
+            Some("could not seed the repository"),
+        ),
+        // A template directory that is a link out of the template.
+        (
+            "seed-escape",
+            seed("escape", json!([])),
+            Some("could not seed the repository"),
+        ),
+    ];
+    for (worker, seed, failure) in cases {
+        let f = app.fixture(worker).await;
+        let target = app
+            .git_remotes()
+            .join("octo-org")
+            .join(format!("{worker}-repo"));
+        std::fs::create_dir_all(&target).unwrap();
+        git(&target, &["init", "-q", "--bare"]);
+        set_commands(&app, &f.trigger, "sh build.sh", "").await;
+        let id = queue(
+            &app,
+            &f.trigger,
+            json!({"branch": "main", "seed_repo": seed}),
+        )
+        .await;
+        let b = wait_stopped(&app, &id).await;
+        let logs = all_logs(&app, &id).await;
+        match failure {
+            None => {
+                assert_eq!(b["build_outcome"], "success", "{}", logs.join("\n"));
+                assert!(logs.contains(&"built".to_owned()), "{logs:?}");
+                let tree = Command::new("git")
+                    .args(["ls-tree", "main"])
+                    .current_dir(&target)
+                    .output()
+                    .unwrap();
+                let tree = String::from_utf8_lossy(&tree.stdout).into_owned();
+                for link in ["config", "cron", "key.pem", "mirrors"] {
+                    assert!(
+                        tree.lines()
+                            .any(|l| l.starts_with("120000 blob")
+                                && l.ends_with(&format!("\t{link}"))),
+                        "{link} is committed as a link: {tree}"
+                    );
+                }
+                assert_eq!(tree.lines().count(), 5, "{tree}");
+            }
+            Some(line) => {
+                assert_eq!(b["build_outcome"], "fail", "{worker}: {}", logs.join("\n"));
+                assert!(
+                    logs.last().unwrap().contains(line),
+                    "{worker}: {}",
+                    logs.join("\n")
+                );
+            }
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(&cron).unwrap().count(),
+        0,
+        "nothing written to the host"
+    );
+    assert_eq!(
+        std::fs::read_to_string(config.join("app.pem")).unwrap(),
+        "-----BEGIN PRIVATE KEY----- host key"
+    );
+    app.stop().await;
+}
+
 /// What a build may and may not do as the build user, checked by the build itself: every check
 /// prints `ok <name>` or `BAD <name>`.
 fn build_user_probe(data: &Path, root_only: &Path, etc_probe: &str) -> String {

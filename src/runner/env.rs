@@ -159,33 +159,39 @@ pub fn var_map(env: &[(String, String)]) -> std::collections::BTreeMap<String, S
 
 /// Largest wrangler output file read, in bytes; the directory is writable by the build.
 const MAX_WRANGLER_OUTPUT_BYTES: u64 = 4 * 1024 * 1024;
+/// Most wrangler output files read.
+const MAX_WRANGLER_OUTPUT_FILES: usize = 64;
 
-/// The last `version_id` of a `deploy` or `version-upload` entry in wrangler's ND-JSON output files.
-/// Only a real directory and regular files in it are read (no symlinks, FIFOs or devices the build
-/// may have planted), each up to
-/// [`MAX_WRANGLER_OUTPUT_BYTES`].
-pub async fn version_from_wrangler_output(dir: &Path) -> Option<String> {
-    // The build owns the workspace: it may have replaced the directory with a link elsewhere.
-    if !tokio::fs::symlink_metadata(dir).await.ok()?.is_dir() {
-        return None;
-    }
-    let mut entries = tokio::fs::read_dir(dir).await.ok()?;
-    let mut files = Vec::new();
-    while let Ok(Some(e)) = entries.next_entry().await {
-        let Ok(meta) = tokio::fs::symlink_metadata(e.path()).await else {
-            continue;
-        };
-        if meta.is_file() && meta.len() <= MAX_WRANGLER_OUTPUT_BYTES {
-            files.push(e.path());
-        }
-    }
-    files.sort();
+/// The last `version_id` of a `deploy` or `version-upload` entry in wrangler's ND-JSON output files
+/// in the workspace `ws`. The build owns the workspace, so it is read as an untrusted tree
+/// ([`crate::untrusted::Tree`]): no link out of it, regular files only, each up to
+/// [`MAX_WRANGLER_OUTPUT_BYTES`], the first [`MAX_WRANGLER_OUTPUT_FILES`] by name.
+pub async fn version_from_wrangler_output(ws: &Path) -> Option<String> {
+    let ws = ws.to_path_buf();
+    tokio::task::spawn_blocking(move || version_from_wrangler_output_blocking(&ws))
+        .await
+        .ok()
+        .flatten()
+}
+
+fn version_from_wrangler_output_blocking(ws: &Path) -> Option<String> {
+    let tree = crate::untrusted::Tree::open(ws).ok()?;
+    let dir = tree.open_dir(WRANGLER_OUTPUT_DIR).ok()?;
+    let mut names: Vec<String> = dir
+        .entries()
+        .ok()?
+        .into_iter()
+        .filter(|(_, kind)| *kind == rustix::fs::FileType::RegularFile)
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    names.sort();
+    names.truncate(MAX_WRANGLER_OUTPUT_FILES);
     let mut found = None;
-    for f in files {
-        let Ok(text) = tokio::fs::read_to_string(&f).await else {
+    for name in names {
+        let Ok(bytes) = dir.read(&name, MAX_WRANGLER_OUTPUT_BYTES) else {
             continue;
         };
-        for line in text.lines() {
+        for line in String::from_utf8_lossy(&bytes).lines() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
             };

@@ -1,15 +1,16 @@
 //! Reading a checkout's project files (package manifests, lockfiles, version files) for
-//! [`crate::domain::plan_project`], safely: the checkout is pushed content, so only regular files
-//! inside the checkout are read (a symlink is skipped, whatever it points at), each up to
-//! [`MAX_PROJECT_FILE_BYTES`].
+//! [`crate::domain::plan_project`], safely: the checkout is pushed content, so it is read through
+//! [`crate::untrusted::Tree`] (no link out of the checkout is followed, only regular files are read),
+//! each file up to a cap ([`MAX_PROJECT_FILE_BYTES`] for lockfiles).
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::domain::{MAX_PROJECT_FILE_BYTES, PROJECT_FILES, ProjectDir, project_dirs};
+use crate::untrusted::{Tree, TreeError};
 
 /// The [`PROJECT_FILES`] of every directory from `root` (relative to the checkout) up to the
-/// checkout's top, nearest first. Directories that are missing, or symlinks, contribute no files.
+/// checkout's top, nearest first. Directories that are missing, or reached through a link out of the
+/// checkout, contribute no files.
 pub async fn load_project_dirs(checkout: &Path, root: &str) -> Vec<ProjectDir> {
     let (checkout, root) = (checkout.to_path_buf(), root.to_owned());
     tokio::task::spawn_blocking(move || load_blocking(&checkout, &root))
@@ -23,6 +24,13 @@ const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 const MAX_VERSION_FILE_BYTES: u64 = 64 * 1024;
 
 fn load_blocking(checkout: &Path, root: &str) -> Vec<ProjectDir> {
+    let tree = match Tree::open(checkout) {
+        Ok(tree) => Some(tree),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the checkout");
+            None
+        }
+    };
     // Only the nearest lockfile counts: lockfiles further up are not read (a tree of large files
     // must not make Kiln hold each of them in memory).
     let mut lockfile_seen = false;
@@ -30,7 +38,7 @@ fn load_blocking(checkout: &Path, root: &str) -> Vec<ProjectDir> {
         .into_iter()
         .map(|path| {
             let mut files = std::collections::BTreeMap::new();
-            if let Some(dir) = real_dir_inside(checkout, &path) {
+            if let Some(tree) = tree.as_ref().filter(|tree| tree.is_dir(&path)) {
                 for name in PROJECT_FILES {
                     let lockfile = LOCKFILE_NAMES.contains(name);
                     let cap = match *name {
@@ -41,9 +49,18 @@ fn load_blocking(checkout: &Path, root: &str) -> Vec<ProjectDir> {
                     if lockfile && lockfile_seen {
                         continue;
                     }
-                    if let Some(content) = read_regular(&dir.join(name), cap) {
-                        files.insert((*name).to_owned(), content);
-                    }
+                    let rel = if path.is_empty() {
+                        (*name).to_owned()
+                    } else {
+                        format!("{path}/{name}")
+                    };
+                    // A file too large (or unreadable) is known to exist, without its content.
+                    let content = match tree.read(&rel, cap) {
+                        Ok(bytes) => Some(bytes),
+                        Err(TreeError::TooLarge { .. } | TreeError::Io { .. }) => None,
+                        Err(_) => continue,
+                    };
+                    files.insert((*name).to_owned(), content);
                 }
             }
             lockfile_seen |= files.keys().any(|f| LOCKFILE_NAMES.contains(&f.as_str()));
@@ -61,52 +78,6 @@ const LOCKFILE_NAMES: &[&str] = &[
     "package-lock.json",
     "npm-shrinkwrap.json",
 ];
-
-/// `checkout/<relative>` when every component of it is a real directory (no symlink on the way).
-fn real_dir_inside(checkout: &Path, relative: &str) -> Option<PathBuf> {
-    let mut dir = checkout.to_path_buf();
-    for part in relative.split('/').filter(|p| !p.is_empty()) {
-        if part == ".." || part == "." {
-            return None;
-        }
-        dir.push(part);
-        if !std::fs::symlink_metadata(&dir).ok()?.is_dir() {
-            return None;
-        }
-    }
-    Some(dir)
-}
-
-/// `Some(Some(bytes))` for a regular file within `cap` bytes, `Some(None)` for a larger (or
-/// unreadable) regular file, `None` when there is no regular file (missing, symlink, directory, FIFO).
-/// Opened with `O_NOFOLLOW` and checked again once open, so a link swapped in is never read.
-fn read_regular(path: &Path, cap: u64) -> Option<Option<Vec<u8>>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    if !meta.is_file() {
-        return None;
-    }
-    if meta.len() > cap {
-        return Some(None);
-    }
-    let read = || -> std::io::Result<Option<Vec<u8>>> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)?;
-        if !file.metadata()?.is_file() {
-            return Ok(None);
-        }
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.take(cap + 1).read_to_end(&mut bytes)?;
-        Ok(Some(bytes))
-    };
-    match read() {
-        Ok(Some(bytes)) => Some((bytes.len() as u64 <= cap).then_some(bytes)),
-        Ok(None) => None,
-        Err(_) => Some(None),
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -127,11 +98,33 @@ mod tests {
         assert!(dirs[0].files.contains_key("package.json"));
         assert!(
             !dirs[0].files.contains_key(".nvmrc"),
-            "a symlink is not read"
+            "a symlink out of the checkout is not read"
         );
         assert!(dirs[2].files.contains_key("pnpm-lock.yaml"));
         // A root directory that is a symlink out of the checkout reads nothing.
         let dirs = load_project_dirs(repo, "apps/linked").await;
         assert!(dirs[0].files.is_empty());
+    }
+
+    /// The input: a `package.json` that is a link to `/dev/zero` made the server allocate
+    /// until the host ran out of memory. Links inside the checkout are still followed.
+    #[tokio::test]
+    async fn a_manifest_linked_out_of_the_checkout_is_not_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path();
+        std::fs::create_dir_all(repo.join("shared")).unwrap();
+        std::fs::write(repo.join("shared/.node-version"), "22.1.0\n").unwrap();
+        std::os::unix::fs::symlink("/dev/zero", repo.join("package.json")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", repo.join("yarn.lock")).unwrap();
+        std::os::unix::fs::symlink("shared/.node-version", repo.join(".node-version")).unwrap();
+        std::os::unix::fs::symlink("../../etc/passwd", repo.join(".nvmrc")).unwrap();
+        let dirs = load_project_dirs(repo, "").await;
+        assert_eq!(dirs.len(), 1);
+        let names: Vec<&String> = dirs[0].files.keys().collect();
+        assert_eq!(names, [".node-version"]);
+        assert_eq!(
+            dirs[0].files[".node-version"].as_deref(),
+            Some(&b"22.1.0\n"[..])
+        );
     }
 }

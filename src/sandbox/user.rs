@@ -165,6 +165,42 @@ impl BuildUser {
     }
 }
 
+impl BuildUser {
+    /// Runs `f` on a thread of its own with this user's rights (uid, gid, no supplementary groups),
+    /// so that file access through it is checked as for a build step: a link or path that leads
+    /// somewhere the build user cannot read or write fails instead of reaching root's files. Only that
+    /// thread changes its credentials (`setres[ug]id` of one thread, not glibc's process-wide
+    /// wrappers), and it ends with `f`. `None`: `f` runs as Kiln's own user, also on a new thread.
+    pub async fn run_as<T: Send + 'static>(
+        user: Option<BuildUser>,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("kiln-as-build-user".to_owned())
+            .spawn(move || {
+                let result = match user {
+                    Some(user) => user.become_on_this_thread().map(|()| f()),
+                    None => Ok(f()),
+                };
+                let _ = tx.send(result);
+            })
+            .context("starting a thread for the build user")?;
+        rx.await
+            .context("the build user's thread ended without an answer")?
+    }
+
+    /// Drops this thread's privileges to this user for good (groups first, then gid, then uid).
+    fn become_on_this_thread(&self) -> anyhow::Result<()> {
+        use rustix::thread::{Gid, Uid};
+        let (uid, gid) = (Uid::from_raw(self.uid), Gid::from_raw(self.gid));
+        rustix::thread::set_thread_groups(&[]).context("clearing the thread's groups")?;
+        rustix::thread::set_thread_res_gid(gid, gid, gid).context("setting the thread's gid")?;
+        rustix::thread::set_thread_res_uid(uid, uid, uid).context("setting the thread's uid")?;
+        Ok(())
+    }
+}
+
 /// Where `setpriv` is (looked up once on Kiln's `PATH`, then in `/usr/bin` and `/bin`).
 fn setpriv_path() -> Option<&'static Path> {
     static PATH: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
@@ -329,6 +365,42 @@ mod tests {
         assert!(users.iter().all(|user| *user == users[0]), "{users:?}");
         assert_ne!(users[0].uid, 0);
         assert_eq!(lookup_user(&name).expect("lookup"), None);
+    }
+
+    #[tokio::test]
+    async fn run_as_changes_only_its_own_thread() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let user = BuildUser {
+            uid: 65534,
+            gid: 65534,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("root-only");
+        std::fs::write(&secret, "secret").unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let path = secret.clone();
+        let (ids, read) = BuildUser::run_as(Some(user), move || {
+            // SAFETY: plain id getters; the raw syscalls report this thread's ids.
+            let ids = unsafe {
+                (
+                    libc::syscall(libc::SYS_getuid),
+                    libc::syscall(libc::SYS_getgid),
+                )
+            };
+            (ids, std::fs::read(&path).is_ok())
+        })
+        .await
+        .unwrap();
+        assert_eq!(ids, (65534, 65534));
+        assert!(!read, "the build user cannot read a root-only file");
+        // The rest of the process is still root.
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::geteuid() }, 0);
+        assert!(std::fs::read(&secret).is_ok());
     }
 
     #[test]
