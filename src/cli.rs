@@ -393,6 +393,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             toolchain_dir: args.toolchain_dir,
             npm_registry: args.npm_registry,
             build_user: args.build_user,
+            // Hidden from builds like the database (the file may be anywhere).
+            private_paths: args.github_app_private_key_path.into_iter().collect(),
         },
         github_webhook_secrets: args
             .github_webhook_secret

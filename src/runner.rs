@@ -49,6 +49,10 @@ pub struct RunnerConfig {
     /// Who build steps run as when Kiln runs as root (resolved at start into
     /// [`RunnerContext::build_user`]); ignored otherwise.
     pub build_user: BuildUserSpec,
+    /// Files and directories outside the data dir that builds must never read: the database and
+    /// its `-wal`/`-shm` files when they live elsewhere, key files given by path. Hidden in the bwrap
+    /// sandbox; checked at start to be unreadable by the build user (see [`crate::startup`]).
+    pub private_paths: Vec<PathBuf>,
 }
 
 impl Default for RunnerConfig {
@@ -62,6 +66,7 @@ impl Default for RunnerConfig {
             toolchain_dir: None,
             npm_registry: crate::toolchain::DEFAULT_REGISTRY.to_owned(),
             build_user: BuildUserSpec::default(),
+            private_paths: Vec::new(),
         }
     }
 }
@@ -619,17 +624,17 @@ impl Run<'_> {
                 host: &self.ctx.config.host_env,
             },
         );
-        let mut base = StepSpec {
+        let base = StepSpec {
             mode: self.ctx.config.sandbox,
             command: String::new(),
             cwd: cwd.clone(),
             env: env.clone(),
             workspace: self.workspace.to_path_buf(),
-            hidden: vec![self.ctx.data_dir.clone()],
-            read_only: vec![
-                mirror.path.clone(),
-                self.ctx.toolchains.root().to_path_buf(),
-            ],
+            hidden: std::iter::once(self.ctx.data_dir.clone())
+                .chain(self.ctx.config.private_paths.iter().cloned())
+                .chain(self.ctx.toolchains.internals())
+                .collect(),
+            read_only: vec![self.ctx.toolchains.root().to_path_buf()],
             user: self.build_user,
         };
         // The first step's sandbox starts while the commit is checked out; it gets its command after.
@@ -654,14 +659,6 @@ impl Run<'_> {
             Ok(submodules) => submodules,
             Err(e) => return Ok(self.clone_failed(&e).await),
         };
-        if !submodules.is_empty() {
-            // git inside a submodule reads its mirror's objects: the sandbox must see those mirrors,
-            // so the early sandbox (started without them) is replaced.
-            base.read_only
-                .extend(submodules.iter().map(|s| s.mirror.clone()));
-            base.read_only.dedup();
-            held = None;
-        }
         for sub in &submodules {
             self.system(&format!(
                 "Checked out submodule {} at {}",
@@ -1138,7 +1135,9 @@ async fn prepare_workspace(ws: &Path, user: Option<BuildUser>) -> anyhow::Result
 }
 
 /// Gives the checked-out tree to the build user. The content is the build's (symlinks anywhere
-/// included): links themselves are changed, never followed, and never descended into.
+/// included): links themselves are changed, never followed, and never descended into. Files with
+/// more than one link are the mirror's objects linked into the checkout ([`crate::git::Mirror::checkout`]):
+/// they stay Kiln's (read-only to the build), or the build could rewrite the mirror through them.
 fn give_tree(root: &Path, user: BuildUser) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut dirs = vec![root.to_path_buf()];
@@ -1151,8 +1150,16 @@ fn give_tree(root: &Path, user: BuildUser) -> anyhow::Result<()> {
             let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
             let path = entry.path();
             // `file_type` is the entry's own type (lstat): a symlink to a directory is a symlink.
-            if entry.file_type()?.is_dir() {
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
                 dirs.push(path);
+            } else if kind.is_file()
+                && std::os::unix::fs::MetadataExt::nlink(
+                    &std::fs::symlink_metadata(&path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ) > 1
+            {
+                continue;
             } else {
                 std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid))
                     .with_context(|| format!("chown {}", path.display()))?;

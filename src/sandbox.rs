@@ -122,8 +122,9 @@ pub struct StepSpec {
     pub env: Vec<(String, String)>,
     /// Writable inside the sandbox, even when it lies under a hidden directory.
     pub workspace: PathBuf,
-    /// Directories replaced by an empty tmpfs inside the sandbox (e.g. the data dir with the database,
-    /// the secret key and other builds). Bwrap mode only.
+    /// Paths hidden inside the sandbox: a directory is replaced by an empty tmpfs (e.g. the data dir
+    /// with the database, the secret key and other builds), a file by an empty one (e.g. a database
+    /// or key file elsewhere); paths that do not exist are left alone. Bwrap mode only.
     pub hidden: Vec<PathBuf>,
     /// Re-exposed read-only after hiding and after the workspace (e.g. this repository's git mirror
     /// under the data dir). Bwrap mode only.

@@ -86,9 +86,12 @@ pub async fn open_store(config: &StoreConfig) -> anyhow::Result<Store> {
 const DATA_DIR_MODE: u32 = 0o711;
 /// The database, the secret key, the lock and the node id.
 const PRIVATE_FILE_MODE: u32 = 0o600;
-/// Directories in the data dir that builds pass through: `workspaces` (each workspace belongs to its
-/// build) and the git cache, whose mirrors builds read objects from (a checkout's alternates).
+/// The directory in the data dir that builds pass through: `workspaces` (each workspace belongs to
+/// its build).
 const PASS_THROUGH_DIR_MODE: u32 = 0o711;
+/// Directories of the data dir that are Kiln's alone: the git cache (a checkout gets its mirror's
+/// objects as links, so builds need no access to any mirror).
+const PRIVATE_DIR_MODE: u32 = 0o700;
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -188,24 +191,59 @@ fn remove_stale_workspaces(data_dir: &Path) {
     }
 }
 
-/// Creates (or fixes the modes of) the directories in the data dir that the build user passes
-/// through: `workspaces`, and the git cache down to `mirrors` (whose entries git creates 0755: a
-/// build that knows an owner's name can read that owner's mirrors, see DESIGN.md §3b).
+/// Creates (or fixes the modes of) the directories of the data dir that builds touch: `workspaces`,
+/// which the build user passes through to its own workspace, and the git cache, which is Kiln's
+/// alone (git creates the mirrors in it 0755: the cache itself must not be passable).
 fn prepare_build_dirs(data_dir: &Path) -> anyhow::Result<()> {
-    for dir in ["workspaces", "git", "git/mirrors"] {
+    for (dir, mode) in [
+        ("workspaces", PASS_THROUGH_DIR_MODE),
+        ("git", PRIVATE_DIR_MODE),
+    ] {
         let path = data_dir.join(dir);
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        set_mode(&path, PASS_THROUGH_DIR_MODE)?;
+        set_mode(&path, mode)?;
     }
     Ok(())
 }
 
-/// The user build steps run as (created if needed), checked to reach its workspaces; `None` when
-/// Kiln is not root. Logged once.
+/// What builds must never read besides the data dir: the SQLite files when the database lives
+/// elsewhere, and the private paths configured (key files given by path).
+fn private_paths(config: &ServeConfig, data_dir: &Path) -> Vec<PathBuf> {
+    let url = config
+        .store
+        .database_url
+        .clone()
+        .unwrap_or_else(|| Store::sqlite_url(data_dir));
+    let database = sqlite_file(&url)
+        .map(|db| std::path::absolute(&db).unwrap_or(db))
+        .into_iter()
+        .flat_map(|db| {
+            ["", "-wal", "-shm", "-journal"].map(|suffix| {
+                let mut name = db.as_os_str().to_owned();
+                name.push(suffix);
+                PathBuf::from(name)
+            })
+        });
+    config
+        .runner
+        .private_paths
+        .iter()
+        .cloned()
+        .chain(database)
+        .map(|path| std::fs::canonicalize(&path).unwrap_or(path))
+        .filter(|path| !path.starts_with(data_dir))
+        .collect()
+}
+
+/// The user build steps run as (created if needed), checked to reach its workspaces and, without
+/// the bwrap sandbox (which hides them), not to read any of `private` (files it could read could
+/// not be protected: Kiln refuses to start); `None` when Kiln is not root, which is then logged as a
+/// warning in sandbox mode none (builds then run as Kiln's own user and can read all it stores).
 async fn build_users(
     config: &RunnerConfig,
     slots: usize,
     data_dir: &Path,
+    private: Vec<PathBuf>,
 ) -> anyhow::Result<Option<Arc<BuildUserPool>>> {
     let spec = config.build_user.clone();
     let sandbox = config.sandbox;
@@ -218,7 +256,18 @@ async fn build_users(
             let Some(user) = slot_spec.resolve()? else {
                 // SAFETY: geteuid has no preconditions.
                 let uid = unsafe { libc::geteuid() };
-                tracing::info!(uid, "Kiln does not run as root: build steps run as Kiln's own user");
+                if sandbox == SandboxMode::None {
+                    tracing::warn!(
+                        uid,
+                        "Kiln does not run as root and builds run with --sandbox none: build steps \
+                         run as Kiln's own user without isolation and can read everything Kiln \
+                         stores (database, secret key, key files, mirrors, caches, other builds' \
+                         workspaces). Run only trusted builds this way; use --sandbox bwrap or run \
+                         Kiln as root (builds then run as unprivileged build users)"
+                    );
+                } else {
+                    tracing::info!(uid, "Kiln does not run as root: build steps run as Kiln's own user in the bwrap sandbox");
+                }
                 return Ok(None);
             };
             anyhow::ensure!(
@@ -235,6 +284,18 @@ async fn build_users(
                  user.max_user_namespaces); or run builds with --sandbox none",
                 user.uid
             );
+            if sandbox == SandboxMode::None {
+                for path in &private {
+                    anyhow::ensure!(
+                        !user.can_read(path)?,
+                        "the build user {slot_spec} (uid {}) can read {}, which builds must never \
+                         see (--sandbox none does not hide it): make it readable by Kiln's user only \
+                         (chmod 600, and no ACL granting others), or run builds with --sandbox bwrap",
+                        user.uid,
+                        path.display()
+                    );
+                }
+            }
             anyhow::ensure!(
                 !users.contains(&user),
                 "the build users {spec} and {slot_spec} are the same uid {}: each build slot needs its own",
@@ -363,16 +424,24 @@ impl Server {
                     .with_context(|| {
                         format!("opening the toolchain store {}", toolchain_dir.display())
                     })?;
+            let mut runner_config = config.runner.clone();
+            runner_config.private_paths = private_paths(config, data_dir);
+            let build_users = build_users(
+                &config.runner,
+                config.scheduler.runners,
+                data_dir,
+                runner_config.private_paths.clone(),
+            )
+            .await?;
             let runner = RunnerContext {
                 store: store.clone(),
                 git: git.clone(),
                 data_dir: data_dir.clone(),
-                config: config.runner.clone(),
+                config: runner_config,
                 github: github.clone(),
                 toolchains,
                 cache: cache.clone(),
-                build_users: build_users(&config.runner, config.scheduler.runners, data_dir)
-                    .await?,
+                build_users,
             };
             let scheduler = Scheduler::new(
                 store.clone(),

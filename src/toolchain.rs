@@ -11,6 +11,8 @@
 //! <root>/.locks/<tool>-<version>.lock          flock: one process installs a version at a time
 //! ```
 //!
+//! `.tmp` and `.locks` are Kiln's only (0700, and hidden in the bwrap sandbox).
+//!
 //! A toolchain directory appears by one `rename` of a fully unpacked and verified staging
 //! directory, so a process killed at any moment leaves either nothing or a complete toolchain.
 
@@ -33,6 +35,9 @@ use serde::{Deserialize, Serialize};
 use self::integrity::{Digests, Pinned};
 use self::registry::{FetchError, Registry};
 use self::versions::Spec;
+
+/// Mode of the store's own directories ([`ToolchainStore::internals`]).
+const PRIVATE_DIR_MODE: u32 = 0o700;
 
 /// Node.js version of the hosted build image.
 pub const DEFAULT_NODE: &str = "24.18.0";
@@ -251,9 +256,18 @@ impl ToolchainStore {
         let root = root
             .canonicalize()
             .with_context(|| format!("resolving {}", root.display()))?;
+        // Installs in progress and lock files are Kiln's alone: a build that could open a lock file
+        // could hold its flock and stall every install of that version.
         for dir in [install::TMP_DIR, install::LOCK_DIR] {
-            install::make_dir(&root.join(dir))
-                .with_context(|| format!("creating {}", root.join(dir).display()))?;
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &path,
+                        std::os::unix::fs::PermissionsExt::from_mode(PRIVATE_DIR_MODE),
+                    )
+                })
+                .with_context(|| format!("creating {}", path.display()))?;
         }
         install::remove_stale_staging(&root, None)
             .with_context(|| format!("cleaning {}", root.join(install::TMP_DIR).display()))?;
@@ -283,6 +297,15 @@ impl ToolchainStore {
     /// The store's root directory (absolute).
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// The store's own directories under the root (installs in progress, lock files), mode 0700:
+    /// builds read the installed toolchains only, and a sandbox hides these.
+    pub fn internals(&self) -> Vec<PathBuf> {
+        [install::TMP_DIR, install::LOCK_DIR]
+            .iter()
+            .map(|dir| self.inner.root.join(dir))
+            .collect()
     }
 
     /// The exact version for `spec`: an exact version (`22.16.0`, `v22.16.0`), a partial one

@@ -205,41 +205,175 @@ async fn version_id_comes_from_wrangler_output_files_first() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_sandbox_hides_the_database_the_key_and_other_workspaces() {
-    let app = spawn_runner(SandboxMode::Bwrap, |_| {}).await;
-    let f = app.fixture("nosy").await;
+/// Whatever Kiln stores is out of every build's reach, in both modes: the database (here outside
+/// the data dir, as with `--database-url sqlite:///elsewhere/kiln.db`, where every build could read it)
+/// and its WAL and SHM files, the secret key, a key file given by path, the git mirrors (other
+/// repositories' and the build's own: a checkout gets its objects as links), the build cache, the
+/// toolchain store's internals and other workspaces. bwrap hides them (even a world-readable key file);
+/// without the sandbox the file modes keep the build user out.
+async fn whatever_kiln_stores_is_out_of_reach(mode: SandboxMode) {
+    let keys = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(
+        keys.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let key = keys.path().join("github-app.pem");
+    std::fs::write(&key, "-----BEGIN RSA PRIVATE KEY----- app key").unwrap();
+    // World-readable: the sandbox must hide it; without the sandbox Kiln would refuse to start.
+    let key_mode = if mode == SandboxMode::Bwrap {
+        0o644
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(key_mode)).unwrap();
+    let sqlite = backend() == Backend::Sqlite;
+    let key_path = key.clone();
+    let app = spawn_runner(mode, move |c| {
+        if sqlite {
+            let elsewhere = c.store.data_dir.parent().unwrap().join("elsewhere");
+            std::fs::create_dir_all(&elsewhere).unwrap();
+            std::fs::set_permissions(
+                &elsewhere,
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+            c.store.database_url = Some(format!("sqlite://{}/kiln.db", elsewhere.display()));
+        }
+        c.runner.private_paths = vec![key_path];
+    })
+    .await;
     let data = app.data_dir();
+    let toolchains = shared_toolchain_dir();
+    // Another repository's mirror, made by another trigger's build.
+    let victim = app.fixture("victim").await;
+    commit_files(&app, "victim", &[("README.md", "private\n")], "victim");
+    set_commands(&app, &victim.trigger, "true", "").await;
+    let id = queue(&app, &victim.trigger, json!({"branch": "main"})).await;
+    assert_eq!(wait_stopped(&app, &id).await["build_outcome"], "success");
+    // Another build's workspace, as Kiln leaves it: private to that build's user.
     let other = data.join("workspaces").join("other-build");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("secret.txt"), "OTHER-WORKSPACE-CONTENT").unwrap();
-    let script = format!(
-        "for f in {d}/secret.key {d}/kiln.db {o}/secret.txt; do if cat \"$f\" >/dev/null 2>&1; then echo \"READABLE $f\"; else echo \"hidden $f\"; fi; done\n\
-         ls {d}/workspaces | sed 's/^/ws: /'\n\
-         echo home=$HOME; touch \"$HOME/ok\" && echo home-writable\n",
-        d = data.display(),
-        o = other.display()
-    );
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+
+    let f = app.fixture("nosy").await;
+    let mut files = vec![
+        data.join("secret.key"),
+        data.join("node-id"),
+        key.clone(),
+        data.join("git/mirrors/octo-org/victim-repo.git/HEAD"),
+        data.join("git/mirrors/octo-org/nosy-repo.git/HEAD"),
+        other.join("secret.txt"),
+    ];
+    if sqlite {
+        let db = data.parent().unwrap().join("elsewhere/kiln.db");
+        for suffix in ["", "-wal", "-shm"] {
+            let path = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+            assert!(path.exists(), "{}", path.display());
+            files.push(path);
+        }
+    }
+    // Directories are hidden when nothing of them can be listed (the sandbox covers them with an
+    // empty tmpfs); on the host each has something in it.
+    let dirs = [
+        data.join("cache"),
+        data.join("git/mirrors"),
+        toolchains.join(".locks"),
+    ];
+    for dir in &dirs {
+        assert!(
+            std::fs::read_dir(dir).unwrap().next().is_some(),
+            "{}",
+            dir.display()
+        );
+    }
+    let mut script = String::new();
+    for file in &files {
+        script.push_str(&format!(
+            "if cat '{f}' >/dev/null 2>&1; then echo 'READABLE {f}'; else echo 'hidden {f}'; fi\n",
+            f = file.display()
+        ));
+    }
+    for dir in &dirs {
+        script.push_str(&format!(
+            "if [ -n \"$(ls -A '{d}' 2>/dev/null)\" ]; then echo 'READABLE {d}'; else echo 'hidden {d}'; fi\n",
+            d = dir.display()
+        ));
+    }
+    script.push_str("git log -1 --format=own-history-%s\nls ..\n");
     commit_files(&app, "nosy", &[("nosy.sh", &script)], "nosy");
     set_commands(&app, &f.trigger, "sh nosy.sh", "").await;
     let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
     let b = wait_stopped(&app, &id).await;
     let logs = all_logs(&app, &id).await;
-    assert_eq!(b["build_outcome"], "success", "{}", logs.join("\n"));
+    let all = logs.join("\n");
+    assert_eq!(b["build_outcome"], "success", "{mode}: {all}");
     assert!(
         !logs.iter().any(|l| l.starts_with("READABLE")),
-        "{}",
-        logs.join("\n")
+        "{mode}: {all}"
     );
-    assert_eq!(logs.iter().filter(|l| l.starts_with("hidden ")).count(), 3);
-    let workspaces: Vec<&String> = logs.iter().filter(|l| l.starts_with("ws: ")).collect();
     assert_eq!(
-        workspaces,
-        vec![&format!("ws: {id}")],
-        "only its own workspace is visible"
+        logs.iter().filter(|l| l.starts_with("hidden ")).count(),
+        files.len() + dirs.len(),
+        "{mode}: {all}"
     );
-    assert!(logs.contains(&"home-writable".to_owned()));
+    // The build's own repository works: its objects are its own.
+    assert!(
+        logs.contains(&"own-history-nosy".to_owned()),
+        "{mode}: {all}"
+    );
     app.stop().await;
+}
+
+#[tokio::test]
+async fn whatever_kiln_stores_is_out_of_reach_of_sandboxed_builds() {
+    whatever_kiln_stores_is_out_of_reach(SandboxMode::Bwrap).await;
+}
+
+#[tokio::test]
+async fn whatever_kiln_stores_is_out_of_reach_of_unsandboxed_builds() {
+    whatever_kiln_stores_is_out_of_reach(SandboxMode::None).await;
+}
+
+/// Without the sandbox nothing can hide a file the build user may read: a key file given by path
+/// that others can read (or a database file, or whatever else Kiln must keep) stops Kiln at start.
+#[tokio::test]
+async fn a_private_file_builds_could_read_stops_an_unsandboxed_start() {
+    if !is_root() {
+        eprintln!("not root: builds run as the test's own user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let key = dir.path().join("app.pem");
+    std::fs::write(&key, "key").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut config = test_config(dir.path()).await;
+    config.scheduler.runners = 1;
+    config.runner.sandbox = SandboxMode::None;
+    config.runner.private_paths = vec![key.clone()];
+    let err = match kiln::startup::Server::start(&config).await {
+        Ok(server) => {
+            server.stop().await.unwrap();
+            panic!("started although the build user can read {}", key.display());
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains(&key.display().to_string()), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    // Readable by Kiln only, it starts; so it does with the sandbox, which hides the file.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    kiln::startup::Server::start(&config)
+        .await
+        .unwrap()
+        .stop()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -999,9 +1133,9 @@ async fn the_data_dir_is_passable_but_its_files_are_owner_only() {
             & 0o7777
     };
     assert_eq!(mode(""), 0o711);
-    for dir in ["workspaces", "git", "git/mirrors"] {
-        assert_eq!(mode(dir), 0o711, "{dir}");
-    }
+    assert_eq!(mode("workspaces"), 0o711);
+    // Builds get their repository's objects as links: no mirror needs to be reachable.
+    assert_eq!(mode("git"), 0o700);
     let mut files = vec!["secret.key", "kiln.lock", "node-id"];
     if backend() == Backend::Sqlite {
         files.extend(["kiln.db", "kiln.db-wal", "kiln.db-shm"]);

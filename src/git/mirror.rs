@@ -261,9 +261,14 @@ impl Mirror {
 
     /// Checks `sha` (a full object id) out into `dest`, which must not exist or be empty, leaving a
     /// usable repository there: a detached `HEAD` at `sha`, a clean work tree, and `origin` pointing at
-    /// the clone URL. Objects are borrowed from the mirror (`objects/info/alternates`), so nothing is
-    /// copied; the workspace must not outlive the mirror's objects (builds are short; git only prunes
-    /// unreachable objects after two weeks).
+    /// the clone URL.
+    ///
+    /// The mirror's objects are hard-linked into the checkout (copied where the mirror is on another
+    /// file system), so that whatever runs git in the checkout (the build) needs no access to the
+    /// mirror itself: mirrors stay unreadable by builds, and a build reads only its own repository.
+    /// The links are read-only files that the build cannot change (they stay Kiln's). A `git gc` of
+    /// the mirror at the same time may remove a pack between listing and linking: the checkout is
+    /// then linked again and retried once.
     ///
     /// The `.git` skeleton is written directly and one `git checkout` fills the work tree: measured
     /// fastest among `clone --shared` + checkout, `init` + alternates + checkout, and `read-tree -u`.
@@ -272,16 +277,29 @@ impl Mirror {
         let objects = tokio::fs::canonicalize(self.path.join("objects"))
             .await
             .with_context(|| format!("locating the objects of {}", self.path.display()))?;
-        write_skeleton(dest, &objects, &self.url, sha.len() == 64)
+        write_skeleton(dest, &self.url, sha.len() == 64)
             .await
             .with_context(|| format!("preparing the workspace {}", dest.display()))?;
-        self.git
-            .ok(Cmd::new(self.timeout)
-                .dir(dest)
-                .args(["checkout", "--quiet", "--detach", &sha, "--"]))
-            .await
-            .with_context(|| format!("checking out {sha}"))?;
-        Ok(())
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (from, to) = (objects.clone(), dest.join(".git/objects"));
+            tokio::task::spawn_blocking(move || link_objects(&from, &to))
+                .await
+                .context("linking the mirror's objects")?
+                .with_context(|| format!("linking the objects of {}", self.path.display()))?;
+            let checked_out = self
+                .git
+                .ok(Cmd::new(self.timeout)
+                    .dir(dest)
+                    .args(["checkout", "--quiet", "--detach", &sha, "--"]))
+                .await
+                .with_context(|| format!("checking out {sha}"));
+            match checked_out {
+                Err(_) if attempt == 1 => continue,
+                other => return other.map(|_| ()),
+            }
+        }
     }
 
     /// The contents of the file at `path` in `rev` (an object id, `HEAD` or `refs/…`); `None` when
@@ -454,13 +472,8 @@ fn parse_batch(out: &[u8], n: usize) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
     Ok(results)
 }
 
-/// Writes `dest/.git` for a checkout that borrows `objects` from a mirror, with an unborn `HEAD`.
-async fn write_skeleton(
-    dest: &Path,
-    objects: &Path,
-    url: &str,
-    sha256: bool,
-) -> anyhow::Result<()> {
+/// Writes `dest/.git` for a checkout, with an unborn `HEAD` and no objects yet.
+async fn write_skeleton(dest: &Path, url: &str, sha256: bool) -> anyhow::Result<()> {
     if tokio::fs::try_exists(dest).await? {
         let mut entries = tokio::fs::read_dir(dest).await?;
         anyhow::ensure!(
@@ -473,9 +486,6 @@ async fn write_skeleton(
     for dir in ["objects/info", "objects/pack", "refs/heads", "refs/tags"] {
         tokio::fs::create_dir_all(dot_git.join(dir)).await?;
     }
-    let mut alternates = objects.as_os_str().as_encoded_bytes().to_vec();
-    alternates.push(b'\n');
-    tokio::fs::write(dot_git.join("objects/info/alternates"), alternates).await?;
     tokio::fs::write(dot_git.join("HEAD"), "ref: refs/heads/main\n").await?;
     let (version, extensions) = if sha256 {
         ("1", "[extensions]\n\tobjectformat = sha256\n")
@@ -489,6 +499,55 @@ async fn write_skeleton(
          \tfetch = +refs/heads/*:refs/remotes/origin/*\n"
     );
     tokio::fs::write(dot_git.join("config"), config).await?;
+    Ok(())
+}
+
+/// Hard-links (or, across file systems, copies) the packs and loose objects of the object directory
+/// `from` into `to` (a checkout's `.git/objects`); files already there are kept. Temporary files of
+/// a fetch or repack in progress are left out; so are the mirror's caches (`info/`), which git does
+/// without.
+fn link_objects(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let loose = name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if !(loose || name == "pack") || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let target = to.join(name);
+        match std::fs::create_dir(&target) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        let files = match std::fs::read_dir(entry.path()) {
+            Ok(files) => files,
+            // Emptied and removed by a gc meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for file in files {
+            let file = file?;
+            let file_name = file.file_name();
+            if file_name.as_encoded_bytes().starts_with(b"tmp_") || !file.file_type()?.is_file() {
+                continue;
+            }
+            let (src, dst) = (file.path(), target.join(&file_name));
+            match std::fs::hard_link(&src, &dst) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Another file system (EXDEV), or links refused: copy.
+                Err(_) => match std::fs::copy(&src, &dst) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+    }
     Ok(())
 }
 

@@ -35,8 +35,7 @@ pub struct SubmoduleCheckout {
     pub sha: String,
     /// The URL as `.gitmodules` gives it, without credentials.
     pub url: String,
-    /// The mirror whose objects the checkout borrows. Whatever runs git in the checkout (a sandboxed
-    /// build) must be able to read it, like the superproject's mirror.
+    /// The mirror whose objects were linked into the checkout (see [`super::Mirror::checkout`]).
     pub mirror: PathBuf,
 }
 

@@ -55,9 +55,11 @@ impl Paths {
         let paths = Paths {
             cwd,
             workspace,
+            // What does not exist (yet) has nothing to hide.
             hidden: spec
                 .hidden
                 .iter()
+                .filter(|path| std::fs::symlink_metadata(path).is_ok())
                 .map(|path| canonical(path))
                 .collect::<Result<_, _>>()?,
             read_only: spec
@@ -77,9 +79,11 @@ impl Paths {
 }
 
 /// bwrap's arguments to run `argv` in `chdir`. bwrap applies mount options in order, each source
-/// taken from the host: hidden dirs are covered after `/tmp` (bwrap creates mount points inside the
-/// tmpfs as needed), then the workspace is bound on top, then the read-only paths, then the covers
-/// are made read-only.
+/// taken from the host: the hidden paths that contain the workspace or a read-only path are covered
+/// first (bwrap creates mount points inside the tmpfs as needed), then the workspace is bound on top,
+/// then the read-only paths, then the other hidden paths are covered (so that they hide what a
+/// read-only path would show, e.g. the toolchain store's internals), then the covers are made
+/// read-only. A hidden directory is covered by an empty tmpfs, a hidden file by `/dev/null`.
 ///
 /// When bwrap starts as the (unprivileged) build user it makes its own user namespace, mapping only
 /// that uid: the step is that user inside and out, and owns its `/tmp`, `/dev/shm` and covers.
@@ -112,8 +116,22 @@ pub(super) fn bwrap_args_for(paths: &Paths, chdir: &Path, argv: Vec<OsString>) -
     .into_iter()
     .map(OsString::from)
     .collect();
-    for hidden in &paths.hidden {
-        args.extend(["--tmpfs".into(), hidden.into()]);
+    let exposes = |hidden: &PathBuf| {
+        paths.workspace.starts_with(hidden) || paths.read_only.iter().any(|p| p.starts_with(hidden))
+    };
+    let (first, last): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        paths.hidden.iter().partition(|h| exposes(h));
+    let mut covered_dirs = Vec::new();
+    let mut cover = |args: &mut Vec<OsString>, hidden: &PathBuf| {
+        if hidden.is_dir() {
+            args.extend(["--tmpfs".into(), hidden.into()]);
+            covered_dirs.push(hidden.clone());
+        } else {
+            args.extend(["--ro-bind".into(), "/dev/null".into(), hidden.into()]);
+        }
+    };
+    for hidden in first {
+        cover(&mut args, hidden);
     }
     args.extend([
         "--bind".into(),
@@ -123,9 +141,12 @@ pub(super) fn bwrap_args_for(paths: &Paths, chdir: &Path, argv: Vec<OsString>) -
     for path in &paths.read_only {
         args.extend(["--ro-bind".into(), path.into(), path.into()]);
     }
+    for hidden in last {
+        cover(&mut args, hidden);
+    }
     // The covers themselves read-only (the mounts on them stay as they are): the build owns these
     // tmpfs, so it could otherwise write there (harmless, private) and look as if it wrote the data dir.
-    for hidden in &paths.hidden {
+    for hidden in covered_dirs {
         args.extend(["--remount-ro".into(), hidden.into()]);
     }
     args.extend(["--chdir".into(), chdir.into()]);

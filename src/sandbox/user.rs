@@ -150,11 +150,21 @@ impl BuildUser {
     /// Whether this user can enter `dir` (every directory above it searchable by it). Runs a process
     /// as the user, so ACLs and mount options count too.
     pub fn can_enter(&self, dir: &Path) -> anyhow::Result<bool> {
+        self.check(dir, "cd -- \"$1\"")
+    }
+
+    /// Whether this user can read `path` (as `can_enter`, by a process running as the user).
+    pub fn can_read(&self, path: &Path) -> anyhow::Result<bool> {
+        self.check(path, "test -r \"$1\"")
+    }
+
+    /// Whether `script` (with the path as `$1`) succeeds when run as this user.
+    fn check(&self, path: &Path, script: &str) -> anyhow::Result<bool> {
         let prefix = self.setpriv_prefix(true)?;
         let status = std::process::Command::new(&prefix[0])
             .args(&prefix[1..])
-            .args(["/bin/sh", "-c", "cd -- \"$1\"", "kiln-check"])
-            .arg(dir)
+            .args(["/bin/sh", "-c", script, "kiln-check"])
+            .arg(path)
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::null())

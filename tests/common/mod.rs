@@ -81,6 +81,36 @@ pub fn shared_toolchain_dir() -> PathBuf {
     dir
 }
 
+/// The configuration test servers start from (no build runners), with its data and remotes in `dir`.
+pub async fn test_config(dir: &std::path::Path) -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".to_owned(),
+        store: StoreConfig {
+            data_dir: dir.join("data"),
+            database_url: fresh_database_url().await,
+            secret_key: None,
+        },
+        bootstrap_token: Some(ADMIN_TOKEN.to_owned()),
+        limits: Limits::default(),
+        git_url_template: format!(
+            "file://{}/{{owner}}/{{repo}}",
+            dir.join("remotes").display()
+        ),
+        scheduler: SchedulerConfig {
+            runners: 0,
+            ..SchedulerConfig::default()
+        },
+        runner: RunnerConfig {
+            toolchain_dir: Some(shared_toolchain_dir()),
+            ..RunnerConfig::default()
+        },
+        github_webhook_secrets: vec![WEBHOOK_SECRET.to_owned()],
+        github_app: None,
+        public_url: None,
+        http: kiln::listen::HttpConfig::default(),
+    }
+}
+
 /// A running server and a client for it.
 pub struct TestApp {
     pub base: String,
@@ -111,32 +141,7 @@ impl TestApp {
             std::os::unix::fs::PermissionsExt::from_mode(0o711),
         )
         .expect("chmod tempdir");
-        let config = ServeConfig {
-            listen: "127.0.0.1:0".to_owned(),
-            store: StoreConfig {
-                data_dir: dir.path().join("data"),
-                database_url: fresh_database_url().await,
-                secret_key: None,
-            },
-            bootstrap_token: Some(ADMIN_TOKEN.to_owned()),
-            limits: Limits::default(),
-            git_url_template: format!(
-                "file://{}/{{owner}}/{{repo}}",
-                dir.path().join("remotes").display()
-            ),
-            scheduler: SchedulerConfig {
-                runners: 0,
-                ..SchedulerConfig::default()
-            },
-            runner: RunnerConfig {
-                toolchain_dir: Some(shared_toolchain_dir()),
-                ..RunnerConfig::default()
-            },
-            github_webhook_secrets: vec![WEBHOOK_SECRET.to_owned()],
-            github_app: None,
-            public_url: None,
-            http: kiln::listen::HttpConfig::default(),
-        };
+        let config = test_config(dir.path()).await;
         let mut config = config;
         configure(&mut config);
         let server = Server::start(&config).await.expect("start server");
