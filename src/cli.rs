@@ -11,7 +11,7 @@ use crate::api::Limits;
 use crate::crypto::{hash_credential, new_credential};
 use crate::domain::{AccountId, AccountScope, ApiToken, CredentialKind, Permission, Timestamp};
 use crate::runner::RunnerConfig;
-use crate::sandbox::{BuildUserSpec, SandboxMode};
+use crate::sandbox::{BuildLimits, BuildUserSpec, SandboxMode};
 use crate::scheduler::SchedulerConfig;
 use crate::startup::{self, ServeConfig, Server, StoreConfig};
 use crate::toolchain::{Tool, ToolchainStore, bundled_npm_spec};
@@ -278,6 +278,77 @@ pub struct ServeArgs {
     /// requests), or without its client reading the response; it is closed after it.
     #[arg(long, env = "KILN_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Per-build resource limits (sizes: `8G`, `512MiB`, `20GB`…; see [`parse_size`]).
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Memory of one build's processes together; past it the kernel kills one and the build fails.
+    #[arg(long, env = "KILN_BUILD_MEMORY", default_value = "8GiB", value_parser = parse_size)]
+    pub build_memory: u64,
+    /// Processes and threads of one build at a time; a fork past it fails and the build fails.
+    #[arg(long, env = "KILN_BUILD_PROCESSES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub build_processes: u64,
+    /// Disk one build's workspace may use (also the largest file it may write); past it the build
+    /// is stopped and fails.
+    #[arg(long, env = "KILN_BUILD_DISK", default_value = "20GiB", value_parser = parse_size)]
+    pub build_disk: u64,
+    /// Size of `/tmp` in the bwrap sandbox (a tmpfs, counted in the memory limit).
+    #[arg(long, env = "KILN_BUILD_TMP_SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub build_tmp_size: u64,
+    /// Size of `/dev/shm` in the bwrap sandbox (a tmpfs, counted in the memory limit).
+    #[arg(long, env = "KILN_BUILD_SHM_SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub build_shm_size: u64,
+}
+
+impl LimitArgs {
+    /// The limits these flags give.
+    pub fn limits(&self) -> BuildLimits {
+        BuildLimits {
+            memory_bytes: self.build_memory,
+            processes: self.build_processes,
+            disk_bytes: self.build_disk,
+            tmp_bytes: self.build_tmp_size,
+            shm_bytes: self.build_shm_size,
+        }
+    }
+}
+
+/// A size in bytes: a number with an optional unit. `K`, `M`, `G`, `T` (alone or with `iB`) are
+/// binary (1024-based), as in `8G` = `8GiB`; `KB`, `MB`, `GB`, `TB` are decimal; `B` or no unit is
+/// bytes. Zero is refused.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 8GiB, 512M or 20GB"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "k" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use K, M, G, T, KiB…, KB…)"
+            ));
+        }
+    };
+    let bytes = n
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if bytes == 0 {
+        return Err("must be more than zero".to_owned());
+    }
+    Ok(bytes)
 }
 
 use crate::toolchain::DEFAULT_REGISTRY as DEFAULT_NPM_REGISTRY;
@@ -395,6 +466,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             build_user: args.build_user,
             // Hidden from builds like the database (the file may be anywhere).
             private_paths: args.github_app_private_key_path.into_iter().collect(),
+            limits: args.limits.limits(),
+            ..RunnerConfig::default()
         },
         github_webhook_secrets: args
             .github_webhook_secret
@@ -716,5 +789,52 @@ fn kind_name(kind: CredentialKind) -> &'static str {
     match kind {
         CredentialKind::Token => "token",
         CredentialKind::GlobalKey => "global-key",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("20GB"), Ok(20_000_000_000));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        for bad in ["", "0", "0G", "G", "1.5G", "8 gigs", "99999999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_limit_flags_default_to_the_hosted_product() {
+        let cli = Cli::try_parse_from(["kiln", "serve"]).expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(args.limits.limits(), BuildLimits::default());
+        let cli = Cli::try_parse_from([
+            "kiln",
+            "serve",
+            "--build-memory",
+            "512M",
+            "--build-processes",
+            "64",
+            "--build-disk",
+            "1G",
+        ])
+        .expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        let limits = args.limits.limits();
+        assert_eq!(
+            (limits.memory_bytes, limits.processes, limits.disk_bytes),
+            (512 << 20, 64, 1 << 30)
+        );
+        assert!(Cli::try_parse_from(["kiln", "serve", "--build-processes", "0"]).is_err());
     }
 }

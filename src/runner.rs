@@ -24,7 +24,10 @@ use crate::domain::{
 use crate::git::{GitCache, GitError, Mirror, Resolved};
 use crate::github::RepoAccess;
 use crate::logs::{LogSink, LogSinkConfig, LogSummary, Masker, pump};
-use crate::sandbox::{BuildUser, BuildUserPool, BuildUserSpec, SandboxMode, Step, StepSpec};
+use crate::sandbox::{
+    BuildLimits, BuildScope, BuildUser, BuildUserPool, BuildUserSpec, Exceeded, SandboxMode, Step,
+    StepSpec,
+};
 use crate::scheduler::Stop;
 use crate::store::{ClaimedBuild, Store};
 use crate::toolchain::ToolchainStore;
@@ -53,6 +56,13 @@ pub struct RunnerConfig {
     /// its `-wal`/`-shm` files when they live elsewhere, key files given by path. Hidden in the bwrap
     /// sandbox; checked at start to be unreadable by the build user (see [`crate::startup`]).
     pub private_paths: Vec<PathBuf>,
+    /// Per-build resource limits; a build that goes past one is stopped and fails with a log line
+    /// saying which.
+    pub limits: BuildLimits,
+    /// How often a running step's memory and process limits are looked at, and at least how often
+    /// its workspace's disk use is measured (less often when a measurement takes long: at most a
+    /// tenth of the time goes to it).
+    pub limit_check_interval: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -67,6 +77,8 @@ impl Default for RunnerConfig {
             npm_registry: crate::toolchain::DEFAULT_REGISTRY.to_owned(),
             build_user: BuildUserSpec::default(),
             private_paths: Vec::new(),
+            limits: BuildLimits::default(),
+            limit_check_interval: Duration::from_secs(5),
         }
     }
 }
@@ -114,6 +126,8 @@ enum WatchPaths {
 enum Interrupted {
     Stopped(Stop),
     TimedOut,
+    /// The build went past one of its resource limits.
+    Limit(Exceeded),
 }
 
 /// Runs a claimed build to its end and records the outcome. Every failure of the build becomes a log
@@ -231,8 +245,11 @@ async fn execute_build(
         Some(pool) => Some(pool.acquire().await),
         None => None,
     };
+    // The build's cgroups: its steps' limits, and what recovery finds it by on this host.
+    let scope = Arc::new(BuildScope::create(&id.to_string(), ctx.config.limits));
     let mut run = Run {
         ctx,
+        scope: scope.clone(),
         build_user: user_lease.as_ref().map(|lease| lease.user),
         build: &build,
         owner,
@@ -265,6 +282,10 @@ async fn execute_build(
             run.system("Build was timed out").await;
             BuildOutcome::Terminated
         }
+        Err(Interrupted::Limit(exceeded)) => {
+            run.system(&exceeded.to_string()).await;
+            BuildOutcome::Fail
+        }
         Err(Interrupted::Stopped(Stop::Cancel)) => {
             run.system("Build was cancelled").await;
             BuildOutcome::Cancelled
@@ -285,6 +306,12 @@ async fn execute_build(
     // it is retried until the store is back, unless Kiln shuts down meanwhile.
     let mut stop = run.stop.clone();
     drop(run);
+    // Nothing of the build may run once its outcome is recorded (whatever a step left, even a
+    // process that escaped its step's cgroup into the build's).
+    let closing = scope.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || closing.close()).await {
+        tracing::error!(error = %e, "ending the build's cgroups failed");
+    }
     let summary = match sink.finish().await {
         Ok(summary) => summary,
         Err(e) => {
@@ -369,6 +396,8 @@ fn secret_values(build: &ClaimedBuild) -> Vec<(String, String)> {
 
 struct Run<'a> {
     ctx: &'a RunnerContext,
+    /// The build's cgroups and limits, shared by its steps.
+    scope: Arc<BuildScope>,
     /// The unprivileged user this build's steps run as (`None`: Kiln's own).
     build_user: Option<BuildUser>,
     build: &'a ClaimedBuild,
@@ -636,6 +665,7 @@ impl Run<'_> {
                 .collect(),
             read_only: vec![self.ctx.toolchains.root().to_path_buf()],
             user: self.build_user,
+            scope: Some(self.scope.clone()),
         };
         // The first step's sandbox starts while the commit is checked out; it gets its command after.
         let mut held = match Step::spawn_held(&base) {
@@ -1041,6 +1071,18 @@ impl Run<'_> {
             }
             Err(e) => tracing::warn!(error = format!("{e:#}"), "renewing the lease failed"),
         }
+        // Every step starts held and gets its command once its sandbox is set up (so that its
+        // tmpfs can be looked at if it fails).
+        let held = match held {
+            Some(step) => Some(step),
+            None => match Step::spawn_held(&spec) {
+                Ok(step) => Some(step),
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "starting a held step failed");
+                    None
+                }
+            },
+        };
         let released = match held {
             Some(mut step) => match step.release(&spec.command).await {
                 Ok(()) => Some(step),
@@ -1073,6 +1115,11 @@ impl Run<'_> {
         };
         let masker = self.masker.clone();
         let sink = self.sink;
+        let monitor = watch_limits(
+            self.scope.clone(),
+            self.workspace.to_path_buf(),
+            self.ctx.config.limit_check_interval,
+        );
         let waiting = async {
             let (pumped, status) = tokio::join!(pump(stdout, stderr, masker, sink), step.wait());
             if let Err(e) = pumped {
@@ -1083,19 +1130,96 @@ impl Run<'_> {
             }
             status
         };
-        let result = self.guard(waiting).await;
-        match result {
-            Ok(Ok(status)) => Ok(status.code()),
-            Ok(Err(e)) => {
+        let result = self
+            .guard(async {
+                tokio::select! {
+                    status = waiting => Ok(status),
+                    exceeded = monitor => Err(exceeded),
+                }
+            })
+            .await;
+        let code = match result {
+            Ok(Ok(Ok(status))) => status.code(),
+            Ok(Ok(Err(e))) => {
                 tracing::error!(error = format!("{e:#}"), "waiting for a step failed");
-                Ok(None)
+                None
+            }
+            Ok(Err(exceeded)) => {
+                if let Err(e) = step.terminate(self.ctx.config.cancel_grace).await {
+                    tracing::error!(error = format!("{e:#}"), "stopping a step failed");
+                }
+                return Err(Interrupted::Limit(exceeded));
             }
             Err(why) => {
                 if let Err(e) = step.terminate(self.ctx.config.cancel_grace).await {
                     tracing::error!(error = format!("{e:#}"), "stopping a step failed");
                 }
-                Err(why)
+                return Err(why);
             }
+        };
+        // A limit that struck during the step (it may have failed for it, or exited before the
+        // monitor looked) stops the build; a full tmpfs explains a failure.
+        let failed = code != Some(0);
+        let exceeded = match self.scope.exceeded() {
+            Some(exceeded) => Some(exceeded),
+            None => {
+                let limit = self.ctx.config.limits.disk_bytes;
+                match disk_usage(self.workspace.to_path_buf(), limit).await {
+                    Some(used) if used > limit || (failed && used >= limit) => {
+                        Some(Exceeded::Disk(limit))
+                    }
+                    _ if failed => step.full_tmpfs(),
+                    _ => None,
+                }
+            }
+        };
+        match exceeded {
+            Some(exceeded) => Err(Interrupted::Limit(exceeded)),
+            None => Ok(code),
+        }
+    }
+}
+
+/// Resolves once the build goes past a limit: its cgroups' memory or process limit (looked at
+/// every `interval`), or the disk limit (the workspace measured every `interval`, or every ten
+/// times the last measurement took when that is longer). Pending forever otherwise.
+async fn watch_limits(scope: Arc<BuildScope>, workspace: PathBuf, interval: Duration) -> Exceeded {
+    let limit = scope.limits().disk_bytes;
+    let mut next_measure = Instant::now();
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Some(exceeded) = scope.exceeded() {
+            return exceeded;
+        }
+        if Instant::now() >= next_measure {
+            let started = Instant::now();
+            if disk_usage(workspace.clone(), limit)
+                .await
+                .is_some_and(|used| used > limit)
+            {
+                return Exceeded::Disk(limit);
+            }
+            next_measure = Instant::now() + started.elapsed() * 10;
+        }
+    }
+}
+
+/// Bytes the workspace uses on disk (stopping the count past `limit`); `None` when it cannot be
+/// measured.
+async fn disk_usage(workspace: PathBuf, limit: u64) -> Option<u64> {
+    let measured = tokio::task::spawn_blocking(move || {
+        crate::untrusted::Tree::open(&workspace)?.disk_usage(limit)
+    })
+    .await;
+    match measured {
+        Ok(Ok(used)) => Some(used),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "measuring the workspace failed");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "measuring the workspace failed");
+            None
         }
     }
 }

@@ -200,7 +200,18 @@ impl Scheduler {
         while tasks.join_next().await.is_some() {}
     }
 
+    /// Ends the builds whose runner is gone. Before any is reported ended, what Kiln processes that
+    /// died left running on this host is killed (their steps, by cgroup); after, whatever is left
+    /// of each ended build here (a runner still alive that lost its lease also stops its steps).
     async fn recover(&self, dead_owner_prefix: Option<&str>) {
+        if let Ok(orphans) = tokio::task::spawn_blocking(crate::sandbox::kill_orphaned_builds).await
+            && orphans > 0
+        {
+            tracing::info!(
+                orphans,
+                "killed what builds of dead Kiln processes left on this host"
+            );
+        }
         let running_here = self.handle.running();
         match self
             .store
@@ -210,6 +221,12 @@ impl Scheduler {
             Ok(lost) => {
                 for b in lost {
                     tracing::warn!(build.uuid = %b.id, account = %b.account, "build terminated: its runner was lost");
+                    let id = b.id.to_string();
+                    if let Err(e) =
+                        tokio::task::spawn_blocking(move || crate::sandbox::kill_build(&id)).await
+                    {
+                        tracing::error!(error = %e, "killing what is left of a lost build failed");
+                    }
                 }
             }
             Err(e) => tracing::error!(error = format!("{e:#}"), "recovering lost builds failed"),

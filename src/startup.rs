@@ -310,6 +310,44 @@ async fn build_users(
     .context("resolving the build users")?
 }
 
+/// Logs a warning for each per-build limit this host cannot enforce (no cgroup controller Kiln can
+/// use, e.g. when not root): builds still run, without it.
+async fn warn_unenforced_limits(config: &RunnerConfig) {
+    let limits = config.limits;
+    let Ok(support) =
+        tokio::task::spawn_blocking(move || crate::sandbox::limit_support(limits)).await
+    else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !support.memory {
+        tracing::warn!(
+            limit = %crate::sandbox::format_bytes(limits.memory_bytes),
+            "the per-build memory limit cannot be enforced here: no cgroup memory controller Kiln \
+             can write (v2 memory.max or the v1 memory hierarchy; Kiln must run as root)"
+        );
+    }
+    if !support.pids {
+        tracing::warn!(
+            limit = limits.processes,
+            "the per-build process limit cannot be enforced by a cgroup here (v2 pids.max or the v1 \
+             pids hierarchy){}",
+            if root {
+                "; RLIMIT_NPROC of the build user still applies"
+            } else {
+                ""
+            }
+        );
+    }
+    if !support.kill && config.sandbox == SandboxMode::None {
+        tracing::warn!(
+            "no cgroup v2 Kiln can write: in sandbox mode none, a build's daemons can outlive it \
+             and a node that dies leaves its builds' processes running"
+        );
+    }
+}
+
 /// This node's id, created on first start: builds it leased are recognised as orphans after a restart.
 fn node_id(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join(NODE_ID_FILE);
@@ -400,15 +438,16 @@ impl Server {
         spawn_cache_eviction(cache.clone());
         let handle = SchedulerHandle::default();
         let scheduler = if config.scheduler.runners > 0 {
-            let orphans = tokio::task::spawn_blocking(crate::sandbox::remove_orphaned_cgroups)
+            let orphans = tokio::task::spawn_blocking(crate::sandbox::kill_orphaned_builds)
                 .await
                 .unwrap_or(0);
             if orphans > 0 {
                 tracing::info!(
                     orphans,
-                    "removed build step cgroups left by dead Kiln processes"
+                    "killed what builds of dead Kiln processes left on this host"
                 );
             }
+            warn_unenforced_limits(&config.runner).await;
             tracing::info!(
                 runners = config.scheduler.runners,
                 sandbox = %config.runner.sandbox,

@@ -376,6 +376,110 @@ async fn a_private_file_builds_could_read_stops_an_unsandboxed_start() {
         .unwrap();
 }
 
+/// Small per-build limits: each one stops a build that goes past it, with a log line saying which,
+/// and the build fails. (The input: 2,000 processes, 1 GiB of memory and 200 MiB in `/tmp`,
+/// `/dev/shm` and the workspace all succeeded, with no limit at all.)
+async fn limits_stop_a_build_with_a_line_saying_which(mode: SandboxMode) {
+    let app = spawn_runner(mode, |c| {
+        c.runner.limits = kiln::sandbox::BuildLimits {
+            memory_bytes: 96 << 20,
+            processes: 32,
+            disk_bytes: 40 << 20,
+            tmp_bytes: 16 << 20,
+            shm_bytes: 8 << 20,
+        };
+        c.runner.limit_check_interval = Duration::from_millis(200);
+        // Build users of their own: RLIMIT_NPROC counts every process of a uid, and other tests'
+        // servers run builds as the default ones at the same time.
+        let base = if mode == SandboxMode::Bwrap {
+            61100
+        } else {
+            61200
+        };
+        c.runner.build_user = kiln::sandbox::BuildUserSpec::Ids(kiln::sandbox::BuildUser {
+            uid: base,
+            gid: base,
+        });
+    })
+    .await;
+    let support = kiln::sandbox::limit_support(app.config.runner.limits);
+    let f = app.fixture("hungry").await;
+    commit_files(&app, "hungry", &[("README.md", "limits\n")], "init");
+    let mut cases = vec![
+        (
+            "awk 'BEGIN { s = \"x\"; while (length(s) < 1024 * 1024 * 1024) s = s s; print length(s) }'",
+            "Build was stopped: it exceeded its memory limit of 96 MiB",
+            support.memory,
+        ),
+        (
+            "i=0; while [ $i -lt 2000 ]; do sleep 30 & i=$((i+1)); done; wait",
+            "Build was stopped: it exceeded its process limit of 32",
+            support.pids,
+        ),
+        // Several files, each below the largest file allowed: the workspace is measured.
+        (
+            "for i in 1 2 3 4; do dd if=/dev/zero of=f$i bs=1M count=15 2>/dev/null; done; sleep 30",
+            "Build was stopped: it exceeded its disk limit of 40 MiB",
+            true,
+        ),
+        // One file past the limit: RLIMIT_FSIZE stops the write.
+        (
+            "dd if=/dev/zero of=big bs=1M count=200",
+            "Build was stopped: it exceeded its disk limit of 40 MiB",
+            true,
+        ),
+    ];
+    if mode == SandboxMode::Bwrap {
+        cases.extend([
+            (
+                "dd if=/dev/zero of=/tmp/fill bs=1M count=200",
+                "Build was stopped: it exceeded its /tmp size limit of 16 MiB",
+                true,
+            ),
+            (
+                "dd if=/dev/zero of=/dev/shm/fill bs=1M count=200",
+                "Build was stopped: it exceeded its /dev/shm size limit of 8 MiB",
+                true,
+            ),
+        ]);
+    }
+    for (command, line, enforced) in cases {
+        if !enforced {
+            eprintln!("{mode}: not enforced on this host ({support:?}): {line}");
+            continue;
+        }
+        set_commands(&app, &f.trigger, command, "echo deployed").await;
+        let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+        let b = wait_stopped(&app, &id).await;
+        let logs = all_logs(&app, &id).await;
+        let all = logs.join("\n");
+        assert_eq!(b["build_outcome"], "fail", "{mode} {command}: {all}");
+        assert_eq!(logs.last().unwrap(), line, "{mode} {command}: {all}");
+        assert!(!logs.contains(&"deployed".to_owned()), "{mode}: {all}");
+    }
+    // Within the limits, the same build succeeds.
+    set_commands(
+        &app,
+        &f.trigger,
+        "dd if=/dev/zero of=f bs=1M count=8 2>/dev/null; echo fine",
+        "",
+    )
+    .await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    assert_eq!(wait_stopped(&app, &id).await["build_outcome"], "success");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn limits_stop_a_sandboxed_build_with_a_line_saying_which() {
+    limits_stop_a_build_with_a_line_saying_which(SandboxMode::Bwrap).await;
+}
+
+#[tokio::test]
+async fn limits_stop_an_unsandboxed_build_with_a_line_saying_which() {
+    limits_stop_a_build_with_a_line_saying_which(SandboxMode::None).await;
+}
+
 #[tokio::test]
 async fn a_failing_command_fails_the_build_with_the_hosted_failure_line() {
     let app = spawn_runner(SandboxMode::Bwrap, |_| {}).await;

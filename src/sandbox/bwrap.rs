@@ -87,7 +87,15 @@ impl Paths {
 ///
 /// When bwrap starts as the (unprivileged) build user it makes its own user namespace, mapping only
 /// that uid: the step is that user inside and out, and owns its `/tmp`, `/dev/shm` and covers.
-pub(super) fn bwrap_args_for(paths: &Paths, chdir: &Path, argv: Vec<OsString>) -> Vec<OsString> {
+///
+/// `tmpfs`: the sizes of `/tmp` and `/dev/shm` in bytes (a write past them fails with "no space");
+/// `None`: the kernel's default (half the memory), `/dev/shm` then being a directory of `/dev`.
+pub(super) fn bwrap_args_for(
+    paths: &Paths,
+    chdir: &Path,
+    argv: Vec<OsString>,
+    tmpfs: Option<(u64, u64)>,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--die-with-parent",
         "--unshare-pid",
@@ -105,17 +113,29 @@ pub(super) fn bwrap_args_for(paths: &Paths, chdir: &Path, argv: Vec<OsString>) -
         "/dev",
         "--proc",
         "/proc",
-        "--tmpfs",
-        "/tmp",
-        // Host users' homes (SSH keys, git credentials, shell history) are none of a build's business.
-        "--tmpfs",
-        "/root",
-        "--tmpfs",
-        "/home",
     ]
     .into_iter()
     .map(OsString::from)
     .collect();
+    match tmpfs {
+        Some((tmp, shm)) => args.extend(
+            [
+                "--size",
+                &tmp.to_string(),
+                "--tmpfs",
+                "/tmp",
+                "--size",
+                &shm.to_string(),
+                "--tmpfs",
+                "/dev/shm",
+            ]
+            .map(OsString::from),
+        ),
+        None => args.extend(["--tmpfs", "/tmp"].map(OsString::from)),
+    }
+    // Host users' homes (SSH keys, git credentials, shell history) are none of a build's business;
+    // the covers are read-only, so that only `/tmp` and `/dev/shm` (sized) hold files in memory.
+    args.extend(["--tmpfs", "/root", "--tmpfs", "/home"].map(OsString::from));
     let exposes = |hidden: &PathBuf| {
         paths.workspace.starts_with(hidden) || paths.read_only.iter().any(|p| p.starts_with(hidden))
     };
@@ -149,6 +169,7 @@ pub(super) fn bwrap_args_for(paths: &Paths, chdir: &Path, argv: Vec<OsString>) -
     for hidden in covered_dirs {
         args.extend(["--remount-ro".into(), hidden.into()]);
     }
+    args.extend(["--remount-ro", "/root", "--remount-ro", "/home"].map(OsString::from));
     args.extend(["--chdir".into(), chdir.into()]);
     args.push("--".into());
     args.extend(argv);
@@ -185,7 +206,7 @@ pub fn bwrap_available() -> bool {
 /// Whether bubblewrap works when started as `user`, as build steps start it: unprivileged, it needs
 /// user namespaces, which a host may forbid (a sysctl, a container's seccomp profile).
 pub fn bwrap_available_as(user: &super::BuildUser) -> bool {
-    match user.setpriv_prefix(false) {
+    match user.setpriv_prefix(false, false) {
         Ok(prefix) => probe(prefix),
         Err(_) => false,
     }

@@ -40,6 +40,18 @@ fn read_stat(pid: i32) -> Option<ProcInfo> {
     parse_stat(pid, &stat)
 }
 
+/// When the process started, in clock ticks after boot (field 22 of `/proc/<pid>/stat`): with the
+/// pid, it names one process for good (a pid alone is reused). `None` when it is gone.
+pub(super) fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After `comm`: state is field 3, so start time is the 20th field from there.
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
 /// Parses `pid (comm) state ppid pgrp …`; `comm` may contain spaces and parentheses.
 fn parse_stat(pid: i32, stat: &str) -> Option<ProcInfo> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
@@ -75,6 +87,13 @@ pub(super) fn pids_in_namespace(namespace: &OsString) -> std::io::Result<Vec<i32
         }
     }
     Ok(pids)
+}
+
+/// Whether a process that is not a zombie is left in the PID namespace `namespace`.
+pub(super) fn live_in_namespace(namespace: &OsString) -> std::io::Result<bool> {
+    Ok(pids_in_namespace(namespace)?
+        .into_iter()
+        .any(|pid| !matches!(state(pid), None | Some('Z' | 'X'))))
 }
 
 /// The init process of the PID namespace bwrap (`monitor`) created: its child in another PID namespace.

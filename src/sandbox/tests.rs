@@ -114,6 +114,7 @@ impl Fixture {
             hidden: vec![self.data.clone()],
             read_only: vec![self.mirror.clone()],
             user: build_user(),
+            scope: None,
         }
     }
 }
@@ -206,7 +207,7 @@ async fn the_environment_is_exactly_the_spec_and_not_on_any_command_line() {
     let argv = ["sh", "-c", spec.command.as_str()]
         .map(OsString::from)
         .into();
-    let args = bwrap_args_for(&paths, &paths.cwd, argv);
+    let args = bwrap_args_for(&paths, &paths.cwd, argv, None);
     assert!(
         !args
             .iter()
@@ -380,6 +381,30 @@ async fn bwrap_hides_the_data_dir_and_keeps_the_host_safe() {
     );
     let (status, _, _) = check(format!("echo evil > {mirror}/HEAD")).await;
     assert!(!status.success(), "the mirror is read-only");
+
+    // Hidden files (e.g. a database elsewhere) read as empty; a hidden directory inside a read-only
+    // one is covered too.
+    let private = fixture.data.parent().expect("root").join("elsewhere.db");
+    std::fs::write(&private, "DATABASE").expect("write");
+    let inner = fixture.mirror.join("private");
+    std::fs::create_dir_all(&inner).expect("mkdir");
+    std::fs::write(inner.join("x"), "INNER").expect("write");
+    let mut spec = fixture.spec(
+        SandboxMode::Bwrap,
+        &format!(
+            "cat {} {}/x; ls {mirror} | grep -c HEAD",
+            private.display(),
+            inner.display()
+        ),
+    );
+    spec.hidden
+        .extend([private.clone(), inner.clone(), fixture.data.join("missing")]);
+    let (status, out, _) = run(&spec).await;
+    assert!(!out.contains("DATABASE") && !out.contains("INNER"), "{out}");
+    assert!(
+        out.ends_with("1\n"),
+        "the rest of the mirror is visible: {status:?} {out}"
+    );
     let (status, _, _) = check("echo evil > /usr/kiln-test".into()).await;
     assert!(!status.success(), "the host is read-only");
     assert!(!Path::new("/usr/kiln-test").exists());
@@ -542,4 +567,107 @@ async fn steps_run_as_the_build_user_and_cannot_touch_what_is_not_theirs() {
         assert_eq!((made.uid(), made.gid()), (uid, gid), "{mode}");
         std::fs::remove_file(fixture.workspace.join("in-workspace")).expect("rm");
     }
+}
+
+/// A scope with small limits: every step of it is held by its build's cgroups.
+fn small_scope(processes: u64, memory: u64) -> std::sync::Arc<BuildScope> {
+    std::sync::Arc::new(BuildScope::create(
+        &format!("test-{}", marker()),
+        BuildLimits {
+            memory_bytes: memory,
+            processes,
+            disk_bytes: 64 << 20,
+            tmp_bytes: 4 << 20,
+            shm_bytes: 2 << 20,
+        },
+    ))
+}
+
+#[tokio::test]
+async fn a_build_scope_limits_processes_and_memory_in_both_modes() {
+    let fixture = Fixture::new();
+    let probe = small_scope(16, 64 << 20);
+    let support = probe.support();
+    probe.close();
+    if !is_root() || !support.pids || !support.memory {
+        eprintln!("no cgroup limits here ({support:?}): nothing to test");
+        return;
+    }
+    // As root, not the shared test build user: its RLIMIT_NPROC counts the processes of every test
+    // running as that user (each build slot has its own user in Kiln).
+    for mode in modes() {
+        let scope = small_scope(16, 64 << 20);
+        let mut spec = fixture.spec(
+            mode,
+            "i=0; while [ $i -lt 40 ]; do sleep 2 & i=$((i+1)); done; wait",
+        );
+        spec.scope = Some(scope.clone());
+        spec.user = None;
+        let _ = run(&spec).await;
+        assert_eq!(scope.exceeded(), Some(Exceeded::Processes(16)), "{mode}");
+        scope.close();
+
+        let scope = small_scope(64, 32 << 20);
+        let mut spec = fixture.spec(
+            mode,
+            "awk 'BEGIN { s = \"x\"; while (length(s) < 256 * 1024 * 1024) s = s s; print length(s) }'",
+        );
+        spec.scope = Some(scope.clone());
+        spec.user = None;
+        let (status, out, _) = run(&spec).await;
+        assert!(!status.success(), "{mode}: {out}");
+        assert_eq!(scope.exceeded(), Some(Exceeded::Memory(32 << 20)), "{mode}");
+        scope.close();
+    }
+}
+
+#[tokio::test]
+async fn a_full_sandbox_tmpfs_is_reported() {
+    if !modes().contains(&SandboxMode::Bwrap) {
+        return;
+    }
+    let fixture = Fixture::new();
+    for (target, want) in [
+        ("/tmp", Exceeded::Tmp(4 << 20)),
+        ("/dev/shm", Exceeded::Shm(2 << 20)),
+    ] {
+        let scope = small_scope(64, 256 << 20);
+        let mut spec = fixture.spec(
+            SandboxMode::Bwrap,
+            &format!("dd if=/dev/zero of={target}/fill bs=64k count=256"),
+        );
+        spec.scope = Some(scope.clone());
+        let mut step = Step::spawn_held(&spec).expect("spawn");
+        step.release(&spec.command).await.expect("release");
+        let (status, _, err) = collect(&mut step).await;
+        assert!(!status.success(), "{target}: {err}");
+        assert_eq!(step.full_tmpfs(), Some(want), "{target}: {err}");
+        scope.close();
+    }
+    // Not full: nothing to report.
+    let scope = small_scope(64, 256 << 20);
+    let mut spec = fixture.spec(SandboxMode::Bwrap, "echo small > /tmp/x; exit 1");
+    spec.scope = Some(scope.clone());
+    let mut step = Step::spawn_held(&spec).expect("spawn");
+    step.release(&spec.command).await.expect("release");
+    collect(&mut step).await;
+    assert_eq!(step.full_tmpfs(), None);
+    scope.close();
+}
+
+#[test]
+fn limit_lines_name_the_limit_as_configured() {
+    assert_eq!(
+        Exceeded::Memory(8 << 30).to_string(),
+        "Build was stopped: it exceeded its memory limit of 8 GiB"
+    );
+    assert_eq!(
+        Exceeded::Processes(1024).to_string(),
+        "Build was stopped: it exceeded its process limit of 1024"
+    );
+    assert_eq!(
+        Exceeded::Tmp(1536 << 20).to_string(),
+        "Build was stopped: it exceeded its /tmp size limit of 1536 MiB"
+    );
+    assert_eq!(format_bytes(1000), "1000 bytes");
 }

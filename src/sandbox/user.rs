@@ -128,8 +128,14 @@ impl BuildUserSpec {
 
 impl BuildUser {
     /// The command line prefix that runs the rest of it as this user: `setpriv … --`. With
-    /// `no_new_privs`, set-user-id programs (`su`, `sudo`) gain nothing either.
-    pub(super) fn setpriv_prefix(&self, no_new_privs: bool) -> anyhow::Result<Vec<OsString>> {
+    /// `no_new_privs`, set-user-id programs (`su`, `sudo`) gain nothing either; with `pdeathsig`, the
+    /// process is SIGKILLed when the thread of Kiln that started it ends (with Kiln itself: see
+    /// [`pdeathsig_prefix`]).
+    pub(super) fn setpriv_prefix(
+        &self,
+        no_new_privs: bool,
+        pdeathsig: bool,
+    ) -> anyhow::Result<Vec<OsString>> {
         let setpriv = setpriv_path()
             .context("setpriv (util-linux) is not installed: it drops a build step's privileges")?;
         let mut args: Vec<OsString> = vec![
@@ -142,6 +148,10 @@ impl BuildUser {
         ];
         if no_new_privs {
             args.push("--no-new-privs".into());
+        }
+        if pdeathsig {
+            // Set after the ids change (which would clear it), as setpriv does.
+            args.extend(["--pdeathsig".into(), "KILL".into()]);
         }
         args.push("--".into());
         Ok(args)
@@ -160,7 +170,7 @@ impl BuildUser {
 
     /// Whether `script` (with the path as `$1`) succeeds when run as this user.
     fn check(&self, path: &Path, script: &str) -> anyhow::Result<bool> {
-        let prefix = self.setpriv_prefix(true)?;
+        let prefix = self.setpriv_prefix(true, false)?;
         let status = std::process::Command::new(&prefix[0])
             .args(&prefix[1..])
             .args(["/bin/sh", "-c", script, "kiln-check"])
@@ -209,6 +219,19 @@ impl BuildUser {
         rustix::thread::set_thread_res_uid(uid, uid, uid).context("setting the thread's uid")?;
         Ok(())
     }
+}
+
+/// `setpriv --pdeathsig KILL --`: the rest of the command line is SIGKILLed when the thread that
+/// started it (a thread of Kiln's runtime, which lives as long as Kiln) ends, so that a step's leader
+/// dies with a Kiln killed by `kill -9`. `None` without `setpriv`.
+pub(super) fn pdeathsig_prefix() -> Option<Vec<OsString>> {
+    let setpriv = setpriv_path()?;
+    Some(vec![
+        setpriv.into(),
+        "--pdeathsig".into(),
+        "KILL".into(),
+        "--".into(),
+    ])
 }
 
 /// Where `setpriv` is (looked up once on Kiln's `PATH`, then in `/usr/bin` and `/bin`).
