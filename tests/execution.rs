@@ -336,6 +336,89 @@ async fn whatever_kiln_stores_is_out_of_reach_of_unsandboxed_builds() {
     whatever_kiln_stores_is_out_of_reach(SandboxMode::None).await;
 }
 
+/// The input as it happened: Kiln not running as root (builds then run as Kiln's own user,
+/// who owns every file Kiln stores) with `--database-url sqlite:///elsewhere/kiln.db`: every build
+/// read the whole database. The bwrap sandbox hides the database and its WAL and SHM files.
+#[tokio::test]
+async fn a_kiln_that_is_not_root_hides_a_database_elsewhere_from_its_builds() {
+    if !is_root() {
+        eprintln!("not root: cannot start Kiln as another user");
+        return;
+    }
+    const NOBODY: (u32, u32) = (65534, 65534);
+    // Not under /tmp, which the sandbox replaces anyway.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let (data, elsewhere, toolchains) = (
+        dir.path().join("data"),
+        dir.path().join("elsewhere"),
+        dir.path().join("toolchains"),
+    );
+    for owned in [&data, &elsewhere, &toolchains] {
+        std::fs::create_dir_all(owned).unwrap();
+        std::os::unix::fs::chown(owned, Some(NOBODY.0), Some(NOBODY.1)).unwrap();
+    }
+    let remotes = dir.path().join("remotes");
+    let repo = remotes.join("octo-org").join("nosy-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let db = elsewhere.join("kiln.db");
+    let mut script = String::new();
+    for suffix in ["", "-wal", "-shm"] {
+        script.push_str(&format!(
+            "if cat '{f}{suffix}' | grep -q .; then echo 'READABLE {suffix}'; else echo 'hidden {suffix}'; fi\n",
+            f = db.display()
+        ));
+    }
+    std::fs::write(repo.join("nosy.sh"), script).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "nosy"]);
+    // git refuses to clone a repository another user owns.
+    let chowned = Command::new("chown")
+        .args(["-R", &format!("{}:{}", NOBODY.0, NOBODY.1)])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(chowned.success());
+    let mut options = NodeOptions::new("bwrap");
+    options.as_user = Some(NOBODY);
+    options.database_url = Some(format!("sqlite://{}", db.display()));
+    options.toolchain_dir = toolchains;
+    // No toolchain downloads: the build needs none (it falls back to the host's tools).
+    options.extra = vec!["--npm-registry".into(), "http://127.0.0.1:9/".into()];
+    let kiln = start_kiln(&data, &remotes, &options).await;
+    let trigger = kiln.trigger("nosy-repo", "91", "sh nosy.sh").await;
+    let id = s(&kiln
+        .call(
+            Method::POST,
+            &format!("/triggers/{trigger}/builds"),
+            Some(json!({"branch": "main"})),
+        )
+        .await["build_uuid"]);
+    let b = kiln
+        .wait(&id, "stopped", |b, _| b["status"] == "stopped")
+        .await;
+    let logs = kiln.logs(&id).await;
+    let all = logs.join("\n");
+    assert_eq!(b["build_outcome"], "success", "{all}");
+    for suffix in ["", "-wal", "-shm"] {
+        assert!(
+            std::fs::metadata(format!("{}{suffix}", db.display())).is_ok_and(|m| m.len() > 0),
+            "{suffix} exists and has content on the host"
+        );
+    }
+    assert!(!logs.iter().any(|l| l.starts_with("READABLE")), "{all}");
+    assert_eq!(
+        logs.iter().filter(|l| l.starts_with("hidden")).count(),
+        3,
+        "{all}"
+    );
+}
+
 /// Without the sandbox nothing can hide a file the build user may read: a key file given by path
 /// that others can read (or a database file, or whatever else Kiln must keep) stops Kiln at start.
 #[tokio::test]

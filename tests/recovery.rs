@@ -1,136 +1,33 @@
 //! Crash recovery with the real binary: `kill -9` of `kiln serve` in the middle of a build. The build
-//! that was running ends `terminated` with a log line saying why, its processes are gone, and every
-//! queued build still runs after the restart. A node's recovery pass leaves the builds it runs itself
-//! alone, even when their leases lapsed.
+//! that was running ends `terminated` with a log line saying why, its processes are gone (in both
+//! sandbox modes, before another node reports it ended), and every queued build still runs after the
+//! restart. A node's recovery pass leaves the builds it runs itself alone, even when their leases
+//! lapsed.
 
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use serde_json::json;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+const DEADLINE: Duration = NODE_DEADLINE;
 
-struct Kiln {
-    child: Child,
-    base: String,
+async fn start(data: &Path, db: Option<&str>, remotes: &Path) -> KilnProcess {
+    start_node(data, db, remotes, "bwrap").await
 }
 
-async fn start(data: &Path, db: Option<&str>, remotes: &Path) -> Kiln {
-    for _ in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        // A relative data dir, like the default `./kiln-data`: builds must still find their workspace.
-        let base = data.parent().expect("data dir parent");
-        let relative = data.file_name().expect("data dir name");
-        cmd.arg("serve")
-            .current_dir(base)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(relative)
-            .args([
-                "--runners",
-                "2",
-                "--default-concurrency",
-                "1",
-                "--sandbox",
-                "bwrap",
-                "--lease",
-                "3s",
-            ])
-            .args([
-                "--git-url-template",
-                &format!("file://{}/{{owner}}/{{repo}}", remotes.display()),
-            ])
-            .arg("--toolchain-dir")
-            .arg(common::shared_toolchain_dir())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KILN_BOOTSTRAP_TOKEN", ADMIN_TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        if let Some(url) = db {
-            cmd.args(["--database-url", url]);
-        }
-        let mut child = cmd.spawn().expect("spawn kiln");
-        let base = format!("http://127.0.0.1:{port}/client/v4");
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                break; // the port was taken meanwhile: try another
-            }
-            if reqwest::get(format!("{base}/openapi.json"))
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return Kiln { child, base };
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "kiln serve did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    panic!("could not start kiln serve");
-}
-
-impl Kiln {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = reqwest::Client::new()
-            .request(
-                method.clone(),
-                format!("{}/accounts/{ACCOUNT}/builds{path}", self.base),
-            )
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let v: Value = req.send().await.unwrap().json().await.unwrap();
-        assert_eq!(v["success"], true, "{method} {path}: {v}");
-        v["result"].clone()
-    }
-
-    async fn build(&self, id: &str) -> Value {
-        self.call(reqwest::Method::GET, &format!("/builds/{id}"), None)
-            .await
-    }
-
-    async fn logs(&self, id: &str) -> Vec<String> {
-        let r = self
-            .call(reqwest::Method::GET, &format!("/builds/{id}/logs"), None)
-            .await;
-        r["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| s(&l[1]))
-            .collect()
-    }
-
-    async fn wait(&self, id: &str, what: &str, pred: impl Fn(&Value, &[String]) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let (b, logs) = (self.build(id).await, self.logs(id).await);
-            if pred(&b, &logs) {
-                return b;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "build {id} never {what}: {b} {logs:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+/// `kiln serve` in sandbox mode `sandbox` on `db` (`None`: SQLite in the data dir).
+async fn start_node(
+    data: &Path,
+    db: Option<&str>,
+    remotes: &Path,
+    sandbox: &'static str,
+) -> KilnProcess {
+    let mut options = NodeOptions::new(sandbox);
+    options.database_url = db.map(str::to_owned);
+    start_kiln(data, remotes, &options).await
 }
 
 fn processes_with(marker: &str) -> usize {
@@ -335,4 +232,128 @@ async fn a_node_does_not_take_its_own_running_builds_for_lost() {
         )
         .await;
     assert_eq!(b["build_outcome"], "terminated", "{b}");
+}
+
+/// The input: with `--sandbox none`, `kill -9` of a node left its build's processes running
+/// to the end (even deploying) after another node had reported the build `terminated`. Now the
+/// node that recovers the build kills what is left of it on this host first: a step that sleeps then
+/// writes marker files (in the foreground, in the background, and in a `setsid` daemon) never
+/// writes them, and no process of the build is left once it is reported ended.
+#[tokio::test]
+async fn kill_9_of_a_node_without_the_sandbox_leaves_no_process_of_its_build() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let remotes = dir.path().join("remotes");
+    let repo = remotes.join("octo-org").join("orphan-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("README.md"), "orphans\n").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "init"]);
+    // Both nodes share one database (SQLite outside either data dir, or PostgreSQL).
+    let db = match backend() {
+        Backend::Sqlite => {
+            let shared = dir.path().join("shared");
+            std::fs::create_dir_all(&shared).unwrap();
+            Some(format!("sqlite://{}/kiln.db", shared.display()))
+        }
+        Backend::Postgres => fresh_database_url().await,
+    };
+    // Where the build would leave its marks (writable by the build user).
+    let marks = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        marks.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let m = marks.path().display();
+    // Long enough for the lease (3 s) to expire and the build to be recovered first.
+    let sleep = format!("12.{}", &uuid::Uuid::new_v4().as_u128().to_string()[..9]);
+    let command = format!(
+        "(sleep {sleep}; touch {m}/background) & setsid sh -c 'sleep {sleep}; touch {m}/daemon' & echo started; sleep {sleep}; touch {m}/foreground"
+    );
+
+    let mut a = start_node(&dir.path().join("data-a"), db.as_deref(), &remotes, "none").await;
+    use reqwest::Method;
+    let conn = a
+        .call(
+            Method::PUT,
+            "/repos/connections",
+            Some(
+                json!({"provider_type": "github", "provider_account_id": "1",
+            "provider_account_name": "octo-org", "repo_id": "78", "repo_name": "orphan-repo"}),
+            ),
+        )
+        .await;
+    let token = a
+        .call(
+            Method::POST,
+            "/tokens",
+            Some(
+                json!({"build_token_name": "t", "build_token_secret": "s3cret-token",
+            "cloudflare_token_id": "cf"}),
+            ),
+        )
+        .await;
+    let trigger = a
+        .call(Method::POST, "/triggers", Some(json!({"external_script_id": "orphan", "trigger_name": "prod",
+            "repo_connection_uuid": conn["repo_connection_uuid"], "build_token_uuid": token["build_token_uuid"],
+            "build_command": command, "deploy_command": format!("touch {m}/deployed")})))
+        .await;
+    let t = s(&trigger["trigger_uuid"]);
+    let id = s(&a
+        .call(
+            Method::POST,
+            &format!("/triggers/{t}/builds"),
+            Some(json!({"branch": "main"})),
+        )
+        .await["build_uuid"]);
+    let started = tokio::time::Instant::now();
+    a.wait(&id, "started", |b, logs| {
+        b["status"] == "running" && logs.iter().any(|l| l == "started")
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while processes_with(&sleep) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sleeps never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another node, running when the first dies: it recovers the build.
+    let b = start_node(&dir.path().join("data-b"), db.as_deref(), &remotes, "none").await;
+    a.child.start_kill().unwrap(); // SIGKILL
+    a.child.wait().await.unwrap();
+
+    let build = b
+        .wait(&id, "terminated", |b, _| b["status"] == "stopped")
+        .await;
+    // Reported ended: nothing of it runs any more.
+    assert_eq!(
+        processes_with(&sleep),
+        0,
+        "processes of the ended build survived"
+    );
+    assert_eq!(build["build_outcome"], "terminated", "{build}");
+    assert!(
+        b.logs(&id)
+            .await
+            .last()
+            .unwrap()
+            .contains("runner running this build was lost")
+    );
+    // Past the time the step would have written its marks: none appears.
+    let until = started + Duration::from_secs(15);
+    tokio::time::sleep_until(until).await;
+    let left: Vec<_> = std::fs::read_dir(marks.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "the killed build wrote {left:?}");
+    assert_eq!(processes_with(&sleep), 0);
 }

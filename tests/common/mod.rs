@@ -4,9 +4,12 @@
 #![allow(dead_code)]
 
 pub mod builds;
+pub mod process;
 
 #[allow(unused_imports)]
 pub use builds::*;
+#[allow(unused_imports)]
+pub use process::*;
 
 use std::path::PathBuf;
 
