@@ -742,7 +742,14 @@ impl Run<'_> {
         ))
         .await;
 
-        if !tokio::fs::metadata(&cwd).await.is_ok_and(|m| m.is_dir()) {
+        // Pushed content: a root directory that is a link out of the checkout does not exist in it.
+        let (tree, rel) = (repo.clone(), root.to_owned());
+        let root_exists = tokio::task::spawn_blocking(move || {
+            crate::untrusted::Tree::open(&tree).is_ok_and(|tree| tree.is_dir(&rel))
+        })
+        .await
+        .unwrap_or(false);
+        if !root_exists {
             self.system(&format!(
                 "Failed: root directory {} does not exist in the repository",
                 meta.root_directory

@@ -968,6 +968,24 @@ async fn commands_run_in_the_root_directory() {
         all_logs(&app, &id).await.last().unwrap(),
         "Failed: root directory apps/missing does not exist in the repository"
     );
+
+    // A root directory that is a link out of the checkout is not in the repository either.
+    let repo = app.git_remotes().join("octo-org").join("mono-repo");
+    std::os::unix::fs::symlink("/etc", repo.join("etc-link")).unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "link"]);
+    app.ok(
+        Method::PATCH,
+        &app.acct(&format!("/triggers/{}", f.trigger)),
+        Some(json!({"root_directory": "etc-link"})),
+    )
+    .await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    assert_eq!(wait_stopped(&app, &id).await["build_outcome"], "fail");
+    assert_eq!(
+        all_logs(&app, &id).await.last().unwrap(),
+        "Failed: root directory etc-link does not exist in the repository"
+    );
     app.stop().await;
 }
 

@@ -296,7 +296,15 @@ impl Mirror {
                 .await
                 .with_context(|| format!("checking out {sha}"));
             match checked_out {
-                Err(_) if attempt == 1 => continue,
+                // An object missing: a pack replaced by a gc between listing and linking.
+                Err(e)
+                    if attempt == 1
+                        && ["object", "unable to read"]
+                            .iter()
+                            .any(|m| format!("{e:#}").contains(m)) =>
+                {
+                    continue;
+                }
                 other => return other.map(|_| ()),
             }
         }

@@ -146,7 +146,8 @@ pub struct LimitSupport {
 impl BuildCgroups {
     /// Creates the cgroups of build `build` with a memory limit of `memory` bytes (swap included
     /// where the kernel accounts it) and a limit of `processes` tasks (threads count). What cannot
-    /// be created or set is left out and logged; the build runs regardless.
+    /// be created or set is left out (logged at debug level: start-up warns once); the build runs
+    /// regardless.
     pub(super) fn create(build: &str, memory: u64, processes: u64) -> BuildCgroups {
         let mut cgroups = BuildCgroups::empty();
         let v2 = owner_dir_v2().and_then(|owner| {
@@ -172,8 +173,9 @@ impl BuildCgroups {
                 }
                 cgroups.v2 = Some(dir);
             }
+            // Said once at start (see `crate::startup`), not for every build.
             Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "no cgroup v2 for the build")
+                tracing::debug!(error = format!("{error:#}"), "no cgroup v2 for the build")
             }
         }
         if cgroups.memory.is_none() {
@@ -192,7 +194,7 @@ impl BuildCgroups {
                         events: ("memory.oom_control", "oom_kill"),
                     });
                 }
-                Err(error) => tracing::warn!(
+                Err(error) => tracing::debug!(
                     error = format!("{error:#}"),
                     "the build's memory limit cannot be enforced"
                 ),
@@ -210,7 +212,7 @@ impl BuildCgroups {
                         events: ("pids.events", "max"),
                     });
                 }
-                Err(error) => tracing::warn!(
+                Err(error) => tracing::debug!(
                     error = format!("{error:#}"),
                     "the build's process limit cannot be enforced by a cgroup"
                 ),
