@@ -344,6 +344,10 @@ pub struct Step {
 impl Step {
     /// Starts the step with stdin from `/dev/null` and stdout and stderr piped (see [`Step::take_output`]).
     ///
+    /// The step's leader is SIGKILLed when the thread that calls this ends (`PR_SET_PDEATHSIG` in
+    /// none mode, bwrap's `--die-with-parent`), so that it dies with Kiln: call it from a thread that
+    /// lives as long as the step (an async runtime's worker), never from a blocking-pool thread.
+    ///
     /// In bwrap mode a sandbox setup error (e.g. a path bwrap cannot mount) shows up as exit status 1
     /// with bwrap's message on stderr.
     pub fn spawn(spec: &StepSpec) -> anyhow::Result<Step> {
