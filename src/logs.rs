@@ -1,4 +1,5 @@
-//! A build's log pipeline: raw child-process output → lines → secrets masked → batched into the store.
+//! A build's log pipeline: raw child-process output → lines → secrets masked (as they are and
+//! base64-encoded) → batched into the store.
 //!
 //! [`pump`] reads a child's stdout and stderr, a [`LineSplitter`] per stream turns the bytes into lines
 //! and masks them with the build's [`Masker`], and a [`LogSink`] writes them (and the runner's own
@@ -21,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::domain::Timestamp;
 
 pub use cap::{DEFAULT_LOG_CAP_BYTES, LINE_OVERHEAD_BYTES, line_cost};
-pub use mask::{MASK, MIN_MASKED_SECRET_LEN, Masker};
+pub use mask::{MASK, MIN_MASKED_BASE64_LEN, MIN_MASKED_SECRET_LEN, Masker, base64_fragments};
 pub use sink::{
     BATCH_LINES, CHANNEL_CAPACITY, LogLine, LogSink, LogSinkConfig, LogSummary, LogWriter,
 };

@@ -100,7 +100,7 @@ impl LineSplitter {
     fn complete_line(&mut self, line: &[u8], emit: &mut impl FnMut(Vec<u8>)) {
         let continued = std::mem::replace(&mut self.continued, false);
         // The `\r` goes after masking, as for pieces, where it may be masked before the line ends.
-        let mut masked = self.masker.mask_bytes(line);
+        let mut masked = self.masker.mask_line(line);
         if masked.ends_with(b"\r") {
             match &mut masked {
                 Cow::Borrowed(b) => *b = &b[..b.len() - 1],
@@ -249,6 +249,33 @@ mod tests {
         let chunks: Vec<&[u8]> = bytes.chunks(1).collect();
         let out = run(&mut s, &chunks);
         assert_eq!(out.concat(), "ab€cdefgh🚀x");
+    }
+
+    #[test]
+    fn base64_encoded_secrets_split_across_reads_are_masked() {
+        use base64::Engine;
+        let secret = "SECRETVALUE-0123456789";
+        let fragments = super::super::mask::base64_fragments(secret.as_bytes());
+        for prefix in ["", "u", "us", "user:"] {
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{secret}"));
+            let text = format!("Basic {encoded}\r\nnext\n");
+            for chunk in [1, 2, 5, 13] {
+                // A line short enough to be whole, and pieces of 16 bytes.
+                for max_line in [MAX_LINE_BYTES, 16] {
+                    let mut s = splitter(&[("S", secret)], max_line);
+                    let chunks: Vec<&[u8]> = text.as_bytes().chunks(chunk).collect();
+                    let out = run(&mut s, &chunks);
+                    let joined = out.concat();
+                    assert!(joined.contains("***"), "{prefix:?}, chunk {chunk}: {out:?}");
+                    for f in &fragments {
+                        let f = std::str::from_utf8(f).expect("ascii");
+                        assert!(!joined.contains(f), "{prefix:?}, chunk {chunk}: {out:?}");
+                    }
+                    assert_eq!(out.last().map(String::as_str), Some("next"));
+                }
+            }
+        }
     }
 
     #[test]
