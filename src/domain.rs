@@ -14,6 +14,7 @@ pub use filters::{
     WATCH_PATHS_MAX_TOTAL_BYTES, WatchPathCheck, branch_selected, glob_matches, is_preview_trigger,
     paths_selected,
 };
+pub(crate) use ids::truncate_for_message;
 pub use ids::{
     AccountId, BuildId, BuildTokenId, DeployHookId, EnvVarKey, RepoConnectionId, TriggerId,
     VersionId, WorkerId,

@@ -302,8 +302,8 @@ fn check(want: &Want, status: StatusCode, body: &Value) -> Result<(), String> {
                 "count is not 0: {body}"
             );
             ensure!(
-                body["result_info"]["next_page"].is_null(),
-                "next_page is not null: {body}"
+                body["result_info"]["next_page"] == json!(false),
+                "next_page is not false: {body}"
             );
         }
         Want::Error {
@@ -587,9 +587,12 @@ fn wrong_types(t: &mut Table, routes: &[BodyRoute]) {
         ("createBuildToken", "build_token_name", json!(5)),
         ("createBuildToken", "build_token_secret", Value::Null),
         ("createBuildToken", "cloudflare_token_id", json!([])),
-        ("upsertRepoConnection", "repo_id", json!(1001)),
+        // Integers are GitHub's numeric ids (taken as their decimal strings); others are refused.
+        ("upsertRepoConnection", "repo_id", json!(-1001)),
+        ("upsertRepoConnection", "repo_id", json!(10.5)),
         ("upsertRepoConnection", "provider_type", Value::Null),
-        ("upsertRepoConnection", "provider_account_id", json!(42)),
+        ("upsertRepoConnection", "provider_account_id", json!(true)),
+        ("upsertRepoConnection", "provider_account_id", json!([42])),
         ("upsertRepoConnection", "repo_name", json!({"name": "x"})),
         ("createDeployHook", "deploy_hook_name", json!(5)),
         ("createDeployHook", "branch", Value::Null),
@@ -639,6 +642,11 @@ fn wrong_types(t: &mut Table, routes: &[BodyRoute]) {
         (json!({"NEW_VAR": {"is_secret": false, "value": 5}}), &["NEW_VAR", "value"]),
         (json!({"NEW_VAR": {"is_secret": false, "value": ["v"]}}), &["NEW_VAR", "value"]),
         (json!({"NEW_VAR": {"value": "v"}}), &["NEW_VAR", "is_secret"]),
+        // The docs guide's list form.
+        (json!({"variables": [{"key": "NEW_VAR", "value": "v", "type": "plain"}]}), &["variables[0].type"]),
+        (json!({"variables": [{"key": "NEW_VAR", "type": "text"}]}), &["variables[0]", "value"]),
+        (json!({"variables": [{"key": "NEW_VAR", "value": 5, "type": "text"}]}), &["variables[0].value"]),
+        (json!({"variables": ["NEW_VAR"]}), &["variables[0]"]),
     ];
     for (body, names) in env_cases {
         t.api(
@@ -783,6 +791,9 @@ fn invalid_values(t: &mut Table, routes: &[BodyRoute], w: &World) {
         ("secret value over 5 KiB", json!({"BIG_SECRET": {"is_secret": true, "value": "x".repeat(5 * 1024 + 1)}}), vec!["BIG_SECRET"]),
         ("value with NUL", json!({"NUL_VAR": var("a\u{0}b")}), vec!["NUL_VAR"]),
         ("65 variables in one request", many(65), vec!["64"]),
+        ("list form: a key twice", json!({"variables": [{"key": "DUP_VAR", "value": "a", "type": "text"}, {"key": "DUP_VAR", "value": "b", "type": "secret"}]}), vec!["DUP_VAR"]),
+        ("list form: a bad key", json!({"variables": [{"key": "1A", "value": "a", "type": "text"}]}), vec!["\"1A\""]),
+        ("null deletes only in a Worker configuration", json!({"PLAIN_VAR": null}), vec!["PLAIN_VAR", "DELETE"]),
     ];
     for (what, body, names) in env_cases {
         t.api(
@@ -800,7 +811,10 @@ fn invalid_values(t: &mut Table, routes: &[BodyRoute], w: &World) {
         // 63 new + 2 stored = 65.
         ("63 new variables on top of 2 stored", many(63), vec!["64"]),
         ("new variable without a value", json!({"NEW_VAR": {"is_secret": false}}), vec!["NEW_VAR"]),
-        ("valid variable, then a new one without a value", json!({"AAA_VAR": var("v"), "ZZZ_VAR": {"is_secret": true}}), vec!["ZZZ_VAR"]),
+        ("valid variable, then a new one without a value", json!({"AAA_VAR": var("v"), "ZZZ_VAR": {"is_secret": true}}), vec!["ZZZ_VAR"]),        // A secret is replaced or deleted, never revealed (issue 8).
+        ("secret made plain without a value", json!({"SECRET_VAR": {"is_secret": false}}), vec!["SECRET_VAR", "new value"]),
+        ("secret made plain with a null value", json!({"SECRET_VAR": {"is_secret": false, "value": null}}), vec!["SECRET_VAR"]),
+        ("valid variable, then a secret made plain", json!({"AAA_VAR": var("v"), "SECRET_VAR": {"is_secret": false}}), vec!["SECRET_VAR"]),
     ];
     for (what, body, names) in env_conflicts {
         t.api(

@@ -197,3 +197,76 @@ async fn secrets_never_leave_encrypted_storage() {
     );
     app.stop().await;
 }
+
+/// A secret is replaced or deleted, never revealed: making it plain without a new value (the issue's
+/// `{"NAME": {"is_secret": false}}`) is refused, leaves it as it was, and nothing else shows it.
+#[tokio::test]
+async fn a_secret_is_never_turned_back_into_plain_text() {
+    let app = TestApp::spawn().await;
+    let f = app.fixture("secret-worker").await;
+    let ev = app.acct(&format!("/triggers/{}/environment_variables", f.trigger));
+    app.ok(
+        Method::PATCH,
+        &ev,
+        Some(json!({"API_KEY": {"is_secret": true, "value": ENV_SECRET}})),
+    )
+    .await;
+    let mut bodies: Vec<String> = Vec::new();
+    for body in [
+        json!({"API_KEY": {"is_secret": false}}),
+        json!({"API_KEY": {"is_secret": false, "value": null}}),
+        json!({"OTHER": {"is_secret": false, "value": "x"}, "API_KEY": {"is_secret": false}}),
+    ] {
+        let (status, v) = app
+            .call(Method::PATCH, &ev, Some(ADMIN_TOKEN), Some(body.clone()))
+            .await;
+        assert_error(status, &v, 400, 12002);
+        let message = s(&v["errors"][0]["message"]);
+        assert!(message.contains("API_KEY"), "{body}: {message}");
+        bodies.push(v.to_string());
+    }
+    let vars = app.ok(Method::GET, &ev, None).await;
+    assert_eq!(
+        vars,
+        json!({"API_KEY": {"is_secret": true, "created_on": vars["API_KEY"]["created_on"], "value": null}}),
+        "nothing changed"
+    );
+    let build = s(&app
+        .ok(
+            Method::POST,
+            &app.acct(&format!("/triggers/{}/builds", f.trigger)),
+            Some(json!({"branch": "main"})),
+        )
+        .await["build_uuid"]);
+    // Replacing it with a new plain value is fine: the old value is never shown.
+    let vars = app
+        .ok(
+            Method::PATCH,
+            &ev,
+            Some(json!({"API_KEY": {"is_secret": false, "value": PLAIN_VALUE}})),
+        )
+        .await;
+    assert_eq!(vars["API_KEY"]["value"], PLAIN_VALUE);
+    for path in [
+        ev.clone(),
+        app.acct(&format!("/builds/{build}")),
+        app.acct("/workers/secret-worker/builds"),
+        app.acct("/workers/secret-worker/triggers"),
+        app.acct("/builds/latest?external_script_ids=secret-worker"),
+    ] {
+        let (_, v) = app.get(&path).await;
+        assert_eq!(v["success"], true, "{path}: {v}");
+        bodies.push(v.to_string());
+    }
+    let b = app
+        .ok(Method::GET, &app.acct(&format!("/builds/{build}")), None)
+        .await;
+    assert_eq!(
+        b["build_trigger_metadata"]["environment_variables"]["API_KEY"],
+        json!({"is_secret": true, "created_on": b["build_trigger_metadata"]["environment_variables"]["API_KEY"]["created_on"], "value": null})
+    );
+    for body in &bodies {
+        assert!(!body.contains(ENV_SECRET), "secret in a response: {body}");
+    }
+    app.stop().await;
+}

@@ -444,12 +444,13 @@ async fn builds_list_newest_first_with_paging_info() {
     assert_eq!(page, ids[2..4].to_vec());
     assert_eq!(
         v["result_info"],
-        json!({"page": 2, "per_page": 2, "count": 2, "total_count": 5, "total_pages": 3, "next_page": 3})
+        json!({"page": 2, "per_page": 2, "count": 2, "total_count": 5, "total_pages": 3, "next_page": true})
     );
     let (_, v) = app
         .get(&app.acct("/workers/paged-worker/builds?per_page=2&page=3"))
         .await;
-    assert_eq!(v["result_info"]["next_page"], Value::Null);
+    // A boolean on the last page too (Cloudflare's client rejects null or a number).
+    assert_eq!(v["result_info"]["next_page"], json!(false));
     assert_eq!(v["result_info"]["count"], 1);
     let (_, v) = app
         .get(&app.acct("/builds/latest?external_script_ids=paged-worker"))
@@ -481,6 +482,144 @@ async fn openapi_describes_every_route() {
             doc["components"]["schemas"][name].is_object(),
             "dangling $ref {name}"
         );
+    }
+    app.stop().await;
+}
+
+/// What Cloudflare's own clients send (its Builds API guide, an infrastructure-as-code provider) is
+/// accepted: provider ids as JSON numbers, a trigger without `build_token_uuid`, the guide's
+/// `{"variables": [...]}` body.
+#[tokio::test]
+async fn requests_from_cloudflare_clients_are_accepted() {
+    let app = TestApp::spawn().await;
+    let a = |p: &str| app.acct(p);
+
+    // GitHub's numeric ids sent as numbers are their decimal strings: the same connection.
+    let conn = app
+        .ok(
+            Method::PUT,
+            &a("/repos/connections"),
+            Some(json!({"provider_type": "github",
+            "provider_account_id": 6811672, "provider_account_name": "acme",
+            "repo_id": 123456789, "repo_name": "site"})),
+        )
+        .await;
+    assert_eq!(conn["provider_account_id"], "6811672");
+    assert_eq!(conn["repo_id"], "123456789");
+    let again = app
+        .ok(
+            Method::PUT,
+            &a("/repos/connections"),
+            Some(json!({"provider_type": "github",
+            "provider_account_id": "6811672", "provider_account_name": "acme",
+            "repo_id": "123456789", "repo_name": "site"})),
+        )
+        .await;
+    assert_eq!(again["repo_connection_uuid"], conn["repo_connection_uuid"]);
+
+    // A trigger without build_token_uuid takes the account's only build token.
+    let trigger_body = |worker: &str| {
+        json!({"external_script_id": worker, "repo_connection_uuid": conn["repo_connection_uuid"],
+            "trigger_name": "Production", "build_command": "npm run build",
+            "deploy_command": "npx wrangler deploy", "root_directory": "/",
+            "branch_includes": ["main"], "branch_excludes": [], "path_includes": ["*"], "path_excludes": []})
+    };
+    let (status, body) = app.post(&a("/triggers"), trigger_body("w1")).await;
+    assert_error(status, &body, 400, 12002);
+    let message = s(&body["errors"][0]["message"]);
+    assert!(
+        message.contains("build_token_uuid") && message.contains("no build token"),
+        "{message}"
+    );
+    let token = app
+        .ok(
+            Method::POST,
+            &a("/tokens"),
+            Some(json!({"build_token_name": "ci",
+            "build_token_secret": "cf-secret-0001", "cloudflare_token_id": "cf-1"})),
+        )
+        .await;
+    let trigger = app
+        .ok(Method::POST, &a("/triggers"), Some(trigger_body("w1")))
+        .await;
+    assert_eq!(trigger["build_token_uuid"], token["build_token_uuid"]);
+    assert_eq!(trigger["build_token_name"], "ci");
+    // With two tokens, which one is meant must be said.
+    app.ok(
+        Method::POST,
+        &a("/tokens"),
+        Some(json!({"build_token_name": "other",
+        "build_token_secret": "cf-secret-0002", "cloudflare_token_id": "cf-2"})),
+    )
+    .await;
+    let (status, body) = app.post(&a("/triggers"), trigger_body("w2")).await;
+    assert_error(status, &body, 400, 12002);
+    let message = s(&body["errors"][0]["message"]);
+    assert!(
+        message.contains("build_token_uuid") && message.contains("more than one"),
+        "{message}"
+    );
+    let (_, triggers) = app.get(&a("/workers/w2/triggers")).await;
+    assert_eq!(triggers["result"], json!([]), "nothing created");
+
+    // The guide's variables body.
+    let ev = a(&format!(
+        "/triggers/{}/environment_variables",
+        s(&trigger["trigger_uuid"])
+    ));
+    let vars = app
+        .ok(
+            Method::PATCH,
+            &ev,
+            Some(json!({"variables": [
+            {"key": "API_URL", "value": "https://api.example.com", "type": "text"},
+            {"key": "API_KEY", "value": "k-0123456789", "type": "secret"}]})),
+        )
+        .await;
+    assert_eq!(vars["API_URL"]["value"], "https://api.example.com");
+    assert_eq!(vars["API_URL"]["is_secret"], false);
+    assert_eq!(vars["API_KEY"]["value"], Value::Null);
+    assert_eq!(vars["API_KEY"]["is_secret"], true);
+    assert!(!vars.to_string().contains("k-0123456789"));
+    app.stop().await;
+}
+
+/// `build_trigger_metadata.commit_hash`, `commit_message` and `author` are strings, `""` while
+/// unknown (a queued build of a branch), never null: Cloudflare's client rejects null there.
+#[tokio::test]
+async fn unknown_commit_fields_are_empty_strings() {
+    let app = TestApp::spawn().await;
+    let f = app.fixture("queued-worker").await;
+    let build = s(&app
+        .ok(
+            Method::POST,
+            &app.acct(&format!("/triggers/{}/builds", f.trigger)),
+            Some(json!({"branch": "main"})),
+        )
+        .await["build_uuid"]);
+    let one = app
+        .ok(Method::GET, &app.acct(&format!("/builds/{build}")), None)
+        .await;
+    let list = app
+        .ok(
+            Method::GET,
+            &app.acct("/workers/queued-worker/builds"),
+            None,
+        )
+        .await;
+    let latest = app
+        .ok(
+            Method::GET,
+            &app.acct("/builds/latest?external_script_ids=queued-worker"),
+            None,
+        )
+        .await;
+    for b in [&one, &list[0], &latest["builds"]["queued-worker"]] {
+        let meta = &b["build_trigger_metadata"];
+        for field in ["commit_hash", "commit_message", "author"] {
+            assert_eq!(meta[field], json!(""), "{field}: {meta}");
+        }
+        assert_eq!(meta["branch"], "main");
     }
     app.stop().await;
 }

@@ -4,7 +4,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult, ok, ok_empty};
-use super::extract::{Account, ApiJson, PathParams};
+use super::extract::{Account, ApiJson, IdText, PathParams};
 use super::schema;
 use crate::domain::{
     Invalid, MAX_NAME_LEN, ProviderType, RepoConnection, RepoConnectionId, bounded_text,
@@ -17,16 +17,16 @@ use super::AppState;
 /// Body of `upsertRepoConnection`. A connection names a repository and grants nothing by itself: a
 /// repository covered by a GitHub App installation is built, cloned and reported on only for the
 /// accounts an operator linked to that installation (`kiln installations link`).
+/// `provider_account_id` and `repo_id` may be JSON integers (GitHub's numeric ids), taken as their
+/// decimal strings.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct UpsertRepoConnectionRequest {
     #[schemars(with = "ProviderType")]
     pub provider_type: String,
-    #[schemars(with = "schema::Name")]
-    pub provider_account_id: String,
+    pub provider_account_id: IdText,
     #[schemars(with = "schema::Name")]
     pub provider_account_name: String,
-    #[schemars(with = "schema::Name")]
-    pub repo_id: String,
+    pub repo_id: IdText,
     #[schemars(with = "schema::Name")]
     pub repo_name: String,
 }
@@ -39,7 +39,7 @@ impl UpsertRepoConnectionRequest {
             provider_type,
             provider_account_id: bounded_text(
                 "provider_account_id",
-                &self.provider_account_id,
+                &self.provider_account_id.0,
                 1,
                 MAX_NAME_LEN,
             )?,
@@ -49,7 +49,7 @@ impl UpsertRepoConnectionRequest {
                 1,
                 MAX_NAME_LEN,
             )?,
-            repo_id: bounded_text("repo_id", &self.repo_id, 1, MAX_NAME_LEN)?,
+            repo_id: bounded_text("repo_id", &self.repo_id.0, 1, MAX_NAME_LEN)?,
             repo_name: bounded_text("repo_name", &self.repo_name, 1, MAX_NAME_LEN)?,
         })
     }

@@ -1,10 +1,15 @@
-//! A trigger's environment variables: list, upsert (map body), delete one. Secret values are never shown.
+//! A trigger's environment variables: list, upsert, delete one. Secret values are never shown.
+//!
+//! The upsert body comes in two forms (DESIGN.md §2, PRODUCT-NOTES §4): the API reference's map
+//! `{NAME: {is_secret, value}}` and the docs guide's `{"variables": [{key, value, type}]}`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use schemars::JsonSchema;
-use serde::Deserialize;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ok, ok_empty};
@@ -14,7 +19,8 @@ use super::triggers::trigger_id;
 use crate::domain::{AccountId, EnvVarKey, EnvVarMap, Invalid, MAX_ENV_VARS, TriggerId, env_value};
 use crate::store::EnvVarChange;
 
-/// One variable to set. `value` may be omitted to keep the stored value (e.g. to flip `is_secret`).
+/// One variable of the map form. Without `value` the stored value is kept, which makes a plain
+/// variable secret; a secret becomes plain only with a new `value` (a secret is never revealed).
 #[derive(Deserialize, JsonSchema)]
 pub struct EnvVarInput {
     pub is_secret: bool,
@@ -22,33 +28,146 @@ pub struct EnvVarInput {
     pub value: Option<String>,
 }
 
-/// Body of `upsertEnvironmentVariables`: variables by name.
+/// Whether a variable of the list form is secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvVarType {
+    Text,
+    Secret,
+}
+
+/// One variable of the docs guide's list form.
 #[derive(Deserialize, JsonSchema)]
-#[serde(transparent)]
-#[schemars(transform = schema::env_vars_rules)]
-pub struct EnvVarsRequest(pub BTreeMap<String, EnvVarInput>);
+pub struct EnvVarListItem {
+    #[schemars(with = "crate::domain::EnvVarKey")]
+    pub key: String,
+    pub value: String,
+    #[serde(rename = "type")]
+    pub kind: EnvVarType,
+}
+
+/// Variables to set, by name; a `null` entry deletes the variable. Read from either body form.
+pub struct EnvVarsRequest(pub BTreeMap<String, Option<EnvVarInput>>);
+
+/// Validated edits of a trigger's variables.
+#[derive(Debug, Default)]
+pub struct EnvVarEdits {
+    pub set: Vec<EnvVarChange>,
+    pub remove: Vec<String>,
+}
+
+/// Reads `value` as `T`, naming the failing field after `prefix` in the message.
+fn from_value<T: serde::de::DeserializeOwned>(prefix: &str, value: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            format!("{prefix}: {inner}")
+        } else if path.starts_with('[') {
+            format!("{prefix}{path}: {inner}")
+        } else {
+            format!("{prefix}.{path}: {inner}")
+        }
+    })
+}
+
+impl<'de> Deserialize<'de> for EnvVarsRequest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let map = serde_json::Map::<String, Value>::deserialize(d)?;
+        // The list form: its one key holds an array, which no variable of the map form can.
+        if map.len() == 1
+            && let Some(Value::Array(_)) = map.get("variables")
+        {
+            let items: Vec<EnvVarListItem> = from_value(
+                "variables",
+                map.into_iter().map(|(_, v)| v).next().unwrap_or_default(),
+            )
+            .map_err(D::Error::custom)?;
+            let mut out = BTreeMap::new();
+            for item in items {
+                let input = EnvVarInput {
+                    is_secret: item.kind == EnvVarType::Secret,
+                    value: Some(item.value),
+                };
+                let key = crate::domain::truncate_for_message(&item.key);
+                if out.insert(item.key, Some(input)).is_some() {
+                    return Err(D::Error::custom(format!(
+                        "variables: {key:?} is given more than once"
+                    )));
+                }
+            }
+            return Ok(EnvVarsRequest(out));
+        }
+        map.into_iter()
+            .map(|(key, value)| {
+                let input = match value {
+                    Value::Null => None,
+                    v => Some(
+                        from_value(&crate::domain::truncate_for_message(&key), v)
+                            .map_err(D::Error::custom)?,
+                    ),
+                };
+                Ok((key, input))
+            })
+            .collect::<Result<_, D::Error>>()
+            .map(EnvVarsRequest)
+    }
+}
+
+impl JsonSchema for EnvVarsRequest {
+    fn schema_name() -> Cow<'static, str> {
+        "EnvVarsRequest".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let entry = generator.subschema_for::<EnvVarInput>();
+        let item = generator.subschema_for::<EnvVarListItem>();
+        let mut map_form = json_schema!({"type": "object", "additionalProperties": entry});
+        schema::env_vars_rules(&mut map_form);
+        json_schema!({
+            "description": "Variables by name (`null` deletes one), or the docs guide's form \
+                `{\"variables\": [{\"key\", \"value\", \"type\": \"text\"|\"secret\"}]}`. \
+                A secret's value is never shown; it becomes a plain variable only with a new value.",
+            "oneOf": [
+                map_form,
+                {
+                    "type": "object",
+                    "required": ["variables"],
+                    "properties": {"variables": {"type": "array", "maxItems": MAX_ENV_VARS, "items": item}},
+                    "additionalProperties": false,
+                },
+            ],
+        })
+    }
+}
 
 impl EnvVarsRequest {
-    fn validate(self) -> Result<Vec<EnvVarChange>, Invalid> {
+    /// Checks names, values and the per-trigger count.
+    pub fn validate(self) -> Result<EnvVarEdits, Invalid> {
         if self.0.len() > MAX_ENV_VARS {
             return Err(Invalid(format!(
                 "at most {MAX_ENV_VARS} environment variables per trigger"
             )));
         }
-        self.0
-            .into_iter()
-            .map(|(key, input)| {
-                let key = EnvVarKey::parse(&key)?;
-                if let Some(v) = &input.value {
-                    env_value(key.as_str(), v)?;
+        let mut edits = EnvVarEdits::default();
+        for (key, input) in self.0 {
+            let key = EnvVarKey::parse(&key)?;
+            match input {
+                None => edits.remove.push(key.as_str().to_owned()),
+                Some(input) => {
+                    if let Some(v) = &input.value {
+                        env_value(key.as_str(), v)?;
+                    }
+                    edits.set.push(EnvVarChange {
+                        key: key.as_str().to_owned(),
+                        is_secret: input.is_secret,
+                        value: input.value,
+                    });
                 }
-                Ok(EnvVarChange {
-                    key: key.as_str().to_owned(),
-                    is_secret: input.is_secret,
-                    value: input.value,
-                })
-            })
-            .collect()
+            }
+        }
+        Ok(edits)
     }
 }
 
@@ -64,7 +183,8 @@ async fn live_trigger(
     }
 }
 
-fn view(vars: Vec<crate::domain::EnvVar>) -> EnvVarMap {
+/// The public view of variables: secret values hidden.
+pub(super) fn view(vars: Vec<crate::domain::EnvVar>) -> EnvVarMap {
     vars.into_iter()
         .map(|v| (v.key.clone(), v.view()))
         .collect()
@@ -89,12 +209,22 @@ pub async fn upsert_env_vars(
     ApiJson(body): ApiJson<EnvVarsRequest>,
 ) -> ApiResult<EnvVarMap> {
     let id = live_trigger(&app, &account, &path).await?;
-    let changes = body.validate()?;
-    // What the stored variables refuse (a new variable without a value, too many in all) is a
-    // conflict with them, not a malformed request.
+    let edits = body.validate()?;
+    if let Some(key) = edits.remove.first() {
+        // Deleting by `null` is the Worker configuration's form; here DELETE …/{key} does it.
+        return Err(Invalid::field(
+            key,
+            format!(
+                "must be an object {{is_secret, value}} (delete a variable with DELETE …/environment_variables/{key})"
+            ),
+        )
+        .into());
+    }
+    // What the stored variables refuse (a new variable without a value, a secret made plain
+    // without a new value, too many in all) is a conflict with them, not a malformed request.
     let vars = app
         .store
-        .upsert_env_vars(id, &changes)
+        .upsert_env_vars(id, &edits.set, &edits.remove)
         .await?
         .map_err(|e| ApiError::Conflict(e.0))?;
     ok(view(vars))

@@ -36,15 +36,23 @@ pub struct ErrorItem {
     pub message: String,
 }
 
-/// `result_info` of paginated lists.
+/// `result_info` of paginated lists (DESIGN.md §2).
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ResultInfo {
+    /// The page returned, from 1.
     pub page: u32,
+    /// Items per page: the requested `per_page`, lowered when the list's items are so large that a
+    /// full page would exceed the response size bound (every page of the list then uses it).
     pub per_page: u32,
+    /// Items on this page.
     pub count: u32,
+    /// Items in the whole list.
     pub total_count: i64,
+    /// Pages of `per_page` items in the whole list.
     pub total_pages: i64,
-    pub next_page: Option<u32>,
+    /// Whether a later page exists: a boolean, never a number or null (Cloudflare's Workers Builds
+    /// client rejects anything else).
+    pub next_page: bool,
 }
 
 /// The Cloudflare v4 envelope around every response.

@@ -243,7 +243,7 @@ impl Paging {
             count: count as u32,
             total_count: total,
             total_pages,
-            next_page: (i64::from(self.page) < total_pages).then_some(self.page + 1),
+            next_page: i64::from(self.page) < total_pages,
         }
     }
 }
@@ -285,4 +285,50 @@ pub fn id_list<'a>(name: &str, raw: &'a str) -> Result<Vec<&'a str>, Invalid> {
         ));
     }
     Ok(ids)
+}
+
+/// A provider identifier (`provider_account_id`, `repo_id`) sent as a JSON string or, as GitHub
+/// itself spells them, a non-negative JSON integer, which stands for its decimal string.
+#[derive(Debug, Clone)]
+pub struct IdText(pub String);
+
+impl<'de> serde::Deserialize<'de> for IdText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = IdText;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a non-negative integer")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdText, E> {
+                Ok(IdText(v.to_owned()))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<IdText, E> {
+                Ok(IdText(v.to_string()))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<IdText, E> {
+                u64::try_from(v)
+                    .map(|v| IdText(v.to_string()))
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl schemars::JsonSchema for IdText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ProviderId".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A provider's identifier: a string, or a non-negative integer standing for its decimal string",
+            "oneOf": [{"type": "string"}, {"type": "integer", "minimum": 0}],
+        })
+    }
 }

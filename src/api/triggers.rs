@@ -27,8 +27,10 @@ pub struct CreateTriggerRequest {
     pub external_script_id: String,
     #[schemars(with = "RepoConnectionId")]
     pub repo_connection_uuid: String,
-    #[schemars(with = "BuildTokenId")]
-    pub build_token_uuid: String,
+    /// Default: the account's build token when it has exactly one (as in Cloudflare's Builds API
+    /// guide); with none or several, the field is required.
+    #[schemars(with = "Option<BuildTokenId>")]
+    pub build_token_uuid: Option<String>,
     #[schemars(with = "schema::Name")]
     pub trigger_name: String,
     /// Default: empty (no build step).
@@ -107,7 +109,11 @@ impl CreateTriggerRequest {
                 "repo_connection_uuid",
                 &self.repo_connection_uuid,
             )?,
-            build_token_uuid: BuildTokenId::parse("build_token_uuid", &self.build_token_uuid)?,
+            build_token_uuid: self
+                .build_token_uuid
+                .as_deref()
+                .map(|v| BuildTokenId::parse("build_token_uuid", v))
+                .transpose()?,
             trigger_name: bounded_text("trigger_name", &self.trigger_name, 1, MAX_NAME_LEN)?,
             build_command: command("build_command", self.build_command.as_deref().unwrap_or(""))?,
             deploy_command: command(
@@ -160,7 +166,8 @@ impl UpdateTriggerRequest {
     }
 }
 
-fn write_error(e: TriggerWriteError) -> ApiError {
+/// The API error for a refused trigger write.
+pub(super) fn write_error(e: TriggerWriteError) -> ApiError {
     match e {
         TriggerWriteError::NotFound => ApiError::NotFound,
         TriggerWriteError::UnknownConnection => Invalid::field(
@@ -174,6 +181,16 @@ fn write_error(e: TriggerWriteError) -> ApiError {
         TriggerWriteError::TooManyTriggers => ApiError::Conflict(format!(
             "a Worker can have at most {MAX_TRIGGERS_PER_WORKER} triggers"
         )),
+        TriggerWriteError::NoDefaultBuildToken { tokens: 0 } => Invalid::field(
+            "build_token_uuid",
+            "is required: the account has no build token (create one with POST /builds/tokens)",
+        )
+        .into(),
+        TriggerWriteError::NoDefaultBuildToken { .. } => Invalid::field(
+            "build_token_uuid",
+            "is required: the account has more than one build token, name the one to use",
+        )
+        .into(),
     }
 }
 

@@ -185,12 +185,22 @@ pub struct PullRequest {
 }
 
 /// What a build ran with: a snapshot taken when the build was created, completed by the runner.
+///
+/// `commit_hash`, `commit_message` and `author` are `None` while unknown (a queued build of a branch,
+/// a checkout that failed) and are shown, and stored, as `""` then: Cloudflare's Workers Builds client
+/// rejects a `null` in them (DESIGN.md §2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BuildTriggerMetadata {
     pub build_trigger_source: TriggerSource,
     pub branch: Option<String>,
+    #[serde(with = "unknown_is_empty", default)]
+    #[schemars(with = "String")]
     pub commit_hash: Option<String>,
+    #[serde(with = "unknown_is_empty", default)]
+    #[schemars(with = "String")]
     pub commit_message: Option<String>,
+    #[serde(with = "unknown_is_empty", default)]
+    #[schemars(with = "String")]
     pub author: Option<String>,
     pub build_command: String,
     pub deploy_command: String,
@@ -201,6 +211,20 @@ pub struct BuildTriggerMetadata {
     pub provider_account_name: String,
     pub repo_name: String,
     pub root_directory: String,
+}
+
+/// A string field whose unknown value is written `""`; `""` and `null` (stored by older versions)
+/// read back as unknown.
+mod unknown_is_empty {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.as_deref().unwrap_or(""))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.filter(|v| !v.is_empty()))
+    }
 }
 
 /// A build.
@@ -280,3 +304,28 @@ impl ApiToken {
 
 /// Maximum number of triggers per Worker (production + one other).
 pub const MAX_TRIGGERS_PER_WORKER: i64 = 2;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_commit_fields_are_empty_strings_and_old_nulls_read_as_unknown() {
+        // Metadata stored by an older version, with nulls.
+        let stored = serde_json::json!({
+            "build_trigger_source": "push", "branch": "main", "commit_hash": null,
+            "commit_message": null, "author": null, "build_command": "", "deploy_command": "d",
+            "build_token_name": null, "build_token_uuid": "182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e",
+            "environment_variables": {}, "provider_type": "github", "provider_account_name": "o",
+            "repo_name": "r", "root_directory": "/"
+        });
+        let meta: BuildTriggerMetadata = serde_json::from_value(stored).expect("old metadata");
+        assert_eq!(meta.commit_hash, None);
+        let shown = serde_json::to_value(&meta).expect("serialize");
+        for field in ["commit_hash", "commit_message", "author"] {
+            assert_eq!(shown[field], "", "{field}");
+        }
+        let back: BuildTriggerMetadata = serde_json::from_value(shown).expect("new metadata");
+        assert_eq!(back, meta);
+    }
+}

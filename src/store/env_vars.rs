@@ -52,21 +52,59 @@ impl Store {
         self.read_env_vars(&self.pool, trigger).await
     }
 
-    /// Sets variables in one transaction, enforcing the per-trigger count; returns the full map after.
-    /// A change without a value keeps the stored value (and is refused for a new variable).
+    /// Deletes the variables named in `remove` and sets `changes`, in one transaction, enforcing the
+    /// per-trigger count; returns the full map after.
+    /// A change without a value keeps the stored value; it is refused for a new variable and for a
+    /// secret that would become plain (a secret is replaced or deleted, never revealed). Nothing is
+    /// written when a change is refused.
     pub async fn upsert_env_vars(
         &self,
         trigger: TriggerId,
         changes: &[EnvVarChange],
+        remove: &[String],
     ) -> anyhow::Result<Result<Vec<EnvVar>, Invalid>> {
         let mut w = self.begin_write().await?;
-        self.lock_key(&mut w, &format!("env:{trigger}")).await?;
+        let result = self
+            .upsert_env_vars_in(&mut w, trigger, changes, remove)
+            .await?;
+        if result.is_ok() {
+            w.commit().await?;
+        }
+        Ok(result)
+    }
+
+    /// [`Store::upsert_env_vars`] inside the caller's transaction (not committed here; the caller
+    /// must not commit after an `Err`).
+    pub(super) async fn upsert_env_vars_in(
+        &self,
+        w: &mut super::WriteTx<'_>,
+        trigger: TriggerId,
+        changes: &[EnvVarChange],
+        remove: &[String],
+    ) -> anyhow::Result<Result<Vec<EnvVar>, Invalid>> {
+        self.lock_key(w, &format!("env:{trigger}")).await?;
+        for key in remove {
+            sqlx::query("DELETE FROM env_vars WHERE trigger_uuid = $1 AND key = $2")
+                .bind(trigger.to_string())
+                .bind(key)
+                .execute(&mut *w.tx)
+                .await
+                .context("deleting an environment variable")?;
+        }
         let existing = self.read_env_vars(&mut *w.tx, trigger).await?;
         let now = Timestamp::now().millis();
         for change in changes {
             let old = existing.iter().find(|v| v.key == change.key);
             let value = match (&change.value, old) {
                 (Some(v), _) => v.clone(),
+                // A secret can be replaced or deleted, never revealed: turning it into a plain
+                // variable would show the stored value (DESIGN.md §2).
+                (None, Some(old)) if old.is_secret && !change.is_secret => {
+                    return Ok(Err(Invalid(format!(
+                        "{}: a secret becomes a plain variable only with a new value (its value is never shown)",
+                        change.key
+                    ))));
+                }
                 (None, Some(old)) => old.value.clone(),
                 (None, None) => {
                     return Ok(Err(Invalid(format!(
@@ -103,7 +141,6 @@ impl Store {
                 after.len()
             ))));
         }
-        w.commit().await?;
         Ok(Ok(after))
     }
 

@@ -15,7 +15,8 @@ use crate::domain::{
 pub struct NewTrigger {
     pub external_script_id: WorkerId,
     pub repo_connection_uuid: RepoConnectionId,
-    pub build_token_uuid: BuildTokenId,
+    /// `None`: the account's only live build token.
+    pub build_token_uuid: Option<BuildTokenId>,
     pub trigger_name: String,
     pub build_command: String,
     pub deploy_command: String,
@@ -49,6 +50,10 @@ pub enum TriggerWriteError {
     UnknownConnection,
     UnknownBuildToken,
     TooManyTriggers,
+    /// No token was named and the account does not have exactly one (`tokens` live ones).
+    NoDefaultBuildToken {
+        tokens: usize,
+    },
 }
 
 impl Store {
@@ -68,7 +73,30 @@ impl Store {
         .is_some())
     }
 
-    /// Creates a trigger after checking its connection, its token and the per-Worker limit.
+    /// The account's live build token when it has exactly one, else how many it has (two or more
+    /// are counted as two).
+    async fn only_build_token(
+        &self,
+        w: &mut WriteTx<'_>,
+        account: &AccountId,
+    ) -> anyhow::Result<Result<BuildTokenId, usize>> {
+        let rows = sqlx::query(
+            "SELECT uuid FROM build_tokens WHERE account_id = $1 AND deleted_on IS NULL LIMIT 2",
+        )
+        .bind(account.as_str())
+        .fetch_all(&mut *w.tx)
+        .await
+        .context("looking for the account's build token")?;
+        match rows.as_slice() {
+            [only] => Ok(Ok(BuildTokenId::from_stored(
+                &only.try_get::<String, _>("uuid")?,
+            )?)),
+            rows => Ok(Err(rows.len())),
+        }
+    }
+
+    /// Creates a trigger after checking its connection, its token (or finding the account's only
+    /// one) and the per-Worker limit.
     pub async fn insert_trigger(
         &self,
         account: &AccountId,
@@ -90,12 +118,18 @@ impl Store {
         if conn.is_none() {
             return Ok(Err(TriggerWriteError::UnknownConnection));
         }
-        if !self
-            .build_token_is_live(&mut w, account, new.build_token_uuid)
-            .await?
-        {
-            return Ok(Err(TriggerWriteError::UnknownBuildToken));
-        }
+        let build_token = match new.build_token_uuid {
+            Some(token) => {
+                if !self.build_token_is_live(&mut w, account, token).await? {
+                    return Ok(Err(TriggerWriteError::UnknownBuildToken));
+                }
+                token
+            }
+            None => match self.only_build_token(&mut w, account).await? {
+                Ok(token) => token,
+                Err(tokens) => return Ok(Err(TriggerWriteError::NoDefaultBuildToken { tokens })),
+            },
+        };
         let live: i64 = sqlx::query(
             "SELECT COUNT(*) AS n FROM triggers WHERE account_id = $1 AND external_script_id = $2 AND deleted_on IS NULL",
         )
@@ -120,7 +154,7 @@ impl Store {
         .bind(new.external_script_id.as_str())
         .bind(&new.trigger_name)
         .bind(new.repo_connection_uuid.to_string())
-        .bind(new.build_token_uuid.to_string())
+        .bind(build_token.to_string())
         .bind(&new.build_command)
         .bind(&new.deploy_command)
         .bind(&new.root_directory)
