@@ -27,7 +27,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{Access, authenticate};
 use error::ApiError;
-pub use extract::{BodyLimit, MAX_BODY_BYTES};
+pub use extract::{BodyLimit, MAX_BODY_BYTES, MAX_PAGE_BYTES};
 
 use crate::store::Store;
 
@@ -271,6 +271,107 @@ fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::*;
+
+    /// The largest text a validated field of `chars` characters can be in JSON: 4-byte characters.
+    fn widest(chars: usize) -> String {
+        "\u{1F680}".repeat(chars)
+    }
+
+    fn json_len<T: serde::Serialize>(v: &T) -> usize {
+        serde_json::to_vec(v).expect("serialize").len()
+    }
+
+    /// Lists without paging are bounded by their item count and the input limits: at their largest
+    /// they stay under the page size bound.
+    #[test]
+    fn unpaged_lists_are_bounded_by_construction() {
+        let now = Timestamp::now();
+        let worker = WorkerId::parse("w", &"w".repeat(64)).expect("worker");
+        // Environment variables: the most, each as long as allowed, of characters JSON escapes.
+        let vars: EnvVarMap = (0..MAX_ENV_VARS)
+            .map(|i| {
+                let key = format!("K{i:02}{}", "_".repeat(256 - 3));
+                let value = "\"".repeat(MAX_ENV_VALUE_BYTES);
+                assert!(env_value(&key, &value).is_ok());
+                (
+                    key,
+                    EnvVarView {
+                        is_secret: false,
+                        created_on: now,
+                        value: Some(value),
+                    },
+                )
+            })
+            .collect();
+        assert!(json_len(&vars) < MAX_PAGE_BYTES, "{}", json_len(&vars));
+        // Triggers of one Worker.
+        let connection = RepoConnection {
+            repo_connection_uuid: RepoConnectionId::new(),
+            provider_type: ProviderType::Github,
+            provider_account_id: widest(MAX_NAME_LEN),
+            provider_account_name: widest(MAX_NAME_LEN),
+            repo_id: widest(MAX_NAME_LEN),
+            repo_name: widest(MAX_NAME_LEN),
+            created_on: now,
+            modified_on: now,
+            deleted_on: None,
+            account_id: AccountId::parse("a").expect("account"),
+        };
+        let patterns = vec![widest(MAX_PATTERN_LEN); MAX_PATTERNS];
+        let trigger = Trigger {
+            info: BuildTrigger {
+                trigger_uuid: TriggerId::new(),
+                trigger_name: widest(MAX_NAME_LEN),
+                external_script_id: worker.clone(),
+                repo_connection: connection,
+                build_command: "\u{1}".repeat(MAX_COMMAND_LEN),
+                deploy_command: "\u{1}".repeat(MAX_COMMAND_LEN),
+                root_directory: widest(MAX_ROOT_DIRECTORY_LEN),
+                branch_includes: patterns.clone(),
+                branch_excludes: patterns.clone(),
+                path_includes: patterns.clone(),
+                path_excludes: patterns,
+                build_caching_enabled: true,
+                created_on: now,
+                modified_on: now,
+                deleted_on: None,
+            },
+            build_token_uuid: BuildTokenId::new(),
+            build_token_name: Some(widest(MAX_NAME_LEN)),
+            account_id: AccountId::parse("a").expect("account"),
+        };
+        let triggers = vec![trigger; MAX_TRIGGERS_PER_WORKER as usize];
+        assert!(
+            json_len(&triggers) < MAX_PAGE_BYTES,
+            "{}",
+            json_len(&triggers)
+        );
+        // Deploy hooks of one Worker.
+        let hook = DetailedDeployHook {
+            hook: DeployHook {
+                deploy_hook_uuid: DeployHookId::new(),
+                deploy_hook_name: widest(MAX_HOOK_NAME_LEN),
+                external_script_id: worker,
+                branch: widest(MAX_BRANCH_LEN),
+                created_on: now,
+                modified_on: now,
+            },
+            latest_build: Some(LatestHookBuild { created_on: now }),
+        };
+        let hooks = vec![hook; MAX_DEPLOY_HOOKS_PER_WORKER as usize];
+        assert!(json_len(&hooks) < MAX_PAGE_BYTES, "{}", json_len(&hooks));
+        // A full page of build tokens.
+        let token = BuildToken {
+            build_token_uuid: BuildTokenId::new(),
+            build_token_name: widest(MAX_NAME_LEN),
+            cloudflare_token_id: widest(MAX_NAME_LEN),
+            owner_type: "user".to_owned(),
+            created_on: now,
+        };
+        let tokens = vec![token; extract::MAX_PER_PAGE as usize];
+        assert!(json_len(&tokens) < MAX_PAGE_BYTES, "{}", json_len(&tokens));
+    }
 
     #[test]
     fn hook_ids_stay_out_of_logs() {

@@ -36,7 +36,7 @@ pub use connections::{DeleteConnection, NewConnection};
 pub use deploy_hooks::{HookCall, HookWriteError};
 pub use env_vars::EnvVarChange;
 pub use installations::InstallationLink;
-pub use logs::LogPage;
+pub use logs::{LogLimit, LogPage};
 pub use reports::{CommentItem, PrBuild, ReportItem};
 pub use scheduling::{ClaimedBuild, LostBuild};
 pub use triggers::{NewTrigger, TriggerPatch, TriggerWriteError};

@@ -790,6 +790,7 @@ fn invalid_values(t: &mut Table, routes: &[BodyRoute], w: &World) {
         ("value over 5 KiB", json!({"BIG_VAR": var(&"x".repeat(5 * 1024 + 1))}), vec!["BIG_VAR"]),
         ("secret value over 5 KiB", json!({"BIG_SECRET": {"is_secret": true, "value": "x".repeat(5 * 1024 + 1)}}), vec!["BIG_SECRET"]),
         ("value with NUL", json!({"NUL_VAR": var("a\u{0}b")}), vec!["NUL_VAR"]),
+        ("value with a control character", json!({"CTL_VAR": var("a\u{1b}[0mb")}), vec!["CTL_VAR", "control"]),
         ("65 variables in one request", many(65), vec!["64"]),
         ("list form: a key twice", json!({"variables": [{"key": "DUP_VAR", "value": "a", "type": "text"}, {"key": "DUP_VAR", "value": "b", "type": "secret"}]}), vec!["DUP_VAR"]),
         ("list form: a bad key", json!({"variables": [{"key": "1A", "value": "a", "type": "text"}]}), vec!["\"1A\""]),
@@ -1484,5 +1485,82 @@ async fn bodies_over_the_limit_are_refused_naming_the_limit_of_their_route() {
     )
     .await;
     assert_refused(&raw, 413, "larger than 1 MiB");
+
+/// Lists without paging stay bounded: a Worker has at most 100 deploy hooks.
+#[tokio::test]
+async fn a_worker_has_at_most_100_deploy_hooks() {
+    let app = TestApp::spawn().await;
+    app.fixture("hooked").await;
+    let hooks = app.acct("/workers/hooked/deploy_hooks");
+    for i in 0..100 {
+        app.ok(
+            Method::POST,
+            &hooks,
+            Some(json!({"deploy_hook_name": format!("hook-{i}"), "branch": "main"})),
+        )
+        .await;
+    }
+    let (status, body) = app
+        .post(
+            &hooks,
+            json!({"deploy_hook_name": "one-more", "branch": "main"}),
+        )
+        .await;
+    assert_error(status, &body, 409, 12009);
+    let list = app.ok(Method::GET, &hooks, None).await;
+    assert_eq!(list.as_array().unwrap().len(), 100);
+    // Deleting one makes room again.
+    let first = s(&list[0]["deploy_hook_uuid"]);
+    app.ok(Method::DELETE, &format!("{hooks}/{first}"), None)
+        .await;
+    app.ok(
+        Method::POST,
+        &hooks,
+        Some(json!({"deploy_hook_name": "one-more", "branch": "main"})),
+    )
+    .await;
+    app.stop().await;
+}
+
+/// Commit messages and authors come from pushes, whatever their size: a build keeps a bounded part.
+#[tokio::test]
+async fn a_huge_commit_message_is_stored_cut() {
+    let app = TestApp::spawn().await;
+    let f = app.fixture("chatty").await;
+    let account = AccountId::parse(ACCOUNT).expect("account");
+    let new = kiln::store::NewBuild {
+        trigger: kiln::domain::TriggerId::parse("t", &f.trigger).expect("trigger"),
+        source: kiln::domain::TriggerSource::Push,
+        branch: Some("main".to_owned()),
+        commit_hash: Some("0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c".to_owned()),
+        commit_message: Some(format!("Subject line\n\n{}", "é".repeat(2 * 1024 * 1024))),
+        author: Some(format!("{}@example.com", "a".repeat(100_000))),
+        pull_request: None,
+        deploy_hook: None,
+        seed: None,
+        watch_paths: None,
+    };
+    let (id, _) = app
+        .store()
+        .insert_build(&account, &new)
+        .await
+        .expect("insert")
+        .expect("trigger exists");
+    let b = app
+        .ok(Method::GET, &app.acct(&format!("/builds/{id}")), None)
+        .await;
+    let meta = &b["build_trigger_metadata"];
+    let message = s(&meta["commit_message"]);
+    assert!(
+        message.starts_with("Subject line\n\né"),
+        "{}",
+        &message[..40]
+    );
+    assert!(
+        message.len() <= kiln::domain::MAX_COMMIT_MESSAGE_BYTES,
+        "{}",
+        message.len()
+    );
+    assert!(s(&meta["author"]).len() <= kiln::domain::MAX_AUTHOR_BYTES);
     app.stop().await;
 }

@@ -413,3 +413,104 @@ async fn base64_encoded_secrets_are_masked_across_reads() {
     );
     app.stop().await;
 }
+
+/// Resident memory of this process (the test server runs in it), in bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// The issue's input: 1,000 lines of 64 KiB made one page of about 64 MB, and 16 concurrent reads by a
+/// read-only token grew the server by over 1 GB. Pages are now bounded by bytes as well as lines, and
+/// paging through them still returns every line once, in order.
+#[tokio::test]
+async fn log_pages_are_bounded_by_bytes_and_lose_no_line() {
+    let app = TestApp::spawn().await;
+    let f = app.fixture("big-log-worker").await;
+    let b = app
+        .ok(
+            Method::POST,
+            &app.acct(&format!("/triggers/{}/builds", f.trigger)),
+            Some(json!({"branch": "main"})),
+        )
+        .await;
+    let build = s(&b["build_uuid"]);
+    let id = BuildId::parse("b", &build).expect("build id");
+    let line = |i: usize| format!("{i:06} {}", "x".repeat(64 * 1024 - 7));
+    for batch in 0..10 {
+        let lines: Vec<(Timestamp, String)> = (batch * 100..(batch + 1) * 100)
+            .map(|i| (Timestamp::now(), line(i)))
+            .collect();
+        app.store()
+            .append_build_logs(id, &lines)
+            .await
+            .expect("append");
+    }
+    // Short lines after the long ones, and a line with characters JSON escapes.
+    let tail: Vec<(Timestamp, String)> = (0..1500)
+        .map(|i| (Timestamp::now(), format!("short {i} \u{1}\"")))
+        .collect();
+    app.store()
+        .append_build_logs(id, &tail)
+        .await
+        .expect("append");
+
+    let reader = app
+        .mint_token(Some(&[common::ACCOUNT]), kiln::domain::Permission::Read)
+        .await;
+    let page_limit = kiln::api::MAX_PAGE_BYTES + 64 * 1024;
+    let fetch = |cursor: Option<String>| {
+        let url = match cursor {
+            Some(c) => app.url(&app.acct(&format!("/builds/{build}/logs?cursor={c}"))),
+            None => app.url(&app.acct(&format!("/builds/{build}/logs"))),
+        };
+        let req = app.client.get(url).bearer_auth(&reader);
+        async move {
+            let resp = req.send().await.expect("send");
+            assert_eq!(resp.status(), 200);
+            let body = resp.bytes().await.expect("body");
+            assert!(body.len() <= page_limit, "a page of {} bytes", body.len());
+            serde_json::from_slice::<serde_json::Value>(&body).expect("json")
+        }
+    };
+
+    let mut got: Vec<String> = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let v = fetch(cursor.clone()).await;
+        let r = &v["result"];
+        let lines = r["lines"].as_array().expect("lines");
+        assert!(!lines.is_empty() || r["truncated"] == json!(false), "{r}");
+        got.extend(lines.iter().map(|l| s(&l[1])));
+        cursor = Some(s(&r["cursor"]));
+        pages += 1;
+        if r["truncated"] == json!(false) {
+            break;
+        }
+        assert!(pages < 200, "cursor does not advance");
+    }
+    let want: Vec<String> = (0..1000)
+        .map(line)
+        .chain(tail.iter().map(|(_, m)| m.clone()))
+        .collect();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "lines lost, repeated or reordered");
+    assert!(pages > 1000 / 16, "{pages} pages");
+
+    // 16 concurrent first-page reads: each bounded, and the server does not balloon.
+    let before = resident_bytes();
+    let reads: Vec<_> = (0..16).map(|_| tokio::spawn(fetch(None))).collect();
+    for read in reads {
+        let v = read.await.expect("read task");
+        assert_eq!(v["result"]["truncated"], true);
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(grown < 256 * 1024 * 1024, "grew by {grown} bytes");
+    app.stop().await;
+}

@@ -623,3 +623,103 @@ async fn unknown_commit_fields_are_empty_strings() {
     }
     app.stop().await;
 }
+
+/// List pages are bounded by bytes as well as items: builds carrying large variables come fewer per
+/// page (the same `per_page` on every page, reported in `result_info`, so paging skips nothing), and
+/// a `latest` map that would exceed the bound asks for fewer ids.
+#[tokio::test]
+async fn list_pages_are_bounded_by_bytes() {
+    let app = TestApp::spawn().await;
+    let limit = kiln::api::MAX_PAGE_BYTES + 64 * 1024;
+    // Variables as large as allowed, of a character JSON escapes: about 650 KB per build.
+    let vars: serde_json::Map<String, Value> = (0..64)
+        .map(|i| {
+            (
+                format!("VAR_{i:02}"),
+                json!({"is_secret": false, "value": "\"".repeat(5 * 1024)}),
+            )
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for worker in ["big-a", "big-b"] {
+        let f = app.fixture(worker).await;
+        app.ok(
+            Method::PATCH,
+            &app.acct(&format!("/triggers/{}/environment_variables", f.trigger)),
+            Some(Value::Object(vars.clone())),
+        )
+        .await;
+        for i in 0..3 {
+            let b = app
+                .ok(
+                    Method::POST,
+                    &app.acct(&format!("/triggers/{}/builds", f.trigger)),
+                    Some(json!({"branch": format!("b{i}")})),
+                )
+                .await;
+            if worker == "big-a" {
+                ids.push(s(&b["build_uuid"]));
+            }
+        }
+    }
+    ids.reverse();
+    let get = |path: String| {
+        let req = app.client.get(app.url(&path)).bearer_auth(ADMIN_TOKEN);
+        async move {
+            let resp = req.send().await.expect("send");
+            let status = resp.status();
+            let body = resp.bytes().await.expect("body");
+            assert!(body.len() <= limit, "{path}: {} bytes", body.len());
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).expect("json"),
+            )
+        }
+    };
+    let mut seen = Vec::new();
+    for page in 1.. {
+        let (status, v) =
+            get(app.acct(&format!("/workers/big-a/builds?per_page=200&page={page}"))).await;
+        assert_eq!(status, 200, "{v}");
+        let info = &v["result_info"];
+        assert_eq!(info["per_page"], 1, "{info}");
+        assert_eq!(info["total_count"], 3, "{info}");
+        assert_eq!(info["total_pages"], 3, "{info}");
+        seen.extend(
+            v["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| s(&b["build_uuid"])),
+        );
+        if info["next_page"] == json!(false) {
+            break;
+        }
+        assert!(page < 10);
+    }
+    assert_eq!(seen, ids, "every build once, newest first");
+    // One Worker's latest build fits; both together would not.
+    let (status, v) = get(app.acct("/builds/latest?external_script_ids=big-a")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(s(&v["result"]["builds"]["big-a"]["build_uuid"]), ids[0]);
+    let (status, v) = get(app.acct("/builds/latest?external_script_ids=big-a,big-b")).await;
+    assert_error(status, &v, 400, 12002);
+    assert!(
+        s(&v["errors"][0]["message"]).contains("external_script_ids"),
+        "{v}"
+    );
+    // Small builds still come 50 to a page by default.
+    let f = app.fixture("small").await;
+    for i in 0..3 {
+        app.ok(
+            Method::POST,
+            &app.acct(&format!("/triggers/{}/builds", f.trigger)),
+            Some(json!({"branch": format!("s{i}")})),
+        )
+        .await;
+    }
+    let (_, v) = get(app.acct("/workers/small/builds")).await;
+    assert_eq!(v["result_info"]["per_page"], 50);
+    assert_eq!(v["result_info"]["count"], 3);
+    app.stop().await;
+}

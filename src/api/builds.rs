@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, Success, ok};
-use super::extract::{Account, ApiJson, NoBody, PathParams, QueryParams, id_list};
+use super::extract::{Account, ApiJson, MAX_PAGE_BYTES, NoBody, PathParams, QueryParams, id_list};
 use super::schema;
 use super::triggers::trigger_id;
 use crate::domain::{
@@ -18,12 +18,13 @@ use crate::domain::{
     Timestamp, TriggerSource, VersionId, WorkerId, branch, commit_hash, encode_content,
     relative_path,
 };
-use crate::store::{CancelOutcome, NewBuild};
+use crate::store::{CancelOutcome, LogLimit, NewBuild};
 
-/// Log lines per page.
+/// Log lines per page at most (pages are also bounded by bytes, [`MAX_PAGE_BYTES`]).
 pub const LOG_PAGE_LINES: u32 = 1000;
 
-/// Builds keyed by Worker id or version id.
+/// Builds keyed by Worker id or version id. Its JSON is kept under [`MAX_PAGE_BYTES`] unless it holds
+/// a single build: a request whose builds are larger together is refused (ask for fewer ids).
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct BuildsMap {
     pub builds: BTreeMap<String, Build>,
@@ -37,8 +38,9 @@ pub struct CancelledBuild {
     pub stopped_on: Timestamp,
 }
 
-/// Result of `getBuildLogs`: `[epoch_seconds, message]` lines. `truncated` means more lines follow:
-/// call again with `cursor` while it is true.
+/// Result of `getBuildLogs`: `[epoch_seconds, message]` lines, at most [`LOG_PAGE_LINES`] and about
+/// [`MAX_PAGE_BYTES`] of them (a page always holds the next line). `truncated` means more lines
+/// follow: call again with `cursor` while it is true; a cursor never skips a line.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct LogsPage {
     pub cursor: String,
@@ -286,13 +288,50 @@ pub async fn list_builds(
     query: QueryParams,
 ) -> ApiResult<Vec<Build>> {
     let worker = WorkerId::parse("external_script_id", path.get("external_script_id")?)?;
-    let paging = query.paging()?;
-    let (builds, total) = app
+    let (total, largest) = app.store.build_list_stats(&account, &worker).await?;
+    let paging = query.paging()?.fit(largest);
+    let builds = app
         .store
         .list_builds(&account, &worker, paging.page, paging.per_page)
         .await?;
     let info = paging.info(builds.len(), total);
     Ok(Success(builds, Some(info)))
+}
+
+/// Builds keyed by id, collected into a map whose JSON stays under [`MAX_PAGE_BYTES`] unless it
+/// holds one build; `field` names the query parameter to ask for fewer ids with.
+struct BoundedMap {
+    field: &'static str,
+    builds: BTreeMap<String, Build>,
+    bytes: usize,
+}
+
+impl BoundedMap {
+    fn new(field: &'static str) -> Self {
+        BoundedMap {
+            field,
+            builds: BTreeMap::new(),
+            bytes: 0,
+        }
+    }
+
+    fn add(&mut self, key: String, build: Build) -> Result<(), ApiError> {
+        self.bytes += serde_json::to_vec(&build)
+            .map_err(anyhow::Error::from)?
+            .len();
+        if self.bytes > MAX_PAGE_BYTES && !self.builds.is_empty() {
+            return Err(Invalid::field(
+                self.field,
+                format!(
+                    "the builds asked for are larger than {} KiB together; ask for fewer ids at a time",
+                    MAX_PAGE_BYTES / 1024
+                ),
+            )
+            .into());
+        }
+        self.builds.insert(key, build);
+        Ok(())
+    }
 }
 
 /// `GET /accounts/{account_id}/builds/builds/latest?external_script_ids=a,b`
@@ -306,9 +345,13 @@ pub async fn get_latest_builds(
         .into_iter()
         .map(|w| WorkerId::parse("external_script_ids", w))
         .collect::<Result<Vec<_>, _>>()?;
-    ok(BuildsMap {
-        builds: app.store.latest_builds(&account, &workers).await?,
-    })
+    let mut map = BoundedMap::new("external_script_ids");
+    for worker in workers {
+        if let Some(build) = app.store.latest_build(&account, &worker).await? {
+            map.add(worker.as_str().to_owned(), build)?;
+        }
+    }
+    ok(BuildsMap { builds: map.builds })
 }
 
 /// `GET /accounts/{account_id}/builds/builds?version_ids=a,b`
@@ -322,9 +365,13 @@ pub async fn get_builds_by_versions(
         .into_iter()
         .map(|v| VersionId::parse("version_ids", v))
         .collect::<Result<Vec<_>, _>>()?;
-    ok(BuildsMap {
-        builds: app.store.builds_by_versions(&account, &versions).await?,
-    })
+    let mut map = BoundedMap::new("version_ids");
+    for version in versions {
+        if let Some(build) = app.store.build_by_version(&account, version).await? {
+            map.add(version.to_string(), build)?;
+        }
+    }
+    ok(BuildsMap { builds: map.builds })
 }
 
 /// `PUT /accounts/{account_id}/builds/builds/{build_uuid}/cancel`
@@ -365,7 +412,15 @@ pub async fn get_build_logs(
     };
     let page = app
         .store
-        .get_build_logs(&account, id, from, LOG_PAGE_LINES)
+        .get_build_logs(
+            &account,
+            id,
+            from,
+            LogLimit {
+                lines: LOG_PAGE_LINES,
+                bytes: MAX_PAGE_BYTES,
+            },
+        )
         .await?
         .ok_or(ApiError::NotFound)?;
     let last_ts = page.lines.last().map_or(0, |(t, _)| t.millis() / 1000);

@@ -9,8 +9,8 @@ use super::error::{ApiError, ApiResult, ok};
 use super::extract::{Account, ApiJson, NoBody, PathParams};
 use super::schema;
 use crate::domain::{
-    BuildId, BuildStatus, DeployHook, DeployHookId, DetailedDeployHook, Invalid, MAX_HOOK_NAME_LEN,
-    Timestamp, WorkerId, bounded_text, branch,
+    BuildId, BuildStatus, DeployHook, DeployHookId, DetailedDeployHook, Invalid,
+    MAX_DEPLOY_HOOKS_PER_WORKER, MAX_HOOK_NAME_LEN, Timestamp, WorkerId, bounded_text, branch,
 };
 use crate::store::{HookCall, HookWriteError};
 
@@ -59,6 +59,9 @@ fn write_error(e: HookWriteError) -> ApiError {
         HookWriteError::DuplicateName => {
             ApiError::Conflict("the Worker already has a deploy hook with this name".into())
         }
+        HookWriteError::TooManyHooks => ApiError::Conflict(format!(
+            "a Worker can have at most {MAX_DEPLOY_HOOKS_PER_WORKER} deploy hooks"
+        )),
     }
 }
 

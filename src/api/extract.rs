@@ -62,6 +62,10 @@ fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> ApiError {
     ApiError::BadRequest(format!("could not read the request body: {e}"))
 }
 
+/// Size a page of a list or of log lines is kept under, in bytes of JSON (1 MiB): a page holds fewer
+/// items when they are large, and only a single item larger than this makes a page larger.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+
 /// A JSON body; errors name the offending field.
 pub struct ApiJson<T>(pub T);
 
@@ -234,6 +238,17 @@ pub struct Paging {
 }
 
 impl Paging {
+    /// This paging with `per_page` lowered so that a page of items of at most `largest_item` bytes
+    /// of JSON stays under [`MAX_PAGE_BYTES`] (never below one item). The same list gives the same
+    /// `per_page` on every page, so paging with it skips nothing; `result_info` reports it.
+    pub fn fit(self, largest_item: u64) -> Paging {
+        let fits = (MAX_PAGE_BYTES as u64 / largest_item.max(1)).max(1);
+        Paging {
+            page: self.page,
+            per_page: self.per_page.min(u32::try_from(fits).unwrap_or(u32::MAX)),
+        }
+    }
+
     /// `result_info` for a page of `count` items out of `total`.
     pub fn info(self, count: usize, total: i64) -> ResultInfo {
         let total_pages = (total + i64::from(self.per_page) - 1) / i64::from(self.per_page);

@@ -305,6 +305,10 @@ impl ApiToken {
 /// Maximum number of triggers per Worker (production + one other).
 pub const MAX_TRIGGERS_PER_WORKER: i64 = 2;
 
+/// Maximum number of live deploy hooks per Worker: the hook list is not paged, so its size is
+/// bounded by this count (the hosted product publishes no number).
+pub const MAX_DEPLOY_HOOKS_PER_WORKER: i64 = 100;
+
 #[cfg(test)]
 mod tests {
     use super::*;

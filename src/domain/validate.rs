@@ -172,7 +172,9 @@ pub fn commit_hash(value: &str) -> Result<String, Invalid> {
     Ok(v.to_ascii_lowercase())
 }
 
-/// An environment variable value: at most [`MAX_ENV_VALUE_BYTES`] bytes.
+/// An environment variable value: at most [`MAX_ENV_VALUE_BYTES`] bytes, without control characters
+/// other than tab, line feed and carriage return (a NUL cannot be in an environment at all; the
+/// others would each take six bytes in a JSON response, which keeps the variable lists bounded).
 pub fn env_value(key: &str, value: &str) -> Result<(), Invalid> {
     if value.len() > MAX_ENV_VALUE_BYTES {
         return Err(Invalid(format!(
@@ -182,6 +184,14 @@ pub fn env_value(key: &str, value: &str) -> Result<(), Invalid> {
     if value.contains('\0') {
         return Err(Invalid(format!(
             "{key}: value must not contain NUL characters"
+        )));
+    }
+    if value
+        .bytes()
+        .any(|b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+    {
+        return Err(Invalid(format!(
+            "{key}: value must not contain control characters other than tab and line breaks"
         )));
     }
     Ok(())

@@ -72,6 +72,45 @@ fn select_builds(filter: &str) -> String {
     )
 }
 
+/// Bytes of a build's JSON besides the columns [`build_size_bound`] measures: keys, ids, times,
+/// statuses (about 1.3 KB measured; doubled).
+const BUILD_JSON_FRAME_BYTES: i64 = 4096;
+
+/// SQL bounding the JSON size of the build row `b` (with its trigger `t` and connection `c`): stored
+/// JSON columns count as they are, text columns six times (the longest JSON escape of a byte).
+fn build_size_bound() -> String {
+    let json = [
+        "b.metadata",
+        "COALESCE(b.pull_request, '')",
+        "t.branch_includes",
+        "t.branch_excludes",
+        "t.path_includes",
+        "t.path_excludes",
+    ];
+    let text = [
+        "t.trigger_name",
+        "t.build_command",
+        "t.deploy_command",
+        "t.root_directory",
+        "t.external_script_id",
+        "c.provider_account_id",
+        "c.provider_account_name",
+        "c.repo_id",
+        "c.repo_name",
+    ];
+    let sum = |cols: &[&str]| {
+        cols.iter()
+            .map(|c| format!("octet_length({c})"))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    format!(
+        "{} + 6 * ({}) + {BUILD_JSON_FRAME_BYTES}",
+        sum(&json),
+        sum(&text)
+    )
+}
+
 fn build_from_row(row: &AnyRow) -> anyhow::Result<Build> {
     let outcome = opt_text(row, "b_outcome")?
         .map(|o| BuildOutcome::from_stored(&o))
@@ -236,22 +275,39 @@ impl Store {
         row.as_ref().map(build_from_row).transpose()
     }
 
-    /// One page of a Worker's builds, newest first, and the total count.
+    /// How many builds a Worker has, and a bound on the JSON size of the largest one in bytes (its
+    /// stored JSON parts as they are, its text columns as if every byte needed escaping), to size
+    /// pages of [`Store::list_builds`] by.
+    pub async fn build_list_stats(
+        &self,
+        account: &AccountId,
+        worker: &WorkerId,
+    ) -> anyhow::Result<(i64, u64)> {
+        let row = sqlx::query(&format!(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(MAX({}), 0) AS BIGINT) AS max_bytes \
+             FROM builds b JOIN triggers t ON t.uuid = b.trigger_uuid \
+             JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
+             WHERE b.account_id = $1 AND b.external_script_id = $2",
+            build_size_bound()
+        ))
+        .bind(account.as_str())
+        .bind(worker.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .context("sizing a Worker's builds")?;
+        let max: i64 = row.try_get("max_bytes")?;
+        Ok((row.try_get("n")?, u64::try_from(max).unwrap_or(0)))
+    }
+
+    /// One page of a Worker's builds, newest first: `per_page` builds after the first
+    /// `(page - 1) * per_page`.
     pub async fn list_builds(
         &self,
         account: &AccountId,
         worker: &WorkerId,
         page: u32,
         per_page: u32,
-    ) -> anyhow::Result<(Vec<Build>, i64)> {
-        let total: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM builds WHERE account_id = $1 AND external_script_id = $2",
-        )
-        .bind(account.as_str())
-        .bind(worker.as_str())
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("n")?;
+    ) -> anyhow::Result<Vec<Build>> {
         let rows = sqlx::query(&format!(
             "{} ORDER BY b.id DESC LIMIT $3 OFFSET $4",
             select_builds("b.account_id = $1 AND b.external_script_id = $2")
@@ -263,59 +319,42 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .context("listing builds")?;
-        Ok((
-            rows.iter()
-                .map(build_from_row)
-                .collect::<anyhow::Result<_>>()?,
-            total,
+        rows.iter().map(build_from_row).collect()
+    }
+
+    /// The newest build of a Worker, if it has one.
+    pub async fn latest_build(
+        &self,
+        account: &AccountId,
+        worker: &WorkerId,
+    ) -> anyhow::Result<Option<Build>> {
+        let row = sqlx::query(&format!(
+            "{} ORDER BY b.id DESC LIMIT 1",
+            select_builds("b.account_id = $1 AND b.external_script_id = $2")
         ))
+        .bind(account.as_str())
+        .bind(worker.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading the latest build")?;
+        row.as_ref().map(build_from_row).transpose()
     }
 
-    /// The newest build of each Worker that has one.
-    pub async fn latest_builds(
+    /// The build that produced a version, if known.
+    pub async fn build_by_version(
         &self,
         account: &AccountId,
-        workers: &[WorkerId],
-    ) -> anyhow::Result<BTreeMap<String, Build>> {
-        let mut out = BTreeMap::new();
-        for worker in workers {
-            let row = sqlx::query(&format!(
-                "{} ORDER BY b.id DESC LIMIT 1",
-                select_builds("b.account_id = $1 AND b.external_script_id = $2")
-            ))
-            .bind(account.as_str())
-            .bind(worker.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .context("reading the latest build")?;
-            if let Some(row) = row {
-                out.insert(worker.as_str().to_owned(), build_from_row(&row)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The build that produced each known version.
-    pub async fn builds_by_versions(
-        &self,
-        account: &AccountId,
-        versions: &[VersionId],
-    ) -> anyhow::Result<BTreeMap<String, Build>> {
-        let mut out = BTreeMap::new();
-        for version in versions {
-            let row = sqlx::query(&select_builds(
-                "b.uuid = (SELECT v.build_uuid FROM build_versions v WHERE v.account_id = $1 AND v.version_id = $2)",
-            ))
-            .bind(account.as_str())
-            .bind(version.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .context("reading a build by version")?;
-            if let Some(row) = row {
-                out.insert(version.to_string(), build_from_row(&row)?);
-            }
-        }
-        Ok(out)
+        version: VersionId,
+    ) -> anyhow::Result<Option<Build>> {
+        let row = sqlx::query(&select_builds(
+            "b.uuid = (SELECT v.build_uuid FROM build_versions v WHERE v.account_id = $1 AND v.version_id = $2)",
+        ))
+        .bind(account.as_str())
+        .bind(version.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading a build by version")?;
+        row.as_ref().map(build_from_row).transpose()
     }
 
     /// Links a Worker version to the build that produced it (the first link wins).

@@ -9,7 +9,7 @@ use super::rows::{list, opt_ts, text, ts};
 use super::{Store, WriteTx};
 use crate::domain::{
     AccountId, BuildId, BuildStatus, DeployHook, DeployHookId, DetailedDeployHook, LatestHookBuild,
-    Timestamp, TriggerId, TriggerSource, WorkerId, branch_selected,
+    MAX_DEPLOY_HOOKS_PER_WORKER, Timestamp, TriggerId, TriggerSource, WorkerId, branch_selected,
 };
 
 /// Why a hook could not be written.
@@ -21,6 +21,8 @@ pub enum HookWriteError {
     NoTrigger,
     /// Another live hook of the Worker has this name.
     DuplicateName,
+    /// The Worker already has [`MAX_DEPLOY_HOOKS_PER_WORKER`] live hooks.
+    TooManyHooks,
 }
 
 const COLUMNS: &str = "h.uuid, h.name, h.external_script_id, h.branch, h.created_on, h.modified_on";
@@ -86,6 +88,17 @@ impl Store {
             .await?
         {
             return Ok(Err(HookWriteError::DuplicateName));
+        }
+        let live: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM deploy_hooks WHERE account_id = $1 AND external_script_id = $2 AND deleted_on IS NULL",
+        )
+        .bind(account.as_str())
+        .bind(worker.as_str())
+        .fetch_one(&mut *w.tx)
+        .await?
+        .try_get("n")?;
+        if live >= MAX_DEPLOY_HOOKS_PER_WORKER {
+            return Ok(Err(HookWriteError::TooManyHooks));
         }
         let now = Timestamp::now();
         let hook = DeployHook {
