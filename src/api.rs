@@ -10,6 +10,7 @@ pub mod error;
 mod extract;
 mod openapi;
 mod schema;
+pub mod throttle;
 mod tokens;
 mod triggers;
 mod webhooks;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub github_webhook_secrets: std::sync::Arc<Vec<String>>,
     /// This node's build cache (`purge_build_cache` deletes a trigger's entries).
     pub cache: std::sync::Arc<crate::cache::BuildCache>,
+    /// Failed authentications per client (API credentials and deploy hook ids).
+    pub auth_throttle: std::sync::Arc<throttle::AuthThrottle>,
 }
 
 /// Account-level limits reported by `account/limits`.
@@ -205,6 +208,7 @@ pub fn router(state: AppState) -> Router {
         let gate = auth::Gate {
             store: state.store.clone(),
             access: r.access,
+            throttle: state.auth_throttle.clone(),
         };
         let mr = (r.handler)().layer(from_fn_with_state(gate, auth::authorize));
         let merged = match by_path.remove(r.path) {

@@ -1,5 +1,7 @@
 //! The `kiln` command line: `serve`, `tokens`, `accounts`, `installations` and `toolchains`.
 
+mod secrets;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -153,21 +155,48 @@ pub struct StoreArgs {
     /// Directory for the SQLite database, the secret key and build workspaces.
     #[arg(long, env = "KILN_DATA_DIR", default_value = "./kiln-data")]
     pub data_dir: PathBuf,
-    /// Database URL: `sqlite://…` or `postgres://…` (default: a SQLite file in the data dir).
-    #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true)]
+    /// Database URL: `sqlite://…` or `postgres://…` (default: a SQLite file in the data dir). One
+    /// with a password belongs in `--database-url-file`: arguments are visible to every local user.
+    #[arg(
+        long,
+        env = "KILN_DATABASE_URL",
+        hide_env_values = true,
+        conflicts_with = "database_url_file"
+    )]
     pub database_url: Option<String>,
+    /// A file holding the database URL.
+    #[arg(long, env = "KILN_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// A file holding the 32-byte key (hex or base64) that seals secrets at rest, instead of the
+    /// environment variable `KILN_SECRET_KEY` (default: `secret.key` in the data dir, created 0600).
+    #[arg(long, env = "KILN_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
-    fn config(&self) -> StoreConfig {
-        StoreConfig {
+    fn config(&self) -> anyhow::Result<StoreConfig> {
+        let database_url = match &self.database_url_file {
+            Some(path) => Some(secrets::read_secret_file("database URL", path)?),
+            None => self.database_url.clone(),
+        };
+        // A key is read from a file or the environment only: on the command line it would show in `ps`.
+        let env_key = std::env::var("KILN_SECRET_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+        let secret_key = match (&self.secret_key_file, env_key) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!(
+                    "give the secret key in KILN_SECRET_KEY or --secret-key-file, not both"
+                )
+            }
+            (Some(path), None) => Some(secrets::read_secret_file("secret key", path)?),
+            (None, key) => key,
+        };
+        Ok(StoreConfig {
             data_dir: self.data_dir.clone(),
-            database_url: self.database_url.clone(),
-            // Read from the environment only: a key on the command line would show in `ps`.
-            secret_key: std::env::var("KILN_SECRET_KEY")
-                .ok()
-                .filter(|k| !k.is_empty()),
-        }
+            database_url,
+            secret_key,
+        })
     }
 }
 
@@ -178,9 +207,19 @@ pub struct ServeArgs {
     pub listen: String,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// An API token accepted with write permission on all accounts (stored hashed).
-    #[arg(long, env = "KILN_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    /// An API token accepted with write permission on all accounts (stored hashed): at least 32
+    /// characters, e.g. `openssl rand -hex 32`. Prefer `--bootstrap-token-file`: arguments are
+    /// visible to every local user.
+    #[arg(
+        long,
+        env = "KILN_BOOTSTRAP_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "bootstrap_token_file"
+    )]
     pub bootstrap_token: Option<String>,
+    /// A file holding the bootstrap token.
+    #[arg(long, env = "KILN_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
     /// Build minutes per account per month (unless `kiln accounts set` says otherwise).
     #[arg(long, env = "KILN_BUILD_MINUTES", default_value_t = 3000)]
     pub build_minutes: i64,
@@ -213,14 +252,19 @@ pub struct ServeArgs {
     /// `{repo}` its `repo_name`.
     #[arg(long, env = "KILN_GIT_URL_TEMPLATE", default_value = crate::git::DEFAULT_URL_TEMPLATE)]
     pub git_url_template: String,
-    /// Secret(s) of GitHub webhook signatures, comma-separated during a rotation.
+    /// Secret(s) of GitHub webhook signatures, comma-separated during a rotation. Prefer
+    /// `--github-webhook-secret-file`: arguments are visible to every local user.
     #[arg(
         long,
         env = "KILN_GITHUB_WEBHOOK_SECRET",
         hide_env_values = true,
-        value_delimiter = ','
+        value_delimiter = ',',
+        conflicts_with = "github_webhook_secret_file"
     )]
     pub github_webhook_secret: Vec<String>,
+    /// A file holding the webhook secret(s), one per line during a rotation.
+    #[arg(long, env = "KILN_GITHUB_WEBHOOK_SECRET_FILE")]
+    pub github_webhook_secret_file: Option<PathBuf>,
     /// GitHub's API (check runs are reported there when an App is configured).
     #[arg(
         long,
@@ -411,6 +455,7 @@ pub struct CreateTokenArgs {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    secrets::warn_about_argv_secrets(&std::env::args().collect::<Vec<_>>());
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Tokens { command } => tokens(command).await,
@@ -421,6 +466,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let bootstrap_token = match &args.bootstrap_token_file {
+        Some(path) => Some(secrets::read_secret_file("bootstrap token", path)?),
+        None => args.bootstrap_token.clone(),
+    };
+    let github_webhook_secrets: Vec<String> = match &args.github_webhook_secret_file {
+        Some(path) => secrets::read_secret_file("GitHub webhook secret", path)?
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        None => args.github_webhook_secret.clone(),
+    };
     let github_app = match (&args.github_app_id, &args.github_app_private_key_path) {
         (Some(app_id), Some(path)) => Some(crate::github::AppConfig {
             api_url: args.github_api_url.clone(),
@@ -432,8 +488,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let config = ServeConfig {
         listen: args.listen,
-        store: args.store.config(),
-        bootstrap_token: args.bootstrap_token,
+        store: args.store.config()?,
+        bootstrap_token,
         limits: Limits {
             build_minutes_per_month: args.build_minutes,
         },
@@ -464,13 +520,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             toolchain_dir: args.toolchain_dir,
             npm_registry: args.npm_registry,
             build_user: args.build_user,
-            // Hidden from builds like the database (the file may be anywhere).
-            private_paths: args.github_app_private_key_path.into_iter().collect(),
+            // Hidden from builds like the database (the files may be anywhere).
+            private_paths: [
+                args.github_app_private_key_path.clone(),
+                args.bootstrap_token_file.clone(),
+                args.github_webhook_secret_file.clone(),
+                args.store.database_url_file.clone(),
+                args.store.secret_key_file.clone(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             limits: args.limits.limits(),
             ..RunnerConfig::default()
         },
-        github_webhook_secrets: args
-            .github_webhook_secret
+        github_webhook_secrets: github_webhook_secrets
             .into_iter()
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
@@ -483,6 +547,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             body_read_timeout: args.body_read_timeout,
             idle_timeout: args.idle_timeout,
         },
+        auth_throttle: Default::default(),
     };
     let mut server = Server::start(&config).await?;
     tracing::info!(addr = %server.addr, backend = ?server.store.backend(), "kiln listening on http://{}", server.addr);
@@ -514,7 +579,7 @@ async fn shutdown_signal() {
 async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
     match command {
         TokensCommand::Create(args) => {
-            let store = startup::open_store(&args.store.config()).await?;
+            let store = startup::open_store(&args.store.config()?).await?;
             let scope = if args.all_accounts {
                 AccountScope::All
             } else {
@@ -555,7 +620,7 @@ async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TokensCommand::List { store } => {
-            let store = startup::open_store(&store.config()).await?;
+            let store = startup::open_store(&store.config()?).await?;
             let tokens = store.list_api_tokens().await?;
             store.close().await;
             println!(
@@ -589,7 +654,7 @@ async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TokensCommand::Revoke { id, store } => {
-            let store = startup::open_store(&store.config()).await?;
+            let store = startup::open_store(&store.config()?).await?;
             let done = store.revoke_api_token(&id, Timestamp::now()).await?;
             store.close().await;
             anyhow::ensure!(done, "no live token with id {id}");
@@ -613,7 +678,7 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
                 concurrency.is_some() || build_minutes.is_some(),
                 "nothing to set: give --concurrency and/or --build-minutes"
             );
-            let store = startup::open_store(&store.config()).await?;
+            let store = startup::open_store(&store.config()?).await?;
             store
                 .set_account_limits(
                     &account,
@@ -626,7 +691,7 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AccountsCommand::List { store } => {
-            let store = startup::open_store(&store.config()).await?;
+            let store = startup::open_store(&store.config()?).await?;
             let accounts = store.list_account_limits().await?;
             store.close().await;
             println!("{:<34} {:<12} BUILD MINUTES", "ACCOUNT", "CONCURRENCY");
@@ -645,7 +710,7 @@ async fn installations(command: InstallationsCommand) -> anyhow::Result<()> {
     match command {
         InstallationsCommand::Link(args) => {
             let account = parse(&args.account)?;
-            let store = startup::open_store(&args.store.config()).await?;
+            let store = startup::open_store(&args.store.config()?).await?;
             let new = store.link_installation(args.installation, &account).await;
             store.close().await;
             if new? {
@@ -663,7 +728,7 @@ async fn installations(command: InstallationsCommand) -> anyhow::Result<()> {
         }
         InstallationsCommand::Unlink(args) => {
             let account = parse(&args.account)?;
-            let store = startup::open_store(&args.store.config()).await?;
+            let store = startup::open_store(&args.store.config()?).await?;
             let removed = store.unlink_installation(args.installation, &account).await;
             store.close().await;
             anyhow::ensure!(
@@ -679,7 +744,7 @@ async fn installations(command: InstallationsCommand) -> anyhow::Result<()> {
         }
         InstallationsCommand::List { account, store } => {
             let account = account.as_deref().map(parse).transpose()?;
-            let store = startup::open_store(&store.config()).await?;
+            let store = startup::open_store(&store.config()?).await?;
             let links = store.installation_links(account.as_ref()).await;
             store.close().await;
             println!("{:<14} {:<34} LINKED", "INSTALLATION", "ACCOUNT");

@@ -52,6 +52,8 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     /// Connection limit and timeouts of the HTTP server.
     pub http: crate::listen::HttpConfig,
+    /// How many failed authentications a client may make ([`crate::api::throttle`]).
+    pub auth_throttle: crate::api::throttle::ThrottleConfig,
 }
 
 /// Opens (creating if needed) the data dir and the store, running migrations.
@@ -126,6 +128,56 @@ fn private_database_file(db: &Path) -> anyhow::Result<()> {
             set_mode(&path, PRIVATE_FILE_MODE)?;
         }
     }
+    Ok(())
+}
+
+/// Shortest bootstrap token accepted, in characters.
+pub const MIN_BOOTSTRAP_TOKEN_LEN: usize = 32;
+/// Longest bootstrap token accepted, in characters.
+pub const MAX_BOOTSTRAP_TOKEN_LEN: usize = 1024;
+/// Least Shannon entropy of the bootstrap token's characters, in bits per character (random hex
+/// has about 3.7 over 32 characters, random base64 about 4.6; `aaaa…` has 0).
+const MIN_BOOTSTRAP_TOKEN_BITS_PER_CHAR: f64 = 3.0;
+
+/// Refuses a bootstrap token that is easy to guess: it grants write access to every account. It
+/// must have [`MIN_BOOTSTRAP_TOKEN_LEN`]–[`MAX_BOOTSTRAP_TOKEN_LEN`] printable characters without
+/// blanks, not be one short run repeated, and vary enough (Shannon entropy of at least 3 bits per
+/// character). The error never shows the token.
+pub fn check_bootstrap_token(token: &str) -> anyhow::Result<()> {
+    let how = "generate one with `openssl rand -hex 32`";
+    let chars: Vec<char> = token.chars().collect();
+    anyhow::ensure!(
+        (MIN_BOOTSTRAP_TOKEN_LEN..=MAX_BOOTSTRAP_TOKEN_LEN).contains(&chars.len()),
+        "the bootstrap token is too weak: it has {} characters, at least {MIN_BOOTSTRAP_TOKEN_LEN} are needed \
+         ({how})",
+        chars.len()
+    );
+    anyhow::ensure!(
+        chars.iter().all(|c| !c.is_whitespace() && !c.is_control()),
+        "the bootstrap token must not contain blanks or control characters ({how})"
+    );
+    let periodic =
+        (1..=chars.len() / 2).any(|p| chars.iter().zip(&chars[p..]).all(|(a, b)| a == b));
+    anyhow::ensure!(
+        !periodic,
+        "the bootstrap token is too weak: it repeats a shorter part ({how})"
+    );
+    let mut counts = std::collections::HashMap::new();
+    for c in &chars {
+        *counts.entry(c).or_insert(0_usize) += 1;
+    }
+    let n = chars.len() as f64;
+    let bits: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    anyhow::ensure!(
+        bits >= MIN_BOOTSTRAP_TOKEN_BITS_PER_CHAR,
+        "the bootstrap token is too weak: its characters vary too little ({how})"
+    );
     Ok(())
 }
 
@@ -388,6 +440,10 @@ pub struct Server {
 impl Server {
     /// Opens the store, binds `config.listen`, and serves and schedules builds in the background.
     pub async fn start(config: &ServeConfig) -> anyhow::Result<Server> {
+        let bootstrap_token = config.bootstrap_token.as_deref().filter(|t| !t.is_empty());
+        if let Some(token) = bootstrap_token {
+            check_bootstrap_token(token)?;
+        }
         match crate::listen::raise_fd_limit() {
             Ok(files) => tracing::debug!(open_file_limit = files, "open-file limit"),
             Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
@@ -403,7 +459,7 @@ impl Server {
         // Workspaces of builds that ran before a crash: nothing of them is needed any more.
         remove_stale_workspaces(data_dir);
         prepare_build_dirs(data_dir)?;
-        if let Some(token) = config.bootstrap_token.as_deref().filter(|t| !t.is_empty()) {
+        if let Some(token) = bootstrap_token {
             register_bootstrap_token(&store, token).await?;
         }
         if config.scheduler.runners > 0
@@ -523,6 +579,9 @@ impl Server {
             scheduler: handle,
             github_webhook_secrets: Arc::new(config.github_webhook_secrets.clone()),
             cache,
+            auth_throttle: Arc::new(crate::api::throttle::AuthThrottle::new(
+                config.auth_throttle,
+            )),
         });
         let (tx, rx) = oneshot::channel::<()>();
         let http = config.http.clone();
@@ -596,4 +655,49 @@ fn spawn_cache_eviction(cache: Arc<crate::cache::BuildCache>) {
             tokio::time::sleep(CACHE_EVICTION_INTERVAL).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weak_bootstrap_tokens_are_refused() {
+        for weak in [
+            "x",
+            "change-me",
+            "test-admin-token-0123456789",
+            &"a".repeat(64),
+            &"change-me-".repeat(4),
+            &"ab".repeat(20),
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab",
+            "with a blank in the middle 0123456789abcdef",
+            &"x".repeat(MAX_BOOTSTRAP_TOKEN_LEN + 1),
+        ] {
+            let e = check_bootstrap_token(weak).expect_err(weak);
+            assert!(
+                weak.len() < 8 || !e.to_string().contains(weak),
+                "the error shows the token: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn generated_tokens_are_accepted() {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        for _ in 0..200 {
+            // `openssl rand -hex 16`, `-hex 32` and `-base64 32`, and Kiln's own credentials.
+            let bytes: Vec<u8> = (0..32).map(|_| rng.r#gen()).collect();
+            for token in [
+                hex::encode(&bytes[..16]),
+                hex::encode(&bytes),
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes),
+                crate::crypto::new_credential("kiln_"),
+            ] {
+                check_bootstrap_token(&token).expect(&token);
+            }
+        }
+        check_bootstrap_token(&uuid::Uuid::new_v4().to_string()).expect("a UUID");
+    }
 }

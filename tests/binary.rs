@@ -28,6 +28,11 @@ const KILN_VARS: &[&str] = &[
     "KILN_DATA_DIR",
     "KILN_DATABASE_URL",
     "KILN_BOOTSTRAP_TOKEN",
+    "KILN_BOOTSTRAP_TOKEN_FILE",
+    "KILN_DATABASE_URL_FILE",
+    "KILN_SECRET_KEY_FILE",
+    "KILN_GITHUB_WEBHOOK_SECRET",
+    "KILN_GITHUB_WEBHOOK_SECRET_FILE",
     "KILN_BUILD_MINUTES",
     "KILN_SECRET_KEY",
     "KILN_LOG",
@@ -729,8 +734,8 @@ async fn tokens_commands_create_list_and_revoke_credentials_a_running_server_hon
 #[tokio::test]
 async fn serve_takes_flags_or_environment_and_stops_on_sigterm_and_sigint() {
     let site = Site::new().await;
-    let flag_token = "flag-bootstrap-token-0123456789";
-    let env_token = "env-bootstrap-token-9876543210";
+    let flag_token = "flag-bootstrap-token-5e0c1f9a7b3d2468";
+    let env_token = "env-bootstrap-token-9c8d7e6f5a4b3021";
 
     // Flags.
     let kiln = site.serve(&["--bootstrap-token", flag_token]).await;
@@ -899,7 +904,7 @@ async fn serve_fails_fast_with_a_message_when_it_cannot_start() {
 #[tokio::test]
 async fn bootstrap_token_writes_on_every_account_and_is_registered_once() {
     let site = Site::new().await;
-    let token = "bootstrap-token-abcdefghijklmnop";
+    let token = "bootstrap-token-abcdefghijklmnopqr";
     let env_command = |port: u16| {
         let mut cmd = site.command();
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -959,10 +964,154 @@ async fn bootstrap_token_writes_on_every_account_and_is_registered_once() {
     );
 }
 
+/// Writes `text` to a file only its owner can read; returns its path.
+fn private_file(site: &Site, name: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = site.dir.path().join(name);
+    std::fs::write(&path, text).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+/// A signed `ping` delivery to `kiln`: its status.
+async fn ping(kiln: &Kiln, secret: &str) -> u16 {
+    use hmac::{Hmac, Mac};
+    let body = br#"{"zen":"Keep it logically awesome."}"#;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac");
+    mac.update(body);
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let req = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/webhooks/github", kiln.port))
+        .header("content-type", "application/json")
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+        .header("x-hub-signature-256", signature)
+        .body(body.to_vec());
+    kiln.send(req).await.0
+}
+
+/// Issue 8: a one-character bootstrap token was accepted, and `--bootstrap-token`,
+/// `--github-webhook-secret` and a `--database-url` with a password could only be given where every
+/// local user reads them. A weak token now stops the start with a clear message; every secret has a
+/// file form (and an environment form); one given as an argument is warned about.
+#[tokio::test]
+async fn secrets_come_from_files_and_weak_or_visible_ones_are_reported() {
+    let site = Site::new().await;
+    for weak in ["x", "change-me", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"] {
+        let mut cmd = site.command();
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(site.store_args())
+            .env("KILN_BOOTSTRAP_TOKEN", weak);
+        let refused = run(cmd).await;
+        refused.assert_failed(weak, "the bootstrap token is too weak");
+        assert!(
+            refused.stderr.contains("openssl rand"),
+            "{}",
+            refused.describe()
+        );
+    }
+
+    let token = "file-bootstrap-token-7f3e2d1c0b9a8765";
+    let webhook_secret = "file-webhook-secret-1e2d3c4b";
+    let token_file = private_file(&site, "bootstrap-token", &format!("{token}\n"));
+    let url_file = private_file(
+        &site,
+        "database-url",
+        &format!("{}\n", site.explicit_database_url()),
+    );
+    let webhook_file = private_file(
+        &site,
+        "webhook-secret",
+        &format!("old-webhook-secret-9a8b7c\n{webhook_secret}\n"),
+    );
+    let kiln = Kiln::start(|port| {
+        let mut cmd = site.command();
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(site.data_dir())
+            .arg("--bootstrap-token-file")
+            .arg(&token_file)
+            .arg("--github-webhook-secret-file")
+            .arg(&webhook_file)
+            .env("KILN_DATABASE_URL_FILE", &url_file);
+        cmd
+    })
+    .await;
+    kiln.ok(token, Method::GET, &acct("/tokens"), None).await;
+    assert_eq!(ping(&kiln, webhook_secret).await, 200);
+    assert_eq!(ping(&kiln, "old-webhook-secret-9a8b7c").await, 200);
+    assert_eq!(ping(&kiln, "not-the-secret").await, 401);
+    let stderr = kiln.stop().await;
+    assert!(
+        !stderr.contains("on the command line"),
+        "a warning without a secret in the arguments:\n{stderr}"
+    );
+    assert!(!stderr.contains(token), "the token was logged:\n{stderr}");
+
+    // The argument forms still work, each with a warning naming the file form.
+    let kiln = site
+        .serve(&[
+            "--bootstrap-token",
+            token,
+            "--github-webhook-secret",
+            webhook_secret,
+        ])
+        .await;
+    kiln.ok(token, Method::GET, &acct("/tokens"), None).await;
+    let stderr = kiln.stop().await;
+    for (flag, instead) in [
+        ("--bootstrap-token", "--bootstrap-token-file"),
+        ("--github-webhook-secret", "--github-webhook-secret-file"),
+    ] {
+        assert!(
+            stderr.contains(&format!("{flag} was given on the command line"))
+                && stderr.contains(instead),
+            "no warning about {flag}:\n{stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains(token) && !stderr.contains(webhook_secret),
+        "{stderr}"
+    );
+
+    // A database URL with a password: the warning, never the password.
+    let mut cmd = site.command();
+    cmd.args(["tokens", "list", "--data-dir"])
+        .arg(site.data_dir())
+        .args([
+            "--database-url",
+            "postgres://kiln:hunter2-db-password@127.0.0.1:1/kiln",
+        ]);
+    let listed = run(cmd).await;
+    assert!(
+        listed
+            .stderr
+            .contains("--database-url was given on the command line")
+            && listed.stderr.contains("--database-url-file"),
+        "{}",
+        listed.describe()
+    );
+    assert!(
+        !listed.stderr.contains("hunter2-db-password"),
+        "{}",
+        listed.describe()
+    );
+    // A file and the argument together are refused.
+    let mut cmd = site.command();
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .args(site.store_args())
+        .args(["--bootstrap-token", token])
+        .arg("--bootstrap-token-file")
+        .arg(&token_file);
+    run(cmd)
+        .await
+        .assert_failed("both forms", "--bootstrap-token");
+}
+
 #[tokio::test]
 async fn everything_survives_a_restart_of_the_binary() {
     let site = Site::new().await;
-    let admin = "restart-admin-token-0123456789";
+    let admin = "restart-admin-token-0123456789abcdef";
     let kiln = site.serve(&["--bootstrap-token", admin]).await;
     let cli = site
         .create_token(&["--account", ACCOUNT, "--permission", "read"])
@@ -1519,7 +1668,7 @@ async fn the_curl_examples_of_the_api_reference_work_against_the_binary() {
 #[tokio::test]
 async fn accounts_commands_set_limits_that_a_running_server_applies() {
     let site = Site::new().await;
-    let token = "accounts-bootstrap-token-0123456789";
+    let token = "accounts-bootstrap-token-0123456789ab";
     let kiln = site.serve(&["--bootstrap-token", token]).await;
     let run = site
         .kiln(&[

@@ -461,7 +461,8 @@ fn describe(route: &Route, cred: &str) -> String {
 
 #[tokio::test]
 async fn every_route_enforces_credentials_permission_and_account_scope() {
-    let app = TestApp::spawn().await;
+    // Hundreds of wrong credentials from one client: its throttling is tested on its own below.
+    let app = TestApp::spawn_with(|c| c.auth_throttle.burst = u32::MAX).await;
     let ids = seed(&app, WORKER).await;
 
     let read = app.mint_token(Some(&[ACCOUNT]), Permission::Read).await;
@@ -776,5 +777,97 @@ async fn resources_of_one_account_are_not_found_under_another() {
         )
         .await;
     assert!(logs["lines"].is_array(), "{logs}");
+    app.stop().await;
+}
+
+/// A client whose requests come from `ip` (any 127.0.0.0/8 address reaches the test server).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().expect("ip"))
+        .build()
+        .expect("client")
+}
+
+async fn get_with(
+    app: &TestApp,
+    client: &reqwest::Client,
+    token: Option<&str>,
+) -> (StatusCode, Value, Option<u64>) {
+    let mut req = client.get(app.url(&app.acct("/tokens")));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("send");
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().expect("ascii").parse().expect("seconds"));
+    (status, resp.json().await.expect("json"), retry_after)
+}
+
+/// The input: 2,000 wrong tokens in a row were never slowed down. Now, after a burst, a client
+/// presenting wrong credentials gets 429 / 12051 with `Retry-After` whatever it presents (so its
+/// guesses learn nothing), while other clients, valid tokens elsewhere, and requests without
+/// credentials are not affected; guessing deploy hook ids is throttled the same way.
+#[tokio::test]
+async fn failed_authentication_is_throttled_per_client() {
+    use kiln::api::throttle::FAILURE_BURST;
+    // No refill during the test, so that the counts are exact on a slow machine.
+    let app =
+        TestApp::spawn_with(|c| c.auth_throttle.refill = std::time::Duration::from_secs(3600))
+            .await;
+    let guesser = client_from("127.0.0.2");
+    let (mut refused, mut throttled) = (0, 0);
+    for i in 0..2000 {
+        let (status, v, retry_after) =
+            get_with(&app, &guesser, Some(&format!("kiln_wrong_{i:04}"))).await;
+        match status.as_u16() {
+            401 => {
+                assert_eq!(throttled, 0, "a 401 after a 429");
+                refused += 1;
+            }
+            429 => {
+                assert_error(status, &v, 429, 12051);
+                assert!(retry_after.is_some_and(|s| s >= 1), "no Retry-After");
+                throttled += 1;
+            }
+            other => panic!("status {other}: {v}"),
+        }
+    }
+    assert_eq!(refused, FAILURE_BURST, "wrong tokens before the throttle");
+    assert_eq!(throttled, 2000 - FAILURE_BURST);
+    // The throttled client is refused whatever it presents.
+    let (status, v, _) = get_with(&app, &guesser, Some(ADMIN_TOKEN)).await;
+    assert_error(status, &v, 429, 12051);
+    // Another client is not locked out: a valid token works, wrong ones get 401 from its own budget.
+    let other = client_from("127.0.0.3");
+    let (status, v, _) = get_with(&app, &other, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v, _) = get_with(&app, &other, Some("kiln_wrong")).await;
+    assert_error(status, &v, 401, 10000);
+    let (status, _, _) = get_with(&app, &app.client, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    // Requests without credentials guess nothing and are never throttled.
+    let anonymous = client_from("127.0.0.4");
+    for _ in 0..(FAILURE_BURST * 3) {
+        let (status, v, _) = get_with(&app, &anonymous, None).await;
+        assert_error(status, &v, 401, 10000);
+    }
+    // Deploy hook ids are credentials too.
+    let hook_guesser = client_from("127.0.0.5");
+    let mut statuses = Vec::new();
+    for _ in 0..(FAILURE_BURST + 5) {
+        let url = app.url(&format!(
+            "/workers/builds/deploy_hooks/{}",
+            uuid::Uuid::new_v4()
+        ));
+        let resp = hook_guesser.post(url).send().await.expect("send");
+        statuses.push(resp.status().as_u16());
+    }
+    let want: Vec<u16> = std::iter::repeat_n(404, FAILURE_BURST as usize)
+        .chain(std::iter::repeat_n(429, 5))
+        .collect();
+    assert_eq!(statuses, want);
     app.stop().await;
 }

@@ -1,5 +1,6 @@
 //! Authentication and authorisation: Bearer tokens or `X-Auth-Email` + `X-Auth-Key`, permission and
-//! account scope checked before any handler runs.
+//! account scope checked before any handler runs; a client that keeps presenting wrong credentials
+//! is throttled ([`super::throttle`]).
 
 use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::HeaderMap;
@@ -7,6 +8,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+use super::throttle::{AuthThrottle, client_key};
 use crate::crypto::hash_credential;
 use crate::domain::{AccountId, ApiToken, CredentialKind, Permission};
 use crate::store::Store;
@@ -27,6 +29,15 @@ pub enum Access {
 pub struct Gate {
     pub store: Store,
     pub access: Access,
+    /// Failed authentications per client, shared by every route.
+    pub throttle: std::sync::Arc<AuthThrottle>,
+}
+
+/// Whether a request presents credentials to look up (a guess, when they turn out wrong): an
+/// `Authorization` header, or both `X-Auth-Email` and `X-Auth-Key`.
+fn presents_credentials(headers: &HeaderMap) -> bool {
+    headers.contains_key("authorization")
+        || headers.contains_key("x-auth-email") && headers.contains_key("x-auth-key")
 }
 
 /// Looks up the caller's credentials; `Unauthenticated` when absent or unknown.
@@ -78,7 +89,19 @@ async fn check(gate: &Gate, req: Request) -> Result<Request, ApiError> {
     if gate.access == Access::Public {
         return Ok(req);
     }
-    let token = authenticate(&gate.store, req.headers()).await?;
+    let client = client_key(req.extensions());
+    if let Some(retry_after_secs) = client.and_then(|c| gate.throttle.check(c)) {
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
+    let token = match authenticate(&gate.store, req.headers()).await {
+        Err(ApiError::Unauthenticated) => {
+            if let Some(c) = client.filter(|_| presents_credentials(req.headers())) {
+                gate.throttle.record_failure(c);
+            }
+            return Err(ApiError::Unauthenticated);
+        }
+        other => other?,
+    };
     let (mut parts, body) = req.into_parts();
     let params = RawPathParams::from_request_parts(&mut parts, &())
         .await

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, ok};
-use super::extract::{Account, ApiJson, NoBody, PathParams};
+use super::extract::{Account, ApiJson, Client, NoBody, PathParams};
 use super::schema;
 use crate::domain::{
     BuildId, BuildStatus, DeployHook, DeployHookId, DetailedDeployHook, Invalid,
@@ -147,11 +147,20 @@ pub struct HookTriggered {
 /// `POST /workers/builds/deploy_hooks/{deploy_hook_uuid}` — no authentication: the hook id is the secret.
 pub async fn trigger_deploy_hook(
     State(app): State<AppState>,
+    Client(client): Client,
     path: PathParams,
     _: NoBody,
 ) -> ApiResult<HookTriggered> {
+    // An unknown hook id is a wrong credential: guessing them is throttled like guessing tokens.
+    if let Some(retry_after_secs) = client.and_then(|c| app.auth_throttle.check(c)) {
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
     let id = hook_id(&path)?;
-    match app.store.call_deploy_hook(id).await? {
+    let call = app.store.call_deploy_hook(id).await?;
+    if let (HookCall::NotFound, Some(c)) = (&call, client) {
+        app.auth_throttle.record_failure(c);
+    }
+    match call {
         HookCall::Created { build, created_on } => {
             app.scheduler.wake();
             ok(HookTriggered {

@@ -263,6 +263,17 @@ impl Paging {
     }
 }
 
+/// The throttling key of the request's client (`None` when the server did not record its address).
+pub struct Client(pub Option<super::throttle::ClientKey>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(Client(super::throttle::client_key(&parts.extensions)))
+    }
+}
+
 /// The account of the request, checked against the caller's credentials by the auth layer.
 pub struct Account(pub AccountId);
 

@@ -24,7 +24,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 /// The all-accounts write token every test server accepts.
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefXYZ";
 /// The secret the test server verifies GitHub webhook signatures with.
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret-6a1f";
 /// The account most tests work in.
@@ -111,6 +111,7 @@ pub async fn test_config(dir: &std::path::Path) -> ServeConfig {
         github_app: None,
         public_url: None,
         http: kiln::listen::HttpConfig::default(),
+        auth_throttle: Default::default(),
     }
 }
 
