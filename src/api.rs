@@ -14,6 +14,7 @@ pub mod throttle;
 mod tokens;
 mod triggers;
 mod webhooks;
+mod workers;
 
 use std::collections::BTreeMap;
 
@@ -86,13 +87,16 @@ pub struct Route {
     pub body: Option<fn(&mut SchemaGenerator) -> Schema>,
     pub result: fn(&mut SchemaGenerator) -> Schema,
     pub paginated: bool,
+    /// Success is `201 Created` instead of `200`.
+    pub created: bool,
     pub handler: fn() -> MethodRouter<AppState>,
 }
 
 macro_rules! route {
     ($method:ident $path:literal, $op:literal, $access:ident, $handler:path,
      summary: $summary:literal, result: $result:ty
-     $(, body: $body:ty)? $(, query: $query:expr)? $(, paginated: $paged:literal)?) => {
+     $(, body: $body:ty)? $(, query: $query:expr)? $(, paginated: $paged:literal)?
+     $(, created: $created:literal)?) => {
         Route {
             method: Method::$method,
             path: $path,
@@ -104,6 +108,7 @@ macro_rules! route {
                     $(let b: Option<fn(&mut SchemaGenerator) -> Schema> = Some(|g| g.subschema_for::<$body>());)? b },
             result: |g| g.subschema_for::<$result>(),
             paginated: { #[allow(unused_variables)] let p = false; $(let p = $paged;)? p },
+            created: { #[allow(unused_variables)] let c = false; $(let c = $created;)? c },
             handler: || on(MethodFilter::$method, $handler),
         }
     };
@@ -193,6 +198,22 @@ pub fn routes() -> Vec<Route> {
         route!(PUT "/accounts/{account_id}/builds/workers/{external_script_id}/deploy_hooks/{deploy_hook_uuid}", "updateDeployHook", Write,
             deploy_hooks::update_deploy_hook, summary: "Update a deploy hook", result: DeployHook,
             body: deploy_hooks::DeployHookRequest),
+        route!(POST "/accounts/{account_id}/builds/workers", "createWorkerBuild", Write,
+            workers::create_worker_build,
+            summary: "Create a Worker's build configuration: its repository, production branch and settings, and optionally previews of every other branch",
+            result: workers::WorkerResponse, body: workers::CreateWorkerBuildRequest, created: true),
+        route!(GET "/accounts/{account_id}/builds/workers/{external_script_id}", "getWorkerBuild", Read,
+            workers::get_worker_build, summary: "Get a Worker's build configuration", result: workers::WorkerResponse),
+        route!(PATCH "/accounts/{account_id}/builds/workers/{external_script_id}", "updateWorkerBuild", Write,
+            workers::update_worker_build,
+            summary: "Update a Worker's build configuration: its branch, settings, variables (null deletes one) and previews",
+            result: workers::WorkerResponse, body: workers::UpdateWorkerBuildRequest,
+            query: &[QueryDoc { name: "patch_existing_previews", required: false,
+                description: "true or false (default false); Kiln keeps no Worker Previews of its own, so this changes nothing" }]),
+        route!(DELETE "/accounts/{account_id}/builds/workers/{external_script_id}", "deleteWorkerBuild", Write,
+            workers::delete_worker_build,
+            summary: "Delete a Worker's build configuration: its triggers go and their unfinished builds are cancelled (builds stay readable); result \"ok\"",
+            result: String),
         route!(POST "/workers/builds/deploy_hooks/{deploy_hook_uuid}", "triggerDeployHook", Public,
             deploy_hooks::trigger_deploy_hook, summary: "Start a build from a deploy hook (no authentication: the hook id is the secret)",
             result: deploy_hooks::HookTriggered),

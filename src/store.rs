@@ -18,6 +18,7 @@ mod scheduling;
 mod tokens;
 mod triggers;
 mod webhooks;
+mod worker_builds;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -41,6 +42,10 @@ pub use reports::{CommentItem, PrBuild, ReportItem};
 pub use scheduling::{ClaimedBuild, LostBuild};
 pub use triggers::{NewTrigger, TriggerPatch, TriggerWriteError};
 pub use webhooks::{DeliveryOutcome, PAIR_WINDOW_MS, PushSelection};
+pub use worker_builds::{
+    NewWorkerBuild, PREVIEWS_TRIGGER_NAME, PRODUCTION_TRIGGER_NAME, Side, WorkerBuild,
+    WorkerBuildError, WorkerBuildPatch, WorkerSettings, WorkerSettingsPatch,
+};
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

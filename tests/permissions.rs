@@ -24,6 +24,8 @@ const HOOK_NAME: &str = "deploy main";
 #[derive(Debug, Clone)]
 struct Ids {
     worker: String,
+    /// A Worker with a build configuration (the worker build routes use it).
+    config_worker: String,
     /// The connection the trigger uses.
     connection: String,
     /// A connection no trigger uses (deletable).
@@ -82,8 +84,17 @@ async fn seed(app: &TestApp, worker: &str) -> Ids {
             })),
         )
         .await;
+    let config_worker = format!("{worker}-config");
+    let (status, config) = app
+        .post(
+            &app.acct("/workers"),
+            config_body(&config_worker, worker, &f.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{config}");
     Ids {
         worker: worker.to_owned(),
+        config_worker,
         connection: f.connection,
         spare_connection: s(&spare["repo_connection_uuid"]),
         token: f.token,
@@ -91,6 +102,24 @@ async fn seed(app: &TestApp, worker: &str) -> Ids {
         build: s(&build["build_uuid"]),
         hook: s(&hook["deploy_hook_uuid"]),
     }
+}
+
+/// A `createWorkerBuild` body for `config_worker`, on the repository of `worker`'s fixture.
+fn config_body(config_worker: &str, worker: &str, token: &str) -> Value {
+    json!({
+        "script_tag": config_worker,
+        "git_repository": {"branch": "main", "provider_account_id": "1001",
+            "provider_account_name": "octo-org", "provider_type": "github",
+            "repo_id": format!("repo-{worker}"), "repo_name": format!("{worker}-repo")},
+        "production_settings": {"build_command": "npm run build", "build_token_uuid": token,
+            "deploy_command": "npx wrangler deploy",
+            "environment_variables": {ENV_KEY: {"is_secret": false, "value": "22"}}}
+    })
+}
+
+/// Whether a route is about a Worker's build configuration (its Worker is `config_worker`).
+fn is_worker_build_route(route: &Route) -> bool {
+    route.operation_id.ends_with("WorkerBuild")
 }
 
 /// A git repository with one commit on `main` where the test server clones the fixture connection
@@ -133,6 +162,7 @@ fn fill(route: &Route, account: &str, ids: &Ids) -> String {
         let value = match seg.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
             None => seg,
             Some("account_id") => account,
+            Some("external_script_id") if is_worker_build_route(route) => &ids.config_worker,
             Some("external_script_id") => &ids.worker,
             Some("trigger_uuid") => &ids.trigger,
             Some("build_uuid") => &ids.build,
@@ -206,6 +236,9 @@ fn body(route: &Route, ids: &Ids) -> Option<Value> {
         "updateDeployHook" => {
             json!({"deploy_hook_name": "deploy main renamed", "branch": "release"})
         }
+        "createWorkerBuild" => config_body(&format!("{}-new", ids.worker), &ids.worker, &ids.token),
+        "updateWorkerBuild" => json!({"production_settings": {"build_command": "npm ci"},
+            "previews_enabled": true}),
         other => panic!(
             "{} {} ({other}) takes a body; add a valid one to tests/permissions.rs body()",
             route.method, route.path
@@ -310,6 +343,8 @@ async fn snapshot(app: &TestApp, ids: &Ids) -> Value {
         "/tokens".to_owned(),
         format!("/workers/{}/deploy_hooks", ids.worker),
         format!("/workers/{}/deploy_hooks/{}", ids.worker, ids.hook),
+        format!("/workers/{}", ids.config_worker),
+        format!("/workers/{}/triggers", ids.config_worker),
     ];
     let mut out = serde_json::Map::new();
     for p in paths {
@@ -317,6 +352,15 @@ async fn snapshot(app: &TestApp, ids: &Ids) -> Value {
         let (status, v) = app.get(&path).await;
         expect_ok(&format!("snapshot GET {path}"), status, &v);
         out.insert(path, v);
+    }
+    // What a configuration create would add: nothing yet.
+    for p in [
+        format!("/workers/{}-new", ids.worker),
+        format!("/workers/{}-new/triggers", ids.worker),
+    ] {
+        let path = app.acct(&p);
+        let (status, v) = app.get(&path).await;
+        out.insert(path, json!([status.as_u16(), v]));
     }
     let account = AccountId::parse(ACCOUNT).expect("account id");
     for conn in [&ids.connection, &ids.spare_connection] {
@@ -669,7 +713,17 @@ async fn every_route_enforces_credentials_permission_and_account_scope() {
                 ids.clone()
             };
             let (status, v) = call_route(&app, route, ACCOUNT, &target, *cred).await;
-            expect_ok(&describe(route, name), status, &v);
+            if route.created {
+                assert_eq!(
+                    status,
+                    StatusCode::CREATED,
+                    "{}: {v}",
+                    describe(route, name)
+                );
+                assert_eq!(v["success"], json!(true), "{}: {v}", describe(route, name));
+            } else {
+                expect_ok(&describe(route, name), status, &v);
+            }
         }
     }
 
@@ -740,6 +794,13 @@ async fn resources_of_one_account_are_not_found_under_another() {
             (_, "createDeployHook") => expect_error(&what, status, &v, 404, 12000),
             // ACCOUNT's repository connection does not exist in OTHER_ACCOUNT.
             (_, "getWorkerConfigAutofill") => expect_error(&what, status, &v, 404, 12000),
+            // ACCOUNT's build token does not exist in OTHER_ACCOUNT.
+            (_, "createWorkerBuild") => expect_error(&what, status, &v, 400, 12002),
+            // Nor does ACCOUNT's Worker build configuration.
+            (_, "getWorkerBuild" | "updateWorkerBuild" | "deleteWorkerBuild") => {
+                expect_error(&what, status, &v, 404, 12000);
+                not_found.push(route.operation_id);
+            }
             // Lists and lookups succeed but are empty (checked above: none of ACCOUNT's ids appear).
             (Access::Read, _) => expect_ok(&what, status, &v),
             _ => {}
@@ -755,6 +816,9 @@ async fn resources_of_one_account_are_not_found_under_another() {
         "deleteBuildToken",
         "deleteRepoConnection",
         "getDeployHook",
+        "getWorkerBuild",
+        "updateWorkerBuild",
+        "deleteWorkerBuild",
     ] {
         assert!(
             not_found.contains(&op),

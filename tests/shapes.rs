@@ -472,7 +472,13 @@ async fn openapi_describes_every_route() {
         let op =
             &doc["paths"][format!("/client/v4{}", r.path)][r.method.as_str().to_ascii_lowercase()];
         assert_eq!(op["operationId"], r.operation_id, "{} {}", r.method, r.path);
-        assert!(op["responses"]["200"].is_object());
+        let success = if r.created { "201" } else { "200" };
+        assert!(
+            op["responses"][success].is_object(),
+            "{} {}",
+            r.method,
+            r.path
+        );
     }
     // Every $ref resolves.
     let text = doc.to_string();
@@ -721,5 +727,61 @@ async fn list_pages_are_bounded_by_bytes() {
     let (_, v) = get(app.acct("/workers/small/builds")).await;
     assert_eq!(v["result_info"]["per_page"], 50);
     assert_eq!(v["result_info"]["count"], 3);
+    app.stop().await;
+}
+
+/// The Worker build configuration endpoints answer Cloudflare's shapes (`builds_WorkerResponse`,
+/// 201 on create, `"ok"` on delete), for Cloudflare's own example request.
+#[tokio::test]
+async fn worker_build_configuration_shapes() {
+    let app = TestApp::spawn().await;
+    let token = s(&app
+        .ok(
+            Method::POST,
+            &app.acct("/tokens"),
+            Some(json!({"build_token_name": "My Build Token", "build_token_secret": "super-secret-token",
+                "cloudflare_token_id": "cf-token-123"})),
+        )
+        .await["build_token_uuid"]);
+    // Cloudflare's example body (cloudflare-openapi-builds.json), with a real token id.
+    let body = json!({
+        "git_repository": {"branch": "main", "provider_account_id": "cloudflare",
+            "provider_account_name": "Cloudflare", "provider_type": "github", "repo_id": "workers-sdk",
+            "repo_name": "workers-sdk"},
+        "production_settings": {"build_caching_enabled": true, "build_command": "npm run build",
+            "build_token_uuid": token, "deploy_command": "npx wrangler deploy", "environment_variables": {},
+            "path_excludes": ["*.md"], "path_includes": ["*"], "root_directory": "/"},
+        "script_tag": "my-worker"
+    });
+    let (status, v) = app
+        .call(
+            Method::POST,
+            &app.acct("/workers"),
+            Some(ADMIN_TOKEN),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    snap("create_worker_build", &v);
+    snap(
+        "get_worker_build",
+        &full(&app, Method::GET, &app.acct("/workers/my-worker"), None).await,
+    );
+    // Cloudflare's example update.
+    snap(
+        "update_worker_build",
+        &full(
+            &app,
+            Method::PATCH,
+            &app.acct("/workers/my-worker"),
+            Some(json!({"production_settings": {"build_command": "npm run build:production",
+                "deploy_command": "npx wrangler deploy --env production"}, "previews_enabled": true})),
+        )
+        .await,
+    );
+    snap(
+        "delete_worker_build",
+        &full(&app, Method::DELETE, &app.acct("/workers/my-worker"), None).await,
+    );
     app.stop().await;
 }

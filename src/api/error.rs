@@ -82,6 +82,17 @@ impl<T: Serialize> IntoResponse for Success<T> {
     }
 }
 
+/// A `201 Created` answer with `result` (`createWorkerBuild`, API-REFERENCE §6.12).
+pub struct Created<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Created<T> {
+    fn into_response(self) -> Response {
+        let mut resp = Success(self.0, None).into_response();
+        *resp.status_mut() = StatusCode::CREATED;
+        resp
+    }
+}
+
 /// Shorthand for handler results.
 pub type ApiResult<T> = Result<Success<T>, ApiError>;
 

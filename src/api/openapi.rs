@@ -60,12 +60,13 @@ pub fn document() -> Value {
             envelope["required"] =
                 json!(["success", "errors", "messages", "result", "result_info"]);
         }
+        let success = if r.created { "201" } else { "200" };
         let mut op = json!({
             "operationId": r.operation_id,
             "summary": r.summary,
             "parameters": params,
             "responses": {
-                "200": {"description": "Success", "content": {"application/json": {"schema": envelope}}},
+                success: {"description": "Success", "content": {"application/json": {"schema": envelope}}},
                 "503": {"$ref": "#/components/responses/StorageUnavailable"},
                 "507": {"$ref": "#/components/responses/StorageFull"},
                 "default": {"$ref": "#/components/responses/Error"},

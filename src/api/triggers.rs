@@ -9,16 +9,11 @@ use super::error::{ApiError, ApiResult, ok, ok_empty};
 use super::extract::{Account, ApiJson, NoBody, PathParams};
 use super::schema;
 use crate::domain::{
-    BuildTokenId, Invalid, MAX_NAME_LEN, MAX_TRIGGERS_PER_WORKER, RepoConnectionId, Trigger,
-    TriggerId, WorkerId, bounded_text, command, is_preview_trigger, patterns, root_directory,
+    BuildTokenId, DEFAULT_DEPLOY_COMMAND, DEFAULT_PREVIEW_DEPLOY_COMMAND, Invalid, MAX_NAME_LEN,
+    MAX_TRIGGERS_PER_WORKER, RepoConnectionId, Trigger, TriggerId, WorkerId, bounded_text, command,
+    is_preview_trigger, patterns, root_directory,
 };
 use crate::store::{NewTrigger, TriggerPatch, TriggerWriteError};
-
-/// Deploy command of a trigger created without one (the hosted product's default).
-pub const DEFAULT_DEPLOY_COMMAND: &str = "npx wrangler deploy";
-/// Deploy command of a preview trigger ([`is_preview_trigger`]) created without one: the hosted
-/// product's non-production branch deploy command (PRODUCT-NOTES §3).
-pub const DEFAULT_PREVIEW_DEPLOY_COMMAND: &str = "npx wrangler versions upload";
 
 /// Body of `createTrigger`. Fields after `trigger_name` take the hosted product's defaults when absent.
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -132,13 +132,25 @@ pub struct EnvVarView {
 pub type EnvVarMap = BTreeMap<String, EnvVarView>;
 
 /// One stored environment variable, its value available to the runner only.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EnvVar {
     pub key: String,
     pub is_secret: bool,
     /// Plain value; for secrets this is the decrypted value and must never reach a response.
     pub value: String,
     pub created_on: Timestamp,
+}
+
+// A secret's value must not reach a log or a panic through `{:?}`.
+impl std::fmt::Debug for EnvVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvVar")
+            .field("key", &self.key)
+            .field("is_secret", &self.is_secret)
+            .field("value", &self.view().value.as_deref().unwrap_or("***"))
+            .field("created_on", &self.created_on)
+            .finish()
+    }
 }
 
 impl EnvVar {
@@ -304,6 +316,12 @@ impl ApiToken {
 
 /// Maximum number of triggers per Worker (production + one other).
 pub const MAX_TRIGGERS_PER_WORKER: i64 = 2;
+
+/// Deploy command of a trigger created without one (the hosted product's default).
+pub const DEFAULT_DEPLOY_COMMAND: &str = "npx wrangler deploy";
+/// Deploy command of a preview trigger ([`super::is_preview_trigger`]) created without one: the
+/// hosted product's non-production branch deploy command (PRODUCT-NOTES §3).
+pub const DEFAULT_PREVIEW_DEPLOY_COMMAND: &str = "npx wrangler versions upload";
 
 /// Maximum number of live deploy hooks per Worker: the hook list is not paged, so its size is
 /// bounded by this count (the hosted product publishes no number).

@@ -33,8 +33,20 @@ impl Store {
         account: &AccountId,
         new: &NewConnection,
     ) -> anyhow::Result<RepoConnection> {
-        let now = Timestamp::now().millis();
         let mut w = self.begin_write().await?;
+        let conn = self.upsert_repo_connection_in(&mut w, account, new).await?;
+        w.commit().await?;
+        Ok(conn)
+    }
+
+    /// [`Store::upsert_repo_connection`] inside the caller's transaction.
+    pub(super) async fn upsert_repo_connection_in(
+        &self,
+        w: &mut super::WriteTx<'_>,
+        account: &AccountId,
+        new: &NewConnection,
+    ) -> anyhow::Result<RepoConnection> {
+        let now = Timestamp::now().millis();
         sqlx::query(
             "INSERT INTO repo_connections (uuid, account_id, provider_type, provider_account_id, \
              provider_account_name, repo_id, repo_name, created_on, modified_on) \
@@ -65,9 +77,7 @@ impl Store {
         .fetch_one(&mut *w.tx)
         .await
         .context("reading back a repository connection")?;
-        let conn = connection(&row)?;
-        w.commit().await?;
-        Ok(conn)
+        connection(&row)
     }
 
     /// The live connection with this id in this account.

@@ -8,11 +8,22 @@ use super::rows::{flag, opt_text, text, ts};
 use crate::domain::{EnvVar, Invalid, MAX_ENV_VARS, Timestamp, TriggerId};
 
 /// One requested change: set `key`, keeping the stored value when `value` is `None`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EnvVarChange {
     pub key: String,
     pub is_secret: bool,
     pub value: Option<String>,
+}
+
+// The value may be a secret: `{:?}` must not show it.
+impl std::fmt::Debug for EnvVarChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvVarChange")
+            .field("key", &self.key)
+            .field("is_secret", &self.is_secret)
+            .field("value", &self.value.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 impl Store {

@@ -118,29 +118,72 @@ impl Store {
         if conn.is_none() {
             return Ok(Err(TriggerWriteError::UnknownConnection));
         }
-        let build_token = match new.build_token_uuid {
-            Some(token) => {
-                if !self.build_token_is_live(&mut w, account, token).await? {
-                    return Ok(Err(TriggerWriteError::UnknownBuildToken));
-                }
-                token
-            }
-            None => match self.only_build_token(&mut w, account).await? {
-                Ok(token) => token,
-                Err(tokens) => return Ok(Err(TriggerWriteError::NoDefaultBuildToken { tokens })),
-            },
+        let build_token = match self
+            .resolve_build_token(&mut w, account, new.build_token_uuid)
+            .await?
+        {
+            Ok(token) => token,
+            Err(e) => return Ok(Err(e)),
         };
-        let live: i64 = sqlx::query(
+        if self
+            .live_trigger_count(&mut w, account, &new.external_script_id)
+            .await?
+            >= MAX_TRIGGERS_PER_WORKER
+        {
+            return Ok(Err(TriggerWriteError::TooManyTriggers));
+        }
+        let id = self
+            .insert_trigger_row(&mut w, account, new, build_token)
+            .await?;
+        let t = fetch_trigger(&mut *w.tx, account, id)
+            .await?
+            .context("trigger vanished")?;
+        w.commit().await?;
+        Ok(Ok(t))
+    }
+
+    /// The named build token when it is live in the account, or the account's only live token.
+    pub(super) async fn resolve_build_token(
+        &self,
+        w: &mut WriteTx<'_>,
+        account: &AccountId,
+        named: Option<BuildTokenId>,
+    ) -> anyhow::Result<Result<BuildTokenId, TriggerWriteError>> {
+        Ok(match named {
+            Some(token) if self.build_token_is_live(w, account, token).await? => Ok(token),
+            Some(_) => Err(TriggerWriteError::UnknownBuildToken),
+            None => self
+                .only_build_token(w, account)
+                .await?
+                .map_err(|tokens| TriggerWriteError::NoDefaultBuildToken { tokens }),
+        })
+    }
+
+    /// How many live triggers a Worker has.
+    pub(super) async fn live_trigger_count(
+        &self,
+        w: &mut WriteTx<'_>,
+        account: &AccountId,
+        worker: &WorkerId,
+    ) -> anyhow::Result<i64> {
+        Ok(sqlx::query(
             "SELECT COUNT(*) AS n FROM triggers WHERE account_id = $1 AND external_script_id = $2 AND deleted_on IS NULL",
         )
         .bind(account.as_str())
-        .bind(new.external_script_id.as_str())
+        .bind(worker.as_str())
         .fetch_one(&mut *w.tx)
         .await?
-        .try_get("n")?;
-        if live >= MAX_TRIGGERS_PER_WORKER {
-            return Ok(Err(TriggerWriteError::TooManyTriggers));
-        }
+        .try_get("n")?)
+    }
+
+    /// Inserts a trigger row whose connection and token were checked; returns its id.
+    pub(super) async fn insert_trigger_row(
+        &self,
+        w: &mut WriteTx<'_>,
+        account: &AccountId,
+        new: &NewTrigger,
+        build_token: BuildTokenId,
+    ) -> anyhow::Result<TriggerId> {
         let id = TriggerId::new();
         let now = Timestamp::now().millis();
         sqlx::query(
@@ -167,11 +210,7 @@ impl Store {
         .execute(&mut *w.tx)
         .await
         .context("inserting a trigger")?;
-        let t = fetch_trigger(&mut *w.tx, account, id)
-            .await?
-            .context("trigger vanished")?;
-        w.commit().await?;
-        Ok(Ok(t))
+        Ok(id)
     }
 
     /// The live trigger with this id in this account.
@@ -265,8 +304,22 @@ impl Store {
     /// this id. Builds already running finish; every build stays readable.
     pub async fn delete_trigger(&self, account: &AccountId, id: TriggerId) -> anyhow::Result<bool> {
         let mut w = self.begin_write().await?;
+        if !self.delete_trigger_in(&mut w, account, id).await? {
+            return Ok(false);
+        }
+        w.commit().await?;
+        Ok(true)
+    }
+
+    /// [`Store::delete_trigger`] inside the caller's transaction.
+    pub(super) async fn delete_trigger_in(
+        &self,
+        w: &mut WriteTx<'_>,
+        account: &AccountId,
+        id: TriggerId,
+    ) -> anyhow::Result<bool> {
         // The same lock as queuing a build: no build of this trigger is queued past the deletion.
-        self.lock_key(&mut w, &format!("trigger:{id}")).await?;
+        self.lock_key(w, &format!("trigger:{id}")).await?;
         let now = Timestamp::now().millis();
         let done = sqlx::query(
             "UPDATE triggers SET deleted_on = $1, modified_on = $1 WHERE uuid = $2 AND account_id = $3 AND deleted_on IS NULL",
@@ -289,12 +342,12 @@ impl Store {
         .execute(&mut *w.tx)
         .await
         .context("cancelling the deleted trigger's queued builds")?;
-        w.commit().await?;
         Ok(true)
     }
 }
 
-async fn fetch_trigger<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+/// The live trigger with this id in this account.
+pub(super) async fn fetch_trigger<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     executor: E,
     account: &AccountId,
     id: TriggerId,
@@ -302,6 +355,24 @@ async fn fetch_trigger<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     let row = sqlx::query(&format!(
         "SELECT {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS} FROM {TRIGGER_FROM} \
          WHERE t.uuid = $1 AND t.account_id = $2 AND t.deleted_on IS NULL"
+    ))
+    .bind(id.to_string())
+    .bind(account.as_str())
+    .fetch_optional(executor)
+    .await
+    .context("reading a trigger")?;
+    row.as_ref().map(trigger).transpose()
+}
+
+/// The trigger with this id in this account, live or deleted.
+pub(super) async fn fetch_any_trigger<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    executor: E,
+    account: &AccountId,
+    id: TriggerId,
+) -> anyhow::Result<Option<Trigger>> {
+    let row = sqlx::query(&format!(
+        "SELECT {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS} FROM {TRIGGER_FROM} \
+         WHERE t.uuid = $1 AND t.account_id = $2"
     ))
     .bind(id.to_string())
     .bind(account.as_str())
