@@ -17,6 +17,10 @@ use serde_json::{Map, Value, json};
 const WORKER: &str = "bad-input-worker";
 /// A Worker that already has the maximum of two triggers.
 const FULL_WORKER: &str = "full-worker";
+/// A Worker with a build configuration.
+const CONFIG_WORKER: &str = "config-worker";
+/// The Worker the valid `createWorkerBuild` body configures (nothing before the controls).
+const NEW_CONFIG_WORKER: &str = "new-config-worker";
 
 /// A request body.
 #[derive(Clone)]
@@ -227,6 +231,9 @@ async fn snapshot(app: &TestApp, w: &World) -> BTreeMap<String, Value> {
         format!("/builds/{}", w.stopped_build),
         format!("/builds/{}/logs", w.queued_build),
         format!("/builds/latest?external_script_ids={WORKER},{FULL_WORKER}"),
+        format!("/workers/{CONFIG_WORKER}"),
+        format!("/workers/{CONFIG_WORKER}/triggers"),
+        format!("/workers/{NEW_CONFIG_WORKER}/triggers"),
     ]
     .into_iter()
     .map(|p| app.acct(&p))
@@ -416,6 +423,10 @@ async fn setup(app: &TestApp) -> World {
         .append_build_logs(BuildId::parse("id", &queued).expect("uuid"), &lines)
         .await
         .expect("append logs");
+    let (status, config) = app
+        .post(&app.acct("/workers"), config_body(CONFIG_WORKER, &f.token))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{config}");
     let other = format!("/accounts/{OTHER_ACCOUNT}/builds");
     let other_conn = app
         .ok(
@@ -447,6 +458,18 @@ async fn setup(app: &TestApp) -> World {
         queued_build: queued,
         stopped_build: stopped,
     }
+}
+
+/// A valid `createWorkerBuild` body for `worker`.
+fn config_body(worker: &str, token: &str) -> Value {
+    json!({
+        "script_tag": worker,
+        "git_repository": {"branch": "main", "provider_account_id": "4004",
+            "provider_account_name": "config-org", "provider_type": "github",
+            "repo_id": format!("{worker}-repo"), "repo_name": format!("{worker}-repo")},
+        "production_settings": {"build_command": "npm run build", "build_token_uuid": token,
+            "deploy_command": "npx wrangler deploy"}
+    })
 }
 
 /// The endpoints with a JSON body, each with a body it accepts (sent for real at the end, as a control).
@@ -513,6 +536,20 @@ fn body_routes(w: &World) -> Vec<BodyRoute> {
             path: format!("/workers/{WORKER}/deploy_hooks/{}", w.hook_prod),
             valid: json!({"deploy_hook_name": "renamed", "branch": "main"}),
             positional: json!(["renamed", "main"]),
+        },
+        BodyRoute {
+            name: "createWorkerBuild",
+            method: Method::POST,
+            path: "/workers".to_owned(),
+            valid: config_body(NEW_CONFIG_WORKER, &w.token),
+            positional: json!([NEW_CONFIG_WORKER, ["main"], ["npm run build"]]),
+        },
+        BodyRoute {
+            name: "updateWorkerBuild",
+            method: Method::PATCH,
+            path: format!("/workers/{CONFIG_WORKER}"),
+            valid: json!({"production_settings": {"build_command": "npm ci"}}),
+            positional: json!([["npm ci"]]),
         },
     ]
 }
@@ -599,6 +636,13 @@ fn wrong_types(t: &mut Table, routes: &[BodyRoute]) {
         ("createDeployHook", "deploy_hook_name", json!(["a"])),
         ("updateDeployHook", "deploy_hook_name", Value::Null),
         ("updateDeployHook", "branch", json!(7)),
+        ("createWorkerBuild", "script_tag", json!(5)),
+        ("createWorkerBuild", "git_repository", json!("github")),
+        ("createWorkerBuild", "production_settings", json!([])),
+        ("createWorkerBuild", "previews_enabled", json!("yes")),
+        ("updateWorkerBuild", "production_settings", json!("npm ci")),
+        ("updateWorkerBuild", "previews_enabled", json!(1)),
+        ("updateWorkerBuild", "git_repository", json!({"branch": 5})),
     ];
     for (name, field, value) in typed {
         let r = route(name);
@@ -617,6 +661,7 @@ fn wrong_types(t: &mut Table, routes: &[BodyRoute]) {
         ("upsertRepoConnection", &["provider_type", "provider_account_id", "provider_account_name", "repo_id", "repo_name"]),
         ("createDeployHook", &["deploy_hook_name", "branch"]),
         ("updateDeployHook", &["deploy_hook_name", "branch"]),
+        ("createWorkerBuild", &["script_tag", "git_repository", "production_settings"]),
     ];
     for (name, fields) in required {
         let r = route(name);
@@ -1294,11 +1339,18 @@ async fn bad_inputs_are_refused_and_change_nothing() {
                 Some(r.valid.clone()),
             )
             .await;
-        assert_eq!(status, StatusCode::OK, "control {}: {body}", r.name);
+        let want = if r.name == "createWorkerBuild" {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(status, want, "control {}: {body}", r.name);
         assert_eq!(body["success"], json!(true), "control {}: {body}", r.name);
     }
     let changed = snapshot(&app, &w).await;
     for key in [
+        format!("/workers/{CONFIG_WORKER}"),
+        format!("/workers/{NEW_CONFIG_WORKER}/triggers"),
         format!("/workers/{WORKER}/triggers"),
         format!("/triggers/{}/environment_variables", w.trigger),
         "/tokens?per_page=200".to_owned(),

@@ -77,13 +77,10 @@ impl<'de> Deserialize<'de> for EnvVarsRequest {
         let map = serde_json::Map::<String, Value>::deserialize(d)?;
         // The list form: its one key holds an array, which no variable of the map form can.
         if map.len() == 1
-            && let Some(Value::Array(_)) = map.get("variables")
+            && let Some(items @ Value::Array(_)) = map.get("variables")
         {
-            let items: Vec<EnvVarListItem> = from_value(
-                "variables",
-                map.into_iter().map(|(_, v)| v).next().unwrap_or_default(),
-            )
-            .map_err(D::Error::custom)?;
+            let items: Vec<EnvVarListItem> =
+                from_value("variables", items.clone()).map_err(D::Error::custom)?;
             let mut out = BTreeMap::new();
             for item in items {
                 let input = EnvVarInput {
