@@ -1537,6 +1537,8 @@ async fn bodies_over_the_limit_are_refused_naming_the_limit_of_their_route() {
     )
     .await;
     assert_refused(&raw, 413, "larger than 1 MiB");
+    app.stop().await;
+}
 
 /// Lists without paging stay bounded: a Worker has at most 100 deploy hooks.
 #[tokio::test]
