@@ -50,18 +50,18 @@ struct Seen {
 async fn slow_client(addr: std::net::SocketAddr, kind: Slow) -> Seen {
     let started = Instant::now();
     let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let body_head = format!(
+        "POST /client/v4/accounts/023e105f4ecef8ad9ca31a8372d0c353/builds/tokens HTTP/1.1\r\n\
+         Host: kiln\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    );
     let (head, trickle): (&[u8], &[u8]) = match kind {
         Slow::Idle => (b"", b""),
         Slow::Head => (
             b"",
             b"GET /client/v4/openapi.json HTTP/1.1\r\nHost: kiln\r\nX-Padding: ",
         ),
-        Slow::Body => (
-            b"POST /client/v4/accounts/023e105f4ecef8ad9ca31a8372d0c353/builds/tokens HTTP/1.1\r\n\
-              Host: kiln\r\nAuthorization: Bearer test-admin-token-0123456789\r\n\
-              Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
-            b"{\"build_token_name\": \"",
-        ),
+        Slow::Body => (body_head.as_bytes(), b"{\"build_token_name\": \""),
     };
     stream.write_all(head).await.expect("write head");
     let mut answer = Vec::new();

@@ -212,6 +212,9 @@ fn query_param_schema(name: &str, param: &mut Value, g: &mut SchemaGenerator) ->
         }),
         "branch" => schema::branch(),
         "root_directory" => schema::autofill_root_directory(),
+        "patch_existing_previews" => schemars::json_schema!({
+            "type": "string", "enum": ["true", "false"],
+        }),
         _ => return None,
     })
 }
