@@ -242,6 +242,13 @@ pub struct ServeArgs {
     /// Time between SIGTERM and SIGKILL when a build is cancelled or times out.
     #[arg(long, env = "KILN_CANCEL_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub cancel_grace: Duration,
+    /// Failed authentications (unknown tokens, keys or deploy hook ids) one client address may make
+    /// back to back before it gets 429; `0` turns the throttle off (e.g. behind a proxy that throttles).
+    #[arg(long, env = "KILN_AUTH_FAILURE_BURST", default_value_t = crate::api::throttle::FAILURE_BURST)]
+    pub auth_failure_burst: u32,
+    /// Time after which a throttled client may fail once more, e.g. `6s`.
+    #[arg(long, env = "KILN_AUTH_FAILURE_REFILL", default_value = "6s", value_parser = parse_duration)]
+    pub auth_failure_refill: Duration,
     /// Stored log size per build in MiB; the head and the tail are kept.
     #[arg(long, env = "KILN_LOG_CAP_MIB", default_value_t = 50)]
     pub log_cap_mib: u64,
@@ -547,7 +554,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             body_read_timeout: args.body_read_timeout,
             idle_timeout: args.idle_timeout,
         },
-        auth_throttle: Default::default(),
+        auth_throttle: crate::api::throttle::ThrottleConfig {
+            burst: args.auth_failure_burst,
+            refill: args.auth_failure_refill,
+        },
     };
     let mut server = Server::start(&config).await?;
     tracing::info!(addr = %server.addr, backend = ?server.store.backend(), "kiln listening on http://{}", server.addr);

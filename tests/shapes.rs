@@ -531,7 +531,7 @@ async fn requests_from_cloudflare_clients_are_accepted() {
             "branch_includes": ["main"], "branch_excludes": [], "path_includes": ["*"], "path_excludes": []})
     };
     let (status, body) = app.post(&a("/triggers"), trigger_body("w1")).await;
-    assert_error(status, &body, 400, 12002);
+    assert_error(status, &body, 409, 12009);
     let message = s(&body["errors"][0]["message"]);
     assert!(
         message.contains("build_token_uuid") && message.contains("no build token"),
@@ -559,7 +559,7 @@ async fn requests_from_cloudflare_clients_are_accepted() {
     )
     .await;
     let (status, body) = app.post(&a("/triggers"), trigger_body("w2")).await;
-    assert_error(status, &body, 400, 12002);
+    assert_error(status, &body, 409, 12009);
     let message = s(&body["errors"][0]["message"]);
     assert!(
         message.contains("build_token_uuid") && message.contains("more than one"),
@@ -587,6 +587,19 @@ async fn requests_from_cloudflare_clients_are_accepted() {
     assert_eq!(vars["API_KEY"]["value"], Value::Null);
     assert_eq!(vars["API_KEY"]["is_secret"], true);
     assert!(!vars.to_string().contains("k-0123456789"));
+
+    // A key listed twice: the last entry counts, as with a repeated key of the map form.
+    let vars = app
+        .ok(
+            Method::PATCH,
+            &ev,
+            Some(json!({"variables": [
+            {"key": "DUP_VAR", "value": "first", "type": "secret"},
+            {"key": "DUP_VAR", "value": "second", "type": "text"}]})),
+        )
+        .await;
+    assert_eq!(vars["DUP_VAR"]["value"], "second");
+    assert_eq!(vars["DUP_VAR"]["is_secret"], false);
     app.stop().await;
 }
 

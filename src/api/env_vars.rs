@@ -41,6 +41,7 @@ pub enum EnvVarType {
 pub struct EnvVarListItem {
     #[schemars(with = "crate::domain::EnvVarKey")]
     pub key: String,
+    #[schemars(with = "schema::EnvListValue")]
     pub value: String,
     #[serde(rename = "type")]
     pub kind: EnvVarType,
@@ -81,19 +82,18 @@ impl<'de> Deserialize<'de> for EnvVarsRequest {
         {
             let items: Vec<EnvVarListItem> =
                 from_value("variables", items.clone()).map_err(D::Error::custom)?;
-            let mut out = BTreeMap::new();
-            for item in items {
-                let input = EnvVarInput {
-                    is_secret: item.kind == EnvVarType::Secret,
-                    value: Some(item.value),
-                };
-                let key = crate::domain::truncate_for_message(&item.key);
-                if out.insert(item.key, Some(input)).is_some() {
-                    return Err(D::Error::custom(format!(
-                        "variables: {key:?} is given more than once"
-                    )));
-                }
-            }
+            // A key listed more than once: the last entry counts, as with a repeated key of the map
+            // form (and as a JSON Schema of the list can say nothing about its keys' uniqueness).
+            let out = items
+                .into_iter()
+                .map(|item| {
+                    let input = EnvVarInput {
+                        is_secret: item.kind == EnvVarType::Secret,
+                        value: Some(item.value),
+                    };
+                    (item.key, Some(input))
+                })
+                .collect();
             return Ok(EnvVarsRequest(out));
         }
         map.into_iter()
@@ -125,7 +125,8 @@ impl JsonSchema for EnvVarsRequest {
         json_schema!({
             "description": "Variables by name (`null` deletes one), or the docs guide's form \
                 `{\"variables\": [{\"key\", \"value\", \"type\": \"text\"|\"secret\"}]}`. \
-                A secret's value is never shown; it becomes a plain variable only with a new value.",
+                A secret's value is never shown; it becomes a plain variable only with a new value. \
+                A key listed more than once: the last entry counts.",
             "oneOf": [
                 map_form,
                 {

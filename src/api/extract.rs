@@ -352,9 +352,10 @@ impl schemars::JsonSchema for IdText {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let text = super::schema::text(crate::domain::MAX_NAME_LEN);
         schemars::json_schema!({
             "description": "A provider's identifier: a string, or a non-negative integer standing for its decimal string",
-            "oneOf": [{"type": "string"}, {"type": "integer", "minimum": 0}],
+            "oneOf": [text, {"type": "integer", "minimum": 0, "maximum": u64::MAX}],
         })
     }
 }

@@ -146,15 +146,25 @@ schema_type!(
     }
 );
 
-schema_type!(
-    /// An environment variable's value ([`crate::domain::env_value`]): no NUL, at most
-    /// [`MAX_ENV_VALUE_BYTES`] bytes.
-    EnvValue => json_schema!({
+/// An environment variable's value ([`crate::domain::env_value`]): no control character below
+/// U+0020 but tab, line feed and carriage return, at most [`MAX_ENV_VALUE_BYTES`] bytes.
+fn env_value(then: &str) -> Schema {
+    json_schema!({
         "type": "string",
         "maxLength": chars_within(MAX_ENV_VALUE_BYTES),
-        "pattern": r"^[^\x00]*$",
-        "description": format!("At most {MAX_ENV_VALUE_BYTES} bytes of UTF-8, no NUL. Omitted: the stored value is kept (409 for a variable that does not exist yet)."),
+        "pattern": r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$",
+        "description": format!("At most {MAX_ENV_VALUE_BYTES} bytes of UTF-8, no control characters but tab, line feed and carriage return.{then}"),
     })
+}
+
+schema_type!(
+    /// An environment variable's value in the map form, where it may be omitted ([`env_value`]).
+    EnvValue => env_value(" Omitted: the stored value is kept (409 for a variable that does not exist yet).")
+);
+
+schema_type!(
+    /// An environment variable's value in the `{"variables": [...]}` form ([`env_value`]).
+    EnvListValue => env_value("")
 );
 
 schema_type!(
@@ -250,4 +260,39 @@ pub fn autofill_root_directory() -> Schema {
         "type": "string",
         "pattern": format!(r"^(?!(?:.*/)?\.\.(?:/.*)?$)[^{CONTROL}]*$"),
     })
+}
+
+/// Takes `null` out of every property of an object schema (a schemars `transform`): for bodies whose
+/// optional fields are `Option`s only to tell "absent" apart, where `null` means the same as absent
+/// and a client has no reason to send it. Kiln still reads `null` as absent.
+pub fn without_null(schema: &mut Schema) {
+    let Some(serde_json::Value::Object(properties)) = schema.get_mut("properties") else {
+        return;
+    };
+    for property in properties.values_mut() {
+        let serde_json::Value::Object(p) = property else {
+            continue;
+        };
+        if let Some(serde_json::Value::Array(types)) = p.get_mut("type") {
+            types.retain(|t| t != "null");
+            if let [only] = types.as_slice() {
+                let only = only.clone();
+                p.insert("type".into(), only);
+            }
+        }
+        for key in ["anyOf", "oneOf"] {
+            let Some(serde_json::Value::Array(options)) = p.get_mut(key) else {
+                continue;
+            };
+            options.retain(|o| o.get("type").and_then(|t| t.as_str()) != Some("null"));
+            if let [only] = options.as_slice()
+                && let serde_json::Value::Object(only) = only.clone()
+            {
+                p.remove(key);
+                for (k, v) in only {
+                    p.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
 }

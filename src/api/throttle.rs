@@ -24,7 +24,7 @@ pub const FAILURE_REFILL: Duration = Duration::from_secs(6);
 /// How many failed authentications a client may make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleConfig {
-    /// Failures a client may make back to back.
+    /// Failures a client may make back to back; 0 turns throttling off.
     pub burst: u32,
     /// Time after which a client may fail once more.
     pub refill: Duration,
@@ -109,6 +109,9 @@ impl AuthThrottle {
     }
 
     fn check_at(&self, client: ClientKey, now: Instant) -> Option<u64> {
+        if self.config.burst == 0 {
+            return None;
+        }
         let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let left = buckets.get(&client)?.refilled(self.config, now);
         (left < 1.0).then(|| {
@@ -118,6 +121,9 @@ impl AuthThrottle {
     }
 
     fn record_failure_at(&self, client: ClientKey, now: Instant) {
+        if self.config.burst == 0 {
+            return;
+        }
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(&client) {
             forget_some(&mut buckets, self.config, now);
@@ -157,6 +163,21 @@ mod tests {
 
     fn key(s: &str) -> ClientKey {
         ClientKey::of(s.parse().expect("ip"))
+    }
+
+    #[test]
+    fn a_zero_burst_never_throttles() {
+        let t = AuthThrottle::new(ThrottleConfig {
+            burst: 0,
+            refill: FAILURE_REFILL,
+        });
+        let now = Instant::now();
+        let me = key("192.0.2.1");
+        for _ in 0..1000 {
+            assert_eq!(t.check_at(me, now), None);
+            t.record_failure_at(me, now);
+        }
+        assert!(t.buckets.lock().expect("lock").is_empty());
     }
 
     #[test]

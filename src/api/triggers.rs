@@ -165,27 +165,28 @@ impl UpdateTriggerRequest {
 pub(super) fn write_error(e: TriggerWriteError) -> ApiError {
     match e {
         TriggerWriteError::NotFound => ApiError::NotFound,
-        TriggerWriteError::UnknownConnection => Invalid::field(
-            "repo_connection_uuid",
-            "no such repository connection in this account",
-        )
-        .into(),
+        TriggerWriteError::UnknownConnection => ApiError::Missing(
+            "repo_connection_uuid: no such repository connection in this account".into(),
+        ),
         TriggerWriteError::UnknownBuildToken => {
-            Invalid::field("build_token_uuid", "no such build token in this account").into()
+            ApiError::Missing("build_token_uuid: no such build token in this account".into())
         }
         TriggerWriteError::TooManyTriggers => ApiError::Conflict(format!(
             "a Worker can have at most {MAX_TRIGGERS_PER_WORKER} triggers"
         )),
-        TriggerWriteError::NoDefaultBuildToken { tokens: 0 } => Invalid::field(
-            "build_token_uuid",
-            "is required: the account has no build token (create one with POST /builds/tokens)",
-        )
-        .into(),
-        TriggerWriteError::NoDefaultBuildToken { .. } => Invalid::field(
-            "build_token_uuid",
-            "is required: the account has more than one build token, name the one to use",
-        )
-        .into(),
+        TriggerWriteError::NoDefaultBuildToken { tokens } => {
+            ApiError::Conflict(format!("build_token_uuid: {}", no_default_token(tokens)))
+        }
+    }
+}
+
+/// Why a write without `build_token_uuid` cannot take the account's only build token, when the
+/// account has `tokens` of them (0 or several): a conflict with the stored tokens (409).
+pub(super) fn no_default_token(tokens: usize) -> &'static str {
+    if tokens == 0 {
+        "is required: the account has no build token (create one with POST /builds/tokens)"
+    } else {
+        "is required: the account has more than one build token, name the one to use"
     }
 }
 

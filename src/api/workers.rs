@@ -12,6 +12,8 @@ use super::AppState;
 use super::env_vars::{EnvVarsRequest, view};
 use super::error::{ApiError, ApiResult, Created, ok};
 use super::extract::{Account, ApiJson, IdText, PathParams, QueryParams};
+use super::schema;
+use super::triggers::no_default_token;
 use crate::domain::{
     BuildTokenId, DEFAULT_DEPLOY_COMMAND, EnvVarMap, Invalid, MAX_NAME_LEN, ProviderType, Trigger,
     WorkerId, bounded_text, branch, command, patterns, root_directory,
@@ -26,19 +28,24 @@ use crate::store::{
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct GitRepositoryInput {
     /// `github` (Kiln builds GitHub repositories only).
+    #[schemars(with = "ProviderType")]
     pub provider_type: String,
     pub provider_account_id: IdText,
+    #[schemars(with = "schema::Name")]
     pub provider_account_name: String,
     pub repo_id: IdText,
+    #[schemars(with = "schema::Name")]
     pub repo_name: String,
     /// The production branch (1–256 characters).
+    #[schemars(with = "schema::Branch")]
     pub branch: String,
 }
 
 /// `git_repository` of `updateWorkerBuild`.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct GitRepositoryPatch {
-    /// The new production branch.
+    /// The new production branch (required: the repository itself cannot change).
+    #[schemars(with = "schema::Branch")]
     pub branch: Option<String>,
 }
 
@@ -47,40 +54,76 @@ pub struct GitRepositoryPatch {
 /// token, caching on, root `/`, paths `["*"]` minus none. On update, absent fields stay. (No
 /// `Debug`: variables may be secrets.)
 #[derive(Deserialize, JsonSchema)]
+#[schemars(transform = schema::without_null)]
 pub struct WorkerSettingsInput {
+    #[schemars(with = "Option<schema::Command>")]
     pub build_command: Option<String>,
+    #[schemars(with = "Option<schema::Command>")]
     pub deploy_command: Option<String>,
+    #[schemars(with = "Option<BuildTokenId>")]
     pub build_token_uuid: Option<String>,
+    #[schemars(with = "Option<bool>")]
     pub build_caching_enabled: Option<bool>,
+    #[schemars(with = "Option<schema::RootDirectory>")]
     pub root_directory: Option<String>,
     /// Variables by name; on update a `null` entry deletes one. A secret's value is never shown.
+    #[schemars(with = "Option<EnvVarsRequest>")]
     pub environment_variables: Option<EnvVarsRequest>,
+    /// Watch paths, with the rules of a trigger's `path_includes`.
+    #[schemars(with = "Option<schema::Patterns>")]
     pub path_includes: Option<Vec<String>>,
+    #[schemars(with = "Option<schema::Patterns>")]
     pub path_excludes: Option<Vec<String>>,
 }
 
 /// Body of `createWorkerBuild`.
 #[derive(Deserialize, JsonSchema)]
+#[schemars(transform = schema::without_null)]
 pub struct CreateWorkerBuildRequest {
     /// The Worker (1–64 characters).
+    #[schemars(with = "WorkerId")]
     pub script_tag: String,
     pub git_repository: GitRepositoryInput,
     pub production_settings: WorkerSettingsInput,
     /// Build every other branch with `previews_base_config` (default false).
+    #[schemars(with = "Option<bool>")]
     pub previews_enabled: Option<bool>,
     /// Settings of the branch builds, over the production settings (without their variables) with
     /// the deploy command `npx wrangler versions upload`.
+    #[schemars(with = "Option<WorkerSettingsInput>")]
     pub previews_base_config: Option<WorkerSettingsInput>,
 }
 
 /// Body of `updateWorkerBuild`: at least one field.
 #[derive(Deserialize, JsonSchema)]
+#[schemars(extend("minProperties" = 1))]
+#[schemars(transform = schema::without_null)]
 pub struct UpdateWorkerBuildRequest {
+    #[schemars(with = "Option<GitRepositoryPatch>")]
     pub git_repository: Option<GitRepositoryPatch>,
+    #[schemars(with = "Option<SettingsPatchSchema>")]
     pub production_settings: Option<WorkerSettingsInput>,
     /// Turn the branch builds on or off (their settings are kept while off).
+    #[schemars(with = "Option<bool>")]
     pub previews_enabled: Option<bool>,
+    #[schemars(with = "Option<SettingsPatchSchema>")]
     pub previews_base_config: Option<WorkerSettingsInput>,
+}
+
+/// The schema of a [`WorkerSettingsInput`] in `updateWorkerBuild`: at least one setting
+/// (API-REFERENCE `UpdateWorkerBuildSettingsInput`, ≥ 1 property).
+struct SettingsPatchSchema;
+
+impl JsonSchema for SettingsPatchSchema {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "UpdateWorkerBuildSettingsInput".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = WorkerSettingsInput::json_schema(generator);
+        schema.insert("minProperties".into(), 1.into());
+        schema
+    }
 }
 
 /// `git_repository` of a configuration.
@@ -321,19 +364,18 @@ fn write_error(e: WorkerBuildError) -> ApiError {
                 .into(),
         ),
         WorkerBuildError::BuildToken(side, e) => {
-            let why = match e {
-                TriggerWriteError::NoDefaultBuildToken { tokens: 0 } => {
-                    "is required: the account has no build token (create one with POST /builds/tokens)"
+            let field = format!("{}.build_token_uuid", side.field());
+            match e {
+                TriggerWriteError::NoDefaultBuildToken { tokens } => {
+                    ApiError::Conflict(format!("{field}: {}", no_default_token(tokens)))
                 }
-                TriggerWriteError::NoDefaultBuildToken { .. } => {
-                    "is required: the account has more than one build token, name the one to use"
-                }
-                _ => "no such build token in this account",
-            };
-            Invalid::field(&format!("{}.build_token_uuid", side.field()), why).into()
+                _ => ApiError::Missing(format!("{field}: no such build token in this account")),
+            }
         }
+        // Refused by the stored variables (a secret made plain without a value, too many): a
+        // conflict with them, as on the environment variables endpoint.
         WorkerBuildError::Env(side, e) => {
-            Invalid(format!("{}.environment_variables.{}", side.field(), e.0)).into()
+            ApiError::Conflict(format!("{}.environment_variables.{}", side.field(), e.0))
         }
     }
 }
