@@ -789,13 +789,13 @@ async fn resources_of_one_account_are_not_found_under_another() {
         }
         match (route.access, route.operation_id) {
             // ACCOUNT's connection and build token do not exist in OTHER_ACCOUNT.
-            (_, "createTrigger") => expect_error(&what, status, &v, 400, 12002),
+            (_, "createTrigger") => expect_error(&what, status, &v, 404, 12000),
             // The Worker has no trigger in OTHER_ACCOUNT.
             (_, "createDeployHook") => expect_error(&what, status, &v, 404, 12000),
             // ACCOUNT's repository connection does not exist in OTHER_ACCOUNT.
             (_, "getWorkerConfigAutofill") => expect_error(&what, status, &v, 404, 12000),
             // ACCOUNT's build token does not exist in OTHER_ACCOUNT.
-            (_, "createWorkerBuild") => expect_error(&what, status, &v, 400, 12002),
+            (_, "createWorkerBuild") => expect_error(&what, status, &v, 404, 12000),
             // Nor does ACCOUNT's Worker build configuration.
             (_, "getWorkerBuild" | "updateWorkerBuild" | "deleteWorkerBuild") => {
                 expect_error(&what, status, &v, 404, 12000);
