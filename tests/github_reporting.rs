@@ -544,22 +544,23 @@ async fn a_build_stopped_by_a_shutdown_completes_its_check_run_before_the_server
     )
     .await;
     let build = push(&app, &head(&app)).await;
+    // The check run goes in progress when the build initializes; wait until its command runs too.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let calls = fake.calls.lock().unwrap().clone();
-        if calls.iter().any(|c| c.body["status"] == "in_progress") {
+        let running = app
+            .ok(Method::GET, &app.acct(&format!("/builds/{build}")), None)
+            .await;
+        if calls.iter().any(|c| c.body["status"] == "in_progress") && running["status"] == "running"
+        {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the check run never went in progress: {calls:#?}"
+            "the build never ran with its check run in progress: {running} {calls:#?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let running = app
-        .ok(Method::GET, &app.acct(&format!("/builds/{build}")), None)
-        .await;
-    assert_eq!(running["status"], "running", "{running}");
 
     // What `kiln serve` does on SIGTERM: the build ends `terminated`, and its check run says so before
     // the server is gone (not when a node starts again).
