@@ -24,7 +24,7 @@ use kiln::sandbox::{SandboxMode, bwrap_available};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const TOKEN: &str = "bench-admin-token-0123456789";
+const TOKEN: &str = "bench-admin-token-0123456789abcdefXYZ";
 const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
 /// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this file too, as a quick smoke run.
 fn full_run() -> bool {
