@@ -45,6 +45,8 @@ pub struct AppState {
     pub git: std::sync::Arc<crate::git::GitCache>,
     /// Wakes the local scheduler when a build is queued and relays cancels to local runners.
     pub scheduler: crate::scheduler::SchedulerHandle,
+    /// Wakes whoever waits for build events (the store's bus; see [`crate::events`]).
+    pub events: crate::events::EventBus,
     /// Secrets GitHub signs webhook deliveries with (several during a rotation); none: webhooks off.
     pub github_webhook_secrets: std::sync::Arc<Vec<String>>,
     /// This node's build cache (`purge_build_cache` deletes a trigger's entries).
