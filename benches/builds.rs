@@ -15,6 +15,11 @@
 //!    (100 includes, 100 excludes) whose literals nearly match everywhere (`abb` in `abab…`), against
 //!    1 MiB of changed paths (255 of ~4,000 bytes, and 2,999 of ~350 bytes), none matching; and the
 //!    issue's push (2,999 paths of ~4,000 bytes), which is over the limits and not matched at all.
+//! 5. Queue → claim on another node (PostgreSQL only: `KILN_BENCH_DATABASE_URL`): a second `kiln serve`
+//!    with no build slots on the same database takes the manual-build requests; the time from the
+//!    build's `created_on` (taken in the queuing transaction) to its `initializing_on` (the claim
+//!    on the node that runs it), for `KILN_BENCH_BUILDS` builds. Baseline: the same builds queued on
+//!    the node that runs them (woken in process). Target: at most 100 ms.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,6 +29,7 @@ use kiln::sandbox::{SandboxMode, bwrap_available};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// A bootstrap token strong enough for `kiln serve` to accept (see `check_bootstrap_token`).
 const TOKEN: &str = "bench-admin-token-0123456789abcdefXYZ";
 const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
 /// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this file too, as a quick smoke run.
@@ -432,6 +438,15 @@ async fn main() {
         offsets.sort_by(f64::total_cmp);
         println!("  {:7.1} ms  {name}", offsets[offsets.len() / 2]);
     }
+    match &database_url {
+        Some(url) if url.starts_with("postgres") => {
+            measure_cross_node(&api, &trigger, dir.path(), url, &remotes, sandbox).await;
+        }
+        _ => println!(
+            "queue -> claim on another node: needs PostgreSQL (KILN_BENCH_DATABASE_URL); processes \
+             on one SQLite file find each other's builds at their poll interval"
+        ),
+    }
 
     // Ingestion.
     let ingest = ingest_lines();
@@ -487,6 +502,99 @@ async fn main() {
     measure_cache(&api, &remotes, &token).await;
     server.start_kill().expect("stop kiln serve");
     server.wait().await.expect("wait for kiln serve");
+}
+
+/// Milliseconds from a build's `created_on` to its `initializing_on`.
+fn queued_to_claimed(b: &Value) -> f64 {
+    let at = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(b[field].as_str().expect(field))
+            .expect("rfc3339")
+            .timestamp_millis() as f64
+    };
+    at("initializing_on") - at("created_on")
+}
+
+/// Section 5: queue on a node without build slots, claim on the node that runs builds.
+async fn measure_cross_node(
+    api: &Api,
+    trigger: &str,
+    dir: &Path,
+    database_url: &str,
+    remotes: &Path,
+    sandbox: SandboxMode,
+) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    // The same database and secret key as the node that runs the builds, and no build slots.
+    let mut front = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.join("data-front"))
+        .args(["--runners", "0", "--database-url", database_url])
+        .arg("--secret-key-file")
+        .arg(dir.join("data").join("secret.key"))
+        .args(["--sandbox", &sandbox.to_string()])
+        .args([
+            "--git-url-template",
+            &format!("file://{}/{{owner}}/{{repo}}", remotes.display()),
+        ])
+        .env("KILN_BOOTSTRAP_TOKEN", TOKEN)
+        .env("KILN_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the second kiln serve");
+    let front_api = Api {
+        client: reqwest::Client::new(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let ready = Instant::now();
+    while reqwest::get(format!("{}/client/v4/openapi.json", front_api.base))
+        .await
+        .is_err()
+    {
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "the second kiln serve did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Alternating, so that both see the same state of the machine.
+    let (mut other, mut same) = (Vec::new(), Vec::new());
+    for _ in 0..builds() {
+        for (queue_on, sample) in [(&front_api, &mut other), (api, &mut same)] {
+            let id = queue_on.queue(trigger).await;
+            let b = api.wait_stopped(&id).await;
+            assert_eq!(b["build_outcome"], "success", "{b}");
+            sample.push(queued_to_claimed(&b));
+        }
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 - 1.0) * p).round() as usize]
+    };
+    let (o50, o99) = (pct(&mut other, 0.5), pct(&mut other, 0.99));
+    let (s50, s99) = (pct(&mut same, 0.5), pct(&mut same, 0.99));
+    println!(
+        "queue -> claim (created_on to initializing_on), {} builds, PostgreSQL:",
+        builds()
+    );
+    println!("  other node  p50 {o50:7.1} ms   p99 {o99:7.1} ms   (LISTEN/NOTIFY wake-up)");
+    println!("  same node   p50 {s50:7.1} ms   p99 {s99:7.1} ms   (baseline: in-process wake-up)");
+    println!(
+        "  ratio       p50 {:7.2}x     p99 {:7.2}x",
+        o50 / s50.max(1.0),
+        o99 / s99.max(1.0)
+    );
+    println!(
+        "  target      other node at most 100 ms: p50 {}, p99 {}",
+        if o50 <= 100.0 { "met" } else { "MISSED" },
+        if o99 <= 100.0 { "met" } else { "MISSED" }
+    );
+    front.start_kill().expect("stop the second kiln serve");
+    front.wait().await.expect("wait for the second kiln serve");
 }
 
 /// Rounds of cold + warm builds of the cache benchmark.

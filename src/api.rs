@@ -43,8 +43,11 @@ pub struct AppState {
     pub limits: Limits,
     /// The git mirror cache (config autofill reads repositories through it).
     pub git: std::sync::Arc<crate::git::GitCache>,
-    /// Wakes the local scheduler when a build is queued and relays cancels to local runners.
+    /// Relays cancels to the runners on this node at once (other nodes learn them from the build
+    /// events).
     pub scheduler: crate::scheduler::SchedulerHandle,
+    /// Wakes whoever waits for build events (the store's bus; see [`crate::events`]).
+    pub events: crate::events::EventBus,
     /// Secrets GitHub signs webhook deliveries with (several during a rotation); none: webhooks off.
     pub github_webhook_secrets: std::sync::Arc<Vec<String>>,
     /// This node's build cache (`purge_build_cache` deletes a trigger's entries).
@@ -145,7 +148,7 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/accounts/{account_id}/builds/builds/{build_uuid}", "getBuildByUuid", Read,
             builds::get_build, summary: "Get a build", result: Build),
         route!(PUT "/accounts/{account_id}/builds/builds/{build_uuid}/cancel", "cancelBuildByUuid", Write,
-            builds::cancel_build, summary: "Cancel a queued or running build", result: builds::CancelledBuild),
+            builds::cancel_build, summary: "Cancel a queued or running build (whichever node runs it stops its processes within the cancel grace)", result: builds::CancelledBuild),
         route!(GET "/accounts/{account_id}/builds/builds/{build_uuid}/logs", "getBuildLogs", Read,
             builds::get_build_logs, summary: "A build's log lines, paged with a cursor", result: builds::LogsPage,
             query: &[QueryDoc { name: "cursor", required: false, description: "The cursor returned by the previous page" }]),

@@ -255,6 +255,11 @@ pub struct ServeArgs {
     /// How long a runner's claim on a build lasts without renewal (other nodes recover it after).
     #[arg(long, env = "KILN_LEASE", default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// How often to look for work and build events that no notification announced: builds queued
+    /// and cancels made by other processes on one SQLite file, a PostgreSQL listener reconnecting.
+    /// Wake-ups (in-process, and PostgreSQL `LISTEN/NOTIFY` across nodes) do not wait for it.
+    #[arg(long, env = "KILN_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
     /// Clone URL of connected repositories; `{owner}` is the connection's `provider_account_name` and
     /// `{repo}` its `repo_name`.
     #[arg(long, env = "KILN_GIT_URL_TEMPLATE", default_value = crate::git::DEFAULT_URL_TEMPLATE)]
@@ -505,7 +510,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             runners: args.runners,
             default_concurrency: i64::from(args.default_concurrency),
             lease: args.lease,
-            ..SchedulerConfig::default()
+            poll_interval: args.poll_interval,
         },
         runner: RunnerConfig {
             sandbox: args.sandbox,

@@ -2,6 +2,7 @@
 
 mod filters;
 mod ids;
+mod lifecycle;
 mod packages;
 mod project;
 mod records;
@@ -19,6 +20,7 @@ pub use ids::{
     AccountId, BuildId, BuildTokenId, DeployHookId, EnvVarKey, RepoConnectionId, TriggerId,
     VersionId, WorkerId,
 };
+pub use lifecycle::{BuildChange, BuildState, IllegalTransition, is_legal, transition};
 pub use packages::PackageManager;
 pub use project::{
     DEFAULT_BUN_VERSION, DEFAULT_NODE_VERSION, DEFAULT_PNPM_VERSION, DEFAULT_YARN_VERSION,

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod crypto;
 pub mod disk;
 pub mod domain;
+pub mod events;
 pub mod git;
 pub mod github;
 pub mod listen;

@@ -1,11 +1,17 @@
 //! The scheduler inside `kiln serve`: claims queued builds through the store (oldest first, per-account
 //! concurrency, leases), runs each in a build slot, relays cancels, and recovers builds whose runner died.
+//!
+//! It waits on the store's [`crate::events::EventBus`]: a build queued, or a build stopped (which may
+//! free an account slot), on this node or another, wakes it at once; the poll interval is only a
+//! fallback. [`relay`] stops the builds running here that the event stream says were ended elsewhere.
+
+mod relay;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::domain::{BuildId, Timestamp};
@@ -34,7 +40,9 @@ pub struct SchedulerConfig {
     pub default_concurrency: i64,
     /// How long a claim lasts without renewal; runners renew at a third of it.
     pub lease: Duration,
-    /// How often to look for work without a wake-up (other nodes' builds, freed account slots).
+    /// How often to look for work and events without a wake-up: a fallback for what no notification
+    /// announces (several processes on one SQLite file, `kiln accounts set`, a PostgreSQL listener
+    /// reconnecting).
     pub poll_interval: Duration,
 }
 
@@ -44,38 +52,36 @@ impl Default for SchedulerConfig {
             runners: 2,
             default_concurrency: 2,
             lease: Duration::from_secs(30),
-            poll_interval: Duration::from_secs(1),
+            poll_interval: crate::events::DEFAULT_POLL_INTERVAL,
         }
     }
 }
 
 #[derive(Default)]
 struct Shared {
-    wake: Notify,
     running: Mutex<HashMap<BuildId, watch::Sender<Stop>>>,
 }
 
-/// What the API uses to talk to the scheduler: wake it when a build is queued, relay a cancel.
+/// What the API uses to talk to the scheduler: relay a cancel to a build running on this node
+/// without waiting for its event to be read back.
 #[derive(Clone, Default)]
 pub struct SchedulerHandle {
     shared: Arc<Shared>,
 }
 
 impl SchedulerHandle {
-    /// A build was queued: look for work now.
-    pub fn wake(&self) {
-        self.shared.wake.notify_one();
-    }
-
     /// Stops a build if it runs on this node (its processes get TERM, then KILL after the grace).
     pub fn cancel(&self, id: BuildId) {
+        self.stop(id, Stop::Cancel);
+    }
+
+    /// Stops a build if it runs on this node, for `why`.
+    fn stop(&self, id: BuildId, why: Stop) {
         if let Ok(running) = self.shared.running.lock()
             && let Some(tx) = running.get(&id)
         {
-            let _ = tx.send(Stop::Cancel);
+            let _ = tx.send(why);
         }
-        // A cancel may free an account slot for a queued build.
-        self.wake();
     }
 
     fn register(&self, id: BuildId) -> (watch::Sender<Stop>, watch::Receiver<Stop>) {
@@ -143,6 +149,13 @@ impl Scheduler {
         let owner = format!("{}/{}", self.node_id, incarnation);
         // Whatever this node was running before it restarted has no runner any more.
         self.recover(Some(&format!("{}/", self.node_id))).await;
+        // Subscribed before the first claim: nothing appended after it goes unnoticed.
+        let mut events = self.store.events().subscribe();
+        let relay = tokio::spawn(relay::run(
+            self.store.clone(),
+            self.handle.clone(),
+            shutdown.clone(),
+        ));
         let slots = Arc::new(Semaphore::new(self.config.runners));
         let mut tasks = JoinSet::new();
         let mut recovery = tokio::time::interval(self.config.lease / 2);
@@ -174,14 +187,12 @@ impl Scheduler {
                         runner::run_build(ctx, build, owner, lease, tx, rx).await;
                         handle.unregister(id);
                         drop(permit);
-                        // A slot (and maybe an account slot) is free.
-                        handle.wake();
                     });
                 }
                 Ok(None) => {
                     drop(permit);
                     tokio::select! {
-                        _ = self.handle.shared.wake.notified() => {}
+                        _ = events.changed() => {}
                         _ = tokio::time::sleep(self.config.poll_interval) => {}
                         _ = shutdown.changed() => break,
                     }
@@ -198,6 +209,9 @@ impl Scheduler {
         }
         self.handle.stop_all(Stop::Shutdown);
         while tasks.join_next().await.is_some() {}
+        if let Err(e) = relay.await {
+            tracing::error!(error = %e, "the cancel relay panicked");
+        }
     }
 
     /// Ends the builds whose runner is gone. Before any is reported ended, what Kiln processes that

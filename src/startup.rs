@@ -434,6 +434,8 @@ pub struct Server {
     task: JoinHandle<()>,
     scheduler: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     reporter: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
+    /// Wakes the store's event bus for other nodes' events ([`crate::events::spawn_watcher`]).
+    watcher: (tokio::sync::watch::Sender<bool>, JoinHandle<()>),
     _lock: std::fs::File,
 }
 
@@ -492,6 +494,16 @@ impl Server {
             .context("opening the build cache")?,
         );
         spawn_cache_eviction(cache.clone());
+        let watcher = {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let task = crate::events::spawn_watcher(
+                store.clone(),
+                config.store.database_url.clone(),
+                config.scheduler.poll_interval,
+                stop_rx,
+            );
+            (stop_tx, task)
+        };
         let handle = SchedulerHandle::default();
         let scheduler = if config.scheduler.runners > 0 {
             let orphans = tokio::task::spawn_blocking(crate::sandbox::kill_orphaned_builds)
@@ -577,6 +589,7 @@ impl Server {
             limits: config.limits,
             git,
             scheduler: handle,
+            events: store.events().clone(),
             github_webhook_secrets: Arc::new(config.github_webhook_secrets.clone()),
             cache,
             auth_throttle: Arc::new(crate::api::throttle::AuthThrottle::new(
@@ -595,6 +608,7 @@ impl Server {
             task,
             scheduler,
             reporter,
+            watcher,
             _lock: lock,
         })
     }
@@ -629,6 +643,11 @@ impl Server {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "the GitHub reporter task panicked");
             }
+        }
+        let (stop, task) = self.watcher;
+        let _ = stop.send(true);
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "the build events watcher panicked");
         }
         self.store.close().await;
         result

@@ -10,6 +10,7 @@ mod builds;
 mod connections;
 mod deploy_hooks;
 mod env_vars;
+mod events;
 mod installations;
 mod logs;
 mod reports;
@@ -30,12 +31,14 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 use crate::crypto::SecretBox;
+use crate::events::EventBus;
 
 pub use builds::BuildSecrets;
 pub use builds::{CancelOutcome, NewBuild};
 pub use connections::{DeleteConnection, NewConnection};
 pub use deploy_hooks::{HookCall, HookWriteError};
 pub use env_vars::EnvVarChange;
+pub use events::BuildEvent;
 pub use installations::InstallationLink;
 pub use logs::{LogLimit, LogPage};
 pub use reports::{CommentItem, PrBuild, ReportItem};
@@ -63,6 +66,8 @@ pub struct Store {
     /// SQLite allows one writer; serialising write transactions in-process avoids busy errors on
     /// lock upgrades. PostgreSQL uses row and advisory locks instead.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Woken after each commit that appended build events.
+    events: EventBus,
 }
 
 /// A write transaction, holding the SQLite writer lock when on SQLite.
@@ -70,6 +75,10 @@ pub(crate) struct WriteTx<'a> {
     pub tx: sqlx::Transaction<'static, sqlx::Any>,
     /// Builds skipped in this transaction, and the build that superseded each (logged after commit).
     superseded: Vec<(crate::domain::BuildId, crate::domain::BuildId)>,
+    /// Build events of this transaction's status changes, appended at commit.
+    events: Vec<events::PendingEvent>,
+    backend: Backend,
+    bus: EventBus,
     _guard: Option<tokio::sync::MutexGuard<'a, ()>>,
 }
 
@@ -121,12 +130,19 @@ impl Store {
             backend,
             secrets,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            events: EventBus::default(),
         })
     }
 
     /// The SQLite URL for a database file in `data_dir`.
     pub fn sqlite_url(data_dir: &Path) -> String {
         format!("sqlite://{}?mode=rwc", data_dir.join("kiln.db").display())
+    }
+
+    /// The bus this store wakes after each commit that appended build events (see
+    /// [`crate::events`]); clones of the store share it.
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 
     /// Which backend this store uses.
@@ -154,6 +170,9 @@ impl Store {
         Ok(WriteTx {
             tx,
             superseded: Vec::new(),
+            events: Vec::new(),
+            backend: self.backend,
+            bus: self.events.clone(),
             _guard: guard,
         })
     }
@@ -269,13 +288,6 @@ fn database_condition(db: &dyn sqlx::error::DatabaseError) -> Option<StoreCondit
 const SQLITE_BUSY: i32 = 5;
 const SQLITE_LOCKED: i32 = 6;
 const SQLITE_FULL: i32 = 13;
-
-impl WriteTx<'_> {
-    /// Commits the transaction.
-    pub async fn commit(self) -> anyhow::Result<()> {
-        self.tx.commit().await.context("committing")
-    }
-}
 
 #[cfg(test)]
 mod tests {

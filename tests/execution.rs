@@ -12,25 +12,6 @@ use kiln::sandbox::SandboxMode;
 use reqwest::Method;
 use serde_json::json;
 
-/// Processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        // Zombies have an empty command line and are already dead.
-        if text.contains(marker) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 async fn wait_no_processes(marker: &str, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     loop {

@@ -231,7 +231,6 @@ pub async fn create_manual_build(
     let Some((build_uuid, created_on)) = app.store.insert_build(&account, &new).await? else {
         return Err(ApiError::NotFound);
     };
-    app.scheduler.wake();
     ok(InsertedBuild {
         build_uuid,
         created_on,

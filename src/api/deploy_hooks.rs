@@ -161,15 +161,12 @@ pub async fn trigger_deploy_hook(
         app.auth_throttle.record_failure(c);
     }
     match call {
-        HookCall::Created { build, created_on } => {
-            app.scheduler.wake();
-            ok(HookTriggered {
-                already_exists: false,
-                build_uuid: build,
-                created_on,
-                status: BuildStatus::Queued,
-            })
-        }
+        HookCall::Created { build, created_on } => ok(HookTriggered {
+            already_exists: false,
+            build_uuid: build,
+            created_on,
+            status: BuildStatus::Queued,
+        }),
         HookCall::Pending {
             build,
             created_on,

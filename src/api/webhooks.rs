@@ -78,10 +78,7 @@ pub async fn receive_github_webhook(
             match push {
                 Some(push) => {
                     let selection = app.store.select_push_triggers(&push).await?;
-                    outcome(
-                        &app,
-                        app.store.handle_push(&delivery, &push, &selection).await?,
-                    )
+                    outcome(app.store.handle_push(&delivery, &push, &selection).await?)
                 }
                 None => (!app.store.record_delivery(&delivery, &event).await?, vec![]),
             }
@@ -89,7 +86,7 @@ pub async fn receive_github_webhook(
         "pull_request" => {
             let ev = parse_pull_request(&payload()?)
                 .map_err(|e| ApiError::BadRequest(format!("invalid pull_request payload: {e}")))?;
-            outcome(&app, app.store.handle_pull_request(&delivery, &ev).await?)
+            outcome(app.store.handle_pull_request(&delivery, &ev).await?)
         }
         _ => (!app.store.record_delivery(&delivery, &event).await?, vec![]),
     };
@@ -124,15 +121,11 @@ fn payload_json<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<Cow<'a
         })
 }
 
-/// Whether the delivery was a redelivery, and the builds it queued (waking the scheduler for them).
-fn outcome(app: &AppState, outcome: DeliveryOutcome) -> (bool, Vec<BuildId>) {
+/// Whether the delivery was a redelivery, and the builds it queued (their events wake the
+/// schedulers).
+fn outcome(outcome: DeliveryOutcome) -> (bool, Vec<BuildId>) {
     match outcome {
         DeliveryOutcome::Duplicate => (true, vec![]),
-        DeliveryOutcome::Handled(queued) => {
-            if !queued.is_empty() {
-                app.scheduler.wake();
-            }
-            (false, queued.into_iter().map(|(b, _)| b).collect())
-        }
+        DeliveryOutcome::Handled(queued) => (false, queued.into_iter().map(|(b, _)| b).collect()),
     }
 }

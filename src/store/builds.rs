@@ -8,13 +8,14 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::Store;
+use super::events::{Actor, Refused};
 use super::rows::{
     CONNECTION_COLUMNS, TRIGGER_COLUMNS, build_trigger, opt_text, opt_ts, text, trigger, ts,
 };
 use crate::domain::{
-    AccountId, Build, BuildId, BuildOutcome, BuildStatus, BuildTriggerMetadata, DeployHookId,
-    MAX_AUTHOR_BYTES, MAX_COMMIT_MESSAGE_BYTES, PullRequest, SeedRepo, Timestamp, TriggerId,
-    TriggerSource, VersionId, WatchPathCheck, WorkerId, storable_text,
+    AccountId, Build, BuildChange, BuildId, BuildOutcome, BuildStatus, BuildTriggerMetadata,
+    DeployHookId, MAX_AUTHOR_BYTES, MAX_COMMIT_MESSAGE_BYTES, PullRequest, SeedRepo, Timestamp,
+    TriggerId, TriggerSource, VersionId, WatchPathCheck, WorkerId, storable_text,
 };
 
 /// A build to queue.
@@ -230,6 +231,7 @@ impl Store {
         };
         let id = BuildId::new();
         let now = Timestamp::now();
+        let state = self.queue_event(w, id, account, &t.info.external_script_id, now)?;
         sqlx::query(
             "INSERT INTO builds (uuid, account_id, trigger_uuid, external_script_id, status, trigger_source, \
              branch, commit_hash, metadata, secrets_enc, pull_request, deploy_hook_uuid, created_on, modified_on, seed_repo, pr_url, \
@@ -239,7 +241,7 @@ impl Store {
         .bind(account.as_str())
         .bind(new.trigger.to_string())
         .bind(t.info.external_script_id.as_str())
-        .bind(BuildStatus::Queued.as_str())
+        .bind(state.status().as_str())
         .bind(new.source.as_str())
         .bind(new.branch.as_deref())
         .bind(new.commit_hash.as_deref())
@@ -386,35 +388,25 @@ impl Store {
         id: BuildId,
     ) -> anyhow::Result<CancelOutcome> {
         let mut w = self.begin_write().await?;
-        let row = sqlx::query("SELECT status FROM builds WHERE uuid = $1 AND account_id = $2")
-            .bind(id.to_string())
-            .bind(account.as_str())
-            .fetch_optional(&mut *w.tx)
-            .await?;
-        let Some(row) = row else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        if BuildStatus::from_stored(&text(&row, "status")?)? == BuildStatus::Stopped {
-            return Ok(CancelOutcome::AlreadyStopped);
+        match self
+            .change_build(
+                &mut w,
+                id,
+                Some(account),
+                BuildChange::Cancel,
+                Actor::Anyone,
+            )
+            .await?
+        {
+            Ok(changed) => {
+                w.commit().await?;
+                Ok(CancelOutcome::Cancelled {
+                    stopped_on: changed.at,
+                })
+            }
+            Err(Refused::NotFound) => Ok(CancelOutcome::NotFound),
+            Err(Refused::Illegal | Refused::NotOwner) => Ok(CancelOutcome::AlreadyStopped),
         }
-        let now = Timestamp::now();
-        let done = sqlx::query(
-            "UPDATE builds SET status = $1, outcome = $2, stopped_on = $3, modified_on = $3 \
-             WHERE uuid = $4 AND status <> $1",
-        )
-        .bind(BuildStatus::Stopped.as_str())
-        .bind(BuildOutcome::Cancelled.as_str())
-        .bind(now.millis())
-        .bind(id.to_string())
-        .execute(&mut *w.tx)
-        .await
-        .context("cancelling a build")?;
-        w.commit().await?;
-        // On PostgreSQL the build may have stopped between the read and the update.
-        if done.rows_affected() != 1 {
-            return Ok(CancelOutcome::AlreadyStopped);
-        }
-        Ok(CancelOutcome::Cancelled { stopped_on: now })
     }
 
     /// How a build ended, whatever its account (`None` while it runs or when unknown).
@@ -442,10 +434,11 @@ impl Store {
         let row = sqlx::query(
             "SELECT CAST(COALESCE(SUM((stopped_on - initializing_on + 59999) / 60000), 0) AS BIGINT) AS minutes \
              FROM builds WHERE account_id = $1 AND stopped_on >= $2 AND initializing_on IS NOT NULL \
-             AND outcome <> 'skipped'",
+             AND outcome <> $3",
         )
         .bind(account.as_str())
         .bind(since.millis())
+        .bind(BuildOutcome::Skipped.as_str())
         .fetch_one(&self.pool)
         .await
         .context("summing build minutes")?;

@@ -293,9 +293,11 @@ impl Store {
         self.lock_key(&mut w, &format!("hooks:{account}")).await?;
         let pending = sqlx::query(
             "SELECT uuid, status, created_on FROM builds WHERE deploy_hook_uuid = $1 \
-             AND status IN ('queued', 'initializing') ORDER BY id DESC LIMIT 1",
+             AND status IN ($2, $3) ORDER BY id DESC LIMIT 1",
         )
         .bind(id.to_string())
+        .bind(BuildStatus::Queued.as_str())
+        .bind(BuildStatus::Initializing.as_str())
         .fetch_optional(&mut *w.tx)
         .await
         .context("looking for a pending hook build")?;

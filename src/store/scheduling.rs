@@ -7,12 +7,13 @@ use anyhow::Context;
 use sqlx::Row;
 
 use super::builds::BuildSecrets;
+use super::events::Actor;
 use super::rows::{opt_text, text};
-use super::{Store, WriteTx};
+use super::{Backend, Store, WriteTx};
 use crate::domain::{
-    AccountId, BuildId, BuildOutcome, BuildTriggerMetadata, MAX_AUTHOR_BYTES,
-    MAX_COMMIT_MESSAGE_BYTES, SeedRepo, Timestamp, TriggerId, WatchPathCheck, WorkerId,
-    storable_text,
+    AccountId, BuildChange, BuildId, BuildOutcome, BuildStatus, BuildTriggerMetadata,
+    MAX_AUTHOR_BYTES, MAX_COMMIT_MESSAGE_BYTES, SeedRepo, Timestamp, TriggerId, WatchPathCheck,
+    WorkerId, storable_text,
 };
 
 /// A build a runner has claimed, with what it needs to run it.
@@ -45,26 +46,42 @@ pub struct LostBuild {
     pub account: AccountId,
 }
 
-const IN_PROGRESS: &str = "('initializing', 'running')";
+/// SQL: the account `account` (an SQL expression) runs fewer builds than its concurrency limit (`$1`
+/// unless the account sets one); `$3` and `$4` are the statuses in progress.
+fn under_limit(account: &str) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM builds r WHERE r.account_id = {account} AND r.status IN ($3, $4)) < \
+         COALESCE((SELECT a.concurrency FROM accounts a WHERE a.account_id = {account}), $1)"
+    )
+}
 
-/// Unreadable queued builds one claim fails before giving up until the next poll.
-const MAX_UNREADABLE_PER_CLAIM: usize = 16;
+/// Candidates one claim looks at (unreadable builds it fails, slots lost to concurrent claims)
+/// before giving up until the next wake-up.
+const MAX_CLAIM_ATTEMPTS: usize = 16;
 
 impl Store {
     /// Claims the oldest queued build whose account is under its concurrency limit, moving it to
     /// `initializing` with a lease for `owner` until `lease_until`.
+    ///
+    /// Claims do not wait for each other on PostgreSQL: each locks its candidate row with
+    /// `FOR UPDATE SKIP LOCKED` (a concurrent claim takes the next one) and then only the account's
+    /// claim lock, so claims of different accounts run side by side. The account's builds in
+    /// progress are counted again under that lock, which every claim of the account takes until
+    /// its commit: the concurrency limit is exact across nodes.
     pub async fn claim_build(
         &self,
         owner: &str,
         lease_until: Timestamp,
         default_concurrency: i64,
     ) -> anyhow::Result<Option<ClaimedBuild>> {
-        // A build whose stored settings cannot be read fails on its own instead of blocking the queue.
-        for _ in 0..MAX_UNREADABLE_PER_CLAIM {
+        let skip_locked = match self.backend {
+            Backend::Postgres => " FOR UPDATE OF b SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        // A build whose stored settings cannot be read fails on its own instead of blocking the
+        // queue; a claim that lost its account's last slot to a concurrent one looks again.
+        for _ in 0..MAX_CLAIM_ATTEMPTS {
             let mut w = self.begin_write().await?;
-            // Claims are serialised so that the per-account running count cannot be overtaken by a
-            // concurrent claim on another node.
-            self.lock_key(&mut w, "kiln:claim").await?;
             let row = sqlx::query(&format!(
                 "SELECT b.id AS id, b.uuid AS uuid, b.account_id AS account_id, b.trigger_uuid AS trigger_uuid, \
                  b.external_script_id AS worker, b.metadata AS metadata, b.secrets_enc AS secrets, b.created_on AS created_on, \
@@ -73,35 +90,36 @@ impl Store {
                  (SELECT t.build_caching_enabled FROM triggers t WHERE t.uuid = b.trigger_uuid) AS caching, \
                  (SELECT t.branch_includes FROM triggers t WHERE t.uuid = b.trigger_uuid) AS branch_includes, \
                  (SELECT t.branch_excludes FROM triggers t WHERE t.uuid = b.trigger_uuid) AS branch_excludes \
-                 FROM builds b WHERE b.status = 'queued' AND \
-                 (SELECT COUNT(*) FROM builds r WHERE r.account_id = b.account_id AND r.status IN {IN_PROGRESS}) < \
-                 COALESCE((SELECT a.concurrency FROM accounts a WHERE a.account_id = b.account_id), $1) \
-                 ORDER BY b.id LIMIT 1"
+                 FROM builds b WHERE b.status = $2 AND {} \
+                 ORDER BY b.id LIMIT 1{skip_locked}",
+                under_limit("b.account_id")
             ))
             .bind(default_concurrency)
+            .bind(BuildStatus::Queued.as_str())
+            .bind(BuildStatus::Initializing.as_str())
+            .bind(BuildStatus::Running.as_str())
             .fetch_optional(&mut *w.tx)
             .await
             .context("finding a build to claim")?;
             let Some(row) = row else { return Ok(None) };
-            let now = Timestamp::now();
-            let id: i64 = row.try_get("id")?;
-            let done = sqlx::query(
-                "UPDATE builds SET status = 'initializing', initializing_on = $1, modified_on = $1, \
-                 lease_owner = $2, lease_expires = $3 WHERE id = $4 AND status = 'queued'",
-            )
-            .bind(now.millis())
-            .bind(owner)
-            .bind(lease_until.millis())
-            .bind(id)
-            .execute(&mut *w.tx)
-            .await
-            .context("claiming a build")?;
-            if done.rows_affected() != 1 {
-                return Ok(None);
+            let account = AccountId::from_stored(text(&row, "account_id")?);
+            if !self
+                .claim_slot(&mut w, &account, default_concurrency)
+                .await?
+            {
+                continue;
             }
             let uuid = BuildId::from_stored(&text(&row, "uuid")?)?;
             match self.decode_claim(&row, uuid) {
                 Ok(mut claimed) => {
+                    let claimer = Actor::Claimer { owner, lease_until };
+                    if self
+                        .change_build(&mut w, uuid, None, BuildChange::Claim, claimer)
+                        .await?
+                        .is_err()
+                    {
+                        continue;
+                    }
                     // A token deleted or rolled since the build was queued must not be used.
                     let live = sqlx::query(
                         "SELECT uuid FROM build_tokens WHERE uuid = $1 AND deleted_on IS NULL",
@@ -118,25 +136,48 @@ impl Store {
                 }
                 Err(e) => {
                     tracing::error!(build.uuid = %uuid, error = format!("{e:#}"), "a queued build cannot be read; failing it");
-                    sqlx::query(
-                        "UPDATE builds SET status = 'stopped', outcome = 'fail', stopped_on = $1, modified_on = $1, \
-                         lease_owner = NULL, lease_expires = NULL WHERE id = $2",
-                    )
-                    .bind(now.millis())
-                    .bind(id)
-                    .execute(&mut *w.tx)
-                    .await
-                    .context("failing an unreadable build")?;
+                    let failed = self
+                        .change_build(&mut w, uuid, None, BuildChange::Unreadable, Actor::Anyone)
+                        .await?;
                     w.commit().await?;
-                    self.append_build_logs(
-                        uuid,
-                        &[(now, "Failed: the build's stored settings could not be read (was the secret key changed?). Retry the build.".to_owned())],
-                    )
-                    .await?;
+                    if let Ok(changed) = failed {
+                        self.append_build_logs(
+                            uuid,
+                            &[(changed.at, "Failed: the build's stored settings could not be read (was the secret key changed?). Retry the build.".to_owned())],
+                        )
+                        .await?;
+                    }
                 }
             }
         }
         Ok(None)
+    }
+
+    /// Takes `account`'s claim lock for the rest of `w` (PostgreSQL) and says whether the account
+    /// still has a free slot: counted under the lock, so no concurrent claim of the account can
+    /// take it too. Always true on SQLite, whose one writer already saw the count when it chose.
+    async fn claim_slot(
+        &self,
+        w: &mut WriteTx<'_>,
+        account: &AccountId,
+        default_concurrency: i64,
+    ) -> anyhow::Result<bool> {
+        if self.backend != Backend::Postgres {
+            return Ok(true);
+        }
+        self.lock_key(w, &format!("claim:{account}")).await?;
+        let row = sqlx::query(&format!(
+            "SELECT CASE WHEN {} THEN 1 ELSE 0 END AS free",
+            under_limit("$2")
+        ))
+        .bind(default_concurrency)
+        .bind(account.as_str())
+        .bind(BuildStatus::Initializing.as_str())
+        .bind(BuildStatus::Running.as_str())
+        .fetch_one(&mut *w.tx)
+        .await
+        .context("counting the account's builds in progress")?;
+        Ok(row.try_get::<i32, _>("free")? == 1)
     }
 
     fn decode_claim(&self, row: &sqlx::any::AnyRow, id: BuildId) -> anyhow::Result<ClaimedBuild> {
@@ -186,12 +227,14 @@ impl Store {
         lease_until: Timestamp,
     ) -> anyhow::Result<bool> {
         let mut w = self.begin_write().await?;
-        let done = sqlx::query(&format!(
-            "UPDATE builds SET lease_expires = $1 WHERE uuid = $2 AND lease_owner = $3 AND status IN {IN_PROGRESS}"
-        ))
+        let done = sqlx::query(
+            "UPDATE builds SET lease_expires = $1 WHERE uuid = $2 AND lease_owner = $3 AND status IN ($4, $5)",
+        )
         .bind(lease_until.millis())
         .bind(id.to_string())
         .bind(owner)
+        .bind(BuildStatus::Initializing.as_str())
+        .bind(BuildStatus::Running.as_str())
         .execute(&mut *w.tx)
         .await
         .context("renewing a lease")?;
@@ -199,22 +242,10 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Moves a claimed build from `initializing` to `running`.
+    /// Moves a claimed build from `initializing` to `running`; false when `owner` no longer holds it
+    /// (it was cancelled or recovered meanwhile).
     pub async fn set_build_running(&self, id: BuildId, owner: &str) -> anyhow::Result<bool> {
-        let mut w = self.begin_write().await?;
-        let now = Timestamp::now().millis();
-        let done = sqlx::query(
-            "UPDATE builds SET status = 'running', running_on = $1, modified_on = $1 \
-             WHERE uuid = $2 AND lease_owner = $3 AND status = 'initializing'",
-        )
-        .bind(now)
-        .bind(id.to_string())
-        .bind(owner)
-        .execute(&mut *w.tx)
-        .await
-        .context("marking a build running")?;
-        w.commit().await?;
-        Ok(done.rows_affected() == 1)
+        self.change_by_owner(id, owner, BuildChange::Run).await
     }
 
     /// Records what the build actually checked out: the branch, the full commit, its message and author.
@@ -258,21 +289,27 @@ impl Store {
         owner: &str,
         outcome: BuildOutcome,
     ) -> anyhow::Result<bool> {
+        self.change_by_owner(id, owner, BuildChange::Finish(outcome))
+            .await
+    }
+
+    /// Applies a change that only the runner holding the build may make; false when it does not
+    /// hold it or the build's state no longer allows the change.
+    async fn change_by_owner(
+        &self,
+        id: BuildId,
+        owner: &str,
+        change: BuildChange,
+    ) -> anyhow::Result<bool> {
         let mut w = self.begin_write().await?;
-        let now = Timestamp::now().millis();
-        let done = sqlx::query(
-            "UPDATE builds SET status = 'stopped', outcome = $1, stopped_on = $2, modified_on = $2, \
-             lease_owner = NULL, lease_expires = NULL WHERE uuid = $3 AND lease_owner = $4 AND status <> 'stopped'",
-        )
-        .bind(outcome.as_str())
-        .bind(now)
-        .bind(id.to_string())
-        .bind(owner)
-        .execute(&mut *w.tx)
-        .await
-        .context("finishing a build")?;
+        let changed = self
+            .change_build(&mut w, id, None, change, Actor::Owner(owner))
+            .await?;
+        if changed.is_err() {
+            return Ok(false);
+        }
         w.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(true)
     }
 
     /// Ends as `terminated` every in-progress build whose lease expired before `now`, or (at start-up)
@@ -289,40 +326,33 @@ impl Store {
         // Owners are `<node id>/<incarnation>`: hex and '-' only, so LIKE needs no escaping.
         let dead_pattern =
             dead_owner_prefix.map_or_else(|| "\u{1}".to_owned(), |p| format!("{p}%"));
-        let rows = sqlx::query(&format!(
-            "SELECT uuid, account_id FROM builds WHERE status IN {IN_PROGRESS} AND \
-             (lease_expires IS NULL OR lease_expires < $1 OR lease_owner LIKE $2)"
-        ))
+        let rows = sqlx::query(
+            "SELECT uuid FROM builds WHERE status IN ($3, $4) AND \
+             (lease_expires IS NULL OR lease_expires < $1 OR lease_owner LIKE $2) ORDER BY id",
+        )
         .bind(now.millis())
         .bind(dead_pattern)
+        .bind(BuildStatus::Initializing.as_str())
+        .bind(BuildStatus::Running.as_str())
         .fetch_all(&mut *w.tx)
         .await
         .context("finding lost builds")?;
         let mut lost = Vec::new();
         for row in &rows {
-            let uuid = text(row, "uuid")?;
-            if running_here.iter().any(|id| id.to_string() == uuid) {
+            let id = BuildId::from_stored(&text(row, "uuid")?)?;
+            if running_here.contains(&id) {
                 continue;
             }
-            // The build stopped when its runner was last known alive, not when recovery noticed: a
-            // node that was down for days must not charge those days as build minutes.
-            let done = sqlx::query(&format!(
-                "UPDATE builds SET status = 'stopped', outcome = 'terminated', \
-                 stopped_on = CASE WHEN lease_expires IS NOT NULL AND lease_expires < $1 THEN lease_expires ELSE $1 END, \
-                 modified_on = $1, lease_owner = NULL, lease_expires = NULL WHERE uuid = $2 AND status IN {IN_PROGRESS}"
-            ))
-            .bind(now.millis())
-            .bind(&uuid)
-            .execute(&mut *w.tx)
-            .await
-            .context("terminating a lost build")?;
-            if done.rows_affected() != 1 {
-                continue;
+            // Refused when it ended meanwhile (PostgreSQL: between the read and the row lock).
+            if let Ok(changed) = self
+                .change_build(&mut w, id, None, BuildChange::Lost, Actor::Anyone)
+                .await?
+            {
+                lost.push(LostBuild {
+                    id,
+                    account: changed.account,
+                });
             }
-            lost.push(LostBuild {
-                id: BuildId::from_stored(&uuid)?,
-                account: AccountId::from_stored(text(row, "account_id")?),
-            });
         }
         w.commit().await?;
         for b in &lost {
@@ -349,29 +379,24 @@ impl Store {
         self.lock_key(w, &format!("supersede:{trigger}:{branch}"))
             .await?;
         let rows = sqlx::query(
-            "SELECT uuid FROM builds WHERE trigger_uuid = $1 AND branch = $2 AND status = 'queued' AND uuid <> $3 \
+            "SELECT uuid FROM builds WHERE trigger_uuid = $1 AND branch = $2 AND status = $4 AND uuid <> $3 \
              AND id < (SELECT id FROM builds WHERE uuid = $3) ORDER BY id",
         )
         .bind(trigger.to_string())
         .bind(branch)
         .bind(keep.to_string())
+        .bind(BuildStatus::Queued.as_str())
         .fetch_all(&mut *w.tx)
         .await
         .context("finding superseded builds")?;
-        let now = Timestamp::now();
         for row in &rows {
-            let uuid = text(row, "uuid")?;
-            let done = sqlx::query(
-                "UPDATE builds SET status = 'stopped', outcome = 'skipped', stopped_on = $1, modified_on = $1 \
-                 WHERE uuid = $2 AND status = 'queued'",
-            )
-            .bind(now.millis())
-            .bind(&uuid)
-            .execute(&mut *w.tx)
-            .await
-            .context("skipping a superseded build")?;
-            if done.rows_affected() == 1 {
-                w.superseded.push((BuildId::from_stored(&uuid)?, keep));
+            let id = BuildId::from_stored(&text(row, "uuid")?)?;
+            if self
+                .change_build(w, id, None, BuildChange::Supersede, Actor::Anyone)
+                .await?
+                .is_ok()
+            {
+                w.superseded.push((id, keep));
             }
         }
         Ok(())

@@ -3,11 +3,12 @@
 use anyhow::Context;
 use sqlx::Row;
 
-use super::rows::{CONNECTION_COLUMNS, TRIGGER_COLUMNS, TRIGGER_FROM, to_json_list, trigger};
+use super::events::Actor;
+use super::rows::{CONNECTION_COLUMNS, TRIGGER_COLUMNS, TRIGGER_FROM, text, to_json_list, trigger};
 use super::{Store, WriteTx};
 use crate::domain::{
-    AccountId, BuildTokenId, MAX_TRIGGERS_PER_WORKER, RepoConnectionId, Timestamp, Trigger,
-    TriggerId, WorkerId,
+    AccountId, BuildChange, BuildId, BuildStatus, BuildTokenId, MAX_TRIGGERS_PER_WORKER,
+    RepoConnectionId, Timestamp, Trigger, TriggerId, WorkerId,
 };
 
 /// A validated trigger to create.
@@ -333,15 +334,21 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        sqlx::query(
-            "UPDATE builds SET status = 'stopped', outcome = 'cancelled', stopped_on = $1, modified_on = $1 \
-             WHERE trigger_uuid = $2 AND status = 'queued'",
+        let queued = sqlx::query(
+            "SELECT uuid FROM builds WHERE trigger_uuid = $1 AND status = $2 ORDER BY id",
         )
-        .bind(now)
         .bind(id.to_string())
-        .execute(&mut *w.tx)
+        .bind(BuildStatus::Queued.as_str())
+        .fetch_all(&mut *w.tx)
         .await
-        .context("cancelling the deleted trigger's queued builds")?;
+        .context("finding the deleted trigger's queued builds")?;
+        for row in &queued {
+            let build = BuildId::from_stored(&text(row, "uuid")?)?;
+            // Refused only when it stopped meanwhile: nothing is left to cancel then.
+            let _ = self
+                .change_build(w, build, None, BuildChange::Cancel, Actor::Anyone)
+                .await?;
+        }
         Ok(true)
     }
 }

@@ -14,8 +14,8 @@ use super::Store;
 use super::builds::NewBuild;
 use super::rows::{list, text, ts};
 use crate::domain::{
-    AccountId, BuildId, PullRequest, Timestamp, TriggerId, TriggerSource, WatchPathCheck,
-    branch_selected, paths_selected,
+    AccountId, BuildId, BuildStatus, PullRequest, Timestamp, TriggerId, TriggerSource,
+    WatchPathCheck, branch_selected, paths_selected,
 };
 use crate::github::{PullRequestAction, PullRequestEvent, Push};
 
@@ -401,13 +401,14 @@ async fn paired_build(
 ) -> anyhow::Result<Option<BuildId>> {
     let row = sqlx::query(
         "SELECT uuid FROM builds WHERE trigger_uuid = $1 AND commit_hash = $2 AND branch = $3 \
-         AND trigger_source = $4 AND (status <> 'stopped' OR created_on >= $5) ORDER BY id DESC LIMIT 1",
+         AND trigger_source = $4 AND (status <> $6 OR created_on >= $5) ORDER BY id DESC LIMIT 1",
     )
     .bind(trigger.to_string())
     .bind(commit)
     .bind(branch)
     .bind(other.as_str())
     .bind(Timestamp::now().millis() - PAIR_WINDOW_MS)
+    .bind(BuildStatus::Stopped.as_str())
     .fetch_optional(&mut *w.tx)
     .await
     .context("looking for the paired build of the commit")?;
@@ -418,8 +419,9 @@ async fn paired_build(
 /// A queued pull-request build joined by a push that selects its trigger builds without checking
 /// watch paths (a push with no file list, say, always builds).
 async fn skip_watch_path_check(w: &mut super::WriteTx<'_>, build: BuildId) -> anyhow::Result<()> {
-    sqlx::query("UPDATE builds SET watch_paths = NULL WHERE uuid = $1 AND status = 'queued'")
+    sqlx::query("UPDATE builds SET watch_paths = NULL WHERE uuid = $1 AND status = $2")
         .bind(build.to_string())
+        .bind(BuildStatus::Queued.as_str())
         .execute(&mut *w.tx)
         .await
         .context("dropping a build's watch-path check")?;

@@ -9,6 +9,23 @@ use tokio::process::{Child, Command};
 
 use super::{ACCOUNT, ADMIN_TOKEN, s};
 
+/// The processes whose command line contains `marker` (zombies, whose command line is empty, are
+/// already dead and not counted).
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 /// Longest a node takes to start, or a build to reach what a test waits for.
 pub const NODE_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -21,6 +38,10 @@ pub struct NodeOptions {
     pub database_url: Option<String>,
     /// `--toolchain-dir`.
     pub toolchain_dir: PathBuf,
+    /// `--runners` (build slots; 0: API only).
+    pub runners: u32,
+    /// `--lease`.
+    pub lease: &'static str,
     /// More arguments of `kiln serve`.
     pub extra: Vec<String>,
     /// Run it as this uid and gid (through `setpriv`) instead of the test's user.
@@ -34,6 +55,8 @@ impl NodeOptions {
             sandbox,
             database_url: None,
             toolchain_dir: super::shared_toolchain_dir(),
+            runners: 2,
+            lease: "3s",
             extra: Vec::new(),
             as_user: None,
         }
@@ -48,8 +71,8 @@ pub struct KilnProcess {
 }
 
 /// Starts `kiln serve` on a free port with its data in `data` (given relative to its working
-/// directory, like the default `./kiln-data`), cloning from `remotes/<owner>/<repo>`, with a 3 s
-/// lease and one build at a time per account; waits until it answers.
+/// directory, like the default `./kiln-data`), cloning from `remotes/<owner>/<repo>`, with the
+/// options' build slots and lease and one build at a time per account; waits until it answers.
 pub async fn start_kiln(data: &Path, remotes: &Path, options: &NodeOptions) -> KilnProcess {
     for _ in 0..5 {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -80,14 +103,8 @@ pub async fn start_kiln(data: &Path, remotes: &Path, options: &NodeOptions) -> K
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(relative)
-            .args([
-                "--runners",
-                "2",
-                "--default-concurrency",
-                "1",
-                "--lease",
-                "3s",
-            ])
+            .args(["--runners", &options.runners.to_string()])
+            .args(["--default-concurrency", "1", "--lease", options.lease])
             .args(["--sandbox", options.sandbox])
             .args([
                 "--git-url-template",
