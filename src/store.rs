@@ -10,11 +10,14 @@ mod builds;
 mod connections;
 mod deploy_hooks;
 mod env_vars;
+mod health;
 mod installations;
 mod logs;
 mod reports;
 mod rows;
 mod scheduling;
+mod stats;
+mod timing;
 mod tokens;
 mod triggers;
 mod webhooks;
@@ -36,10 +39,13 @@ pub use builds::{CancelOutcome, NewBuild};
 pub use connections::{DeleteConnection, NewConnection};
 pub use deploy_hooks::{HookCall, HookWriteError};
 pub use env_vars::EnvVarChange;
+pub use health::StoreReadiness;
 pub use installations::InstallationLink;
 pub use logs::{LogLimit, LogPage};
 pub use reports::{CommentItem, PrBuild, ReportItem};
 pub use scheduling::{ClaimedBuild, LostBuild};
+pub use stats::BuildCount;
+pub use timing::StoreTimings;
 pub use triggers::{NewTrigger, TriggerPatch, TriggerWriteError};
 pub use webhooks::{DeliveryOutcome, PAIR_WINDOW_MS, PushSelection};
 pub use worker_builds::{
@@ -63,6 +69,8 @@ pub struct Store {
     /// SQLite allows one writer; serialising write transactions in-process avoids busy errors on
     /// lock upgrades. PostgreSQL uses row and advisory locks instead.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// How long writers wait for and hold write transactions.
+    timings: StoreTimings,
 }
 
 /// A write transaction, holding the SQLite writer lock when on SQLite.
@@ -70,6 +78,7 @@ pub(crate) struct WriteTx<'a> {
     pub tx: sqlx::Transaction<'static, sqlx::Any>,
     /// Builds skipped in this transaction, and the build that superseded each (logged after commit).
     superseded: Vec<(crate::domain::BuildId, crate::domain::BuildId)>,
+    held: timing::HeldTimer,
     _guard: Option<tokio::sync::MutexGuard<'a, ()>>,
 }
 
@@ -111,16 +120,16 @@ impl Store {
             }
         }
         .context("connecting to the database")?;
-        let migrator = match backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
-            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
-        };
-        migrator.run(&pool).await.context("running migrations")?;
+        migrator(backend)
+            .run(&pool)
+            .await
+            .context("running migrations")?;
         Ok(Store {
             pool,
             backend,
             secrets,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            timings: StoreTimings::new()?,
         })
     }
 
@@ -134,12 +143,18 @@ impl Store {
         self.backend
     }
 
+    /// The store's own metrics (write transaction and lock timings).
+    pub fn timings(&self) -> &StoreTimings {
+        &self.timings
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
     pub(crate) async fn begin_write(&self) -> anyhow::Result<WriteTx<'_>> {
+        let asked = std::time::Instant::now();
         let (guard, tx) = match self.backend {
             Backend::Sqlite => {
                 let guard = self.write_lock.lock().await;
@@ -151,9 +166,11 @@ impl Store {
             Backend::Postgres => (None, self.pool.begin().await),
         };
         let tx = tx.context("beginning a transaction")?;
+        self.timings.waited(timing::Lock::Transaction, asked);
         Ok(WriteTx {
             tx,
             superseded: Vec::new(),
+            held: self.timings.hold(),
             _guard: guard,
         })
     }
@@ -162,13 +179,23 @@ impl Store {
     /// serialised by the writer lock).
     pub(crate) async fn lock_key(&self, tx: &mut WriteTx<'_>, key: &str) -> anyhow::Result<()> {
         if self.backend == Backend::Postgres {
+            let asked = std::time::Instant::now();
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
                 .bind(key)
                 .execute(&mut *tx.tx)
                 .await
                 .context("taking an advisory lock")?;
+            self.timings.waited(timing::Lock::Key, asked);
         }
         Ok(())
+    }
+}
+
+/// The migrations this binary embeds for `backend`.
+fn migrator(backend: Backend) -> sqlx::migrate::Migrator {
+    match backend {
+        Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("migrations/postgres"),
     }
 }
 
@@ -272,8 +299,10 @@ const SQLITE_FULL: i32 = 13;
 
 impl WriteTx<'_> {
     /// Commits the transaction.
-    pub async fn commit(self) -> anyhow::Result<()> {
-        self.tx.commit().await.context("committing")
+    pub async fn commit(mut self) -> anyhow::Result<()> {
+        self.tx.commit().await.context("committing")?;
+        self.held.committed();
+        Ok(())
     }
 }
 
