@@ -767,6 +767,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn slots_count_busy_and_the_scheduler_up_while_their_guards_live() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = sqlite_store(dir.path()).await;
+        let metrics = Metrics::new(&store, 3, None).expect("metrics");
+        let slots = |busy, scheduler_running| RunnerSlots {
+            slots: 3,
+            busy,
+            scheduler_running,
+        };
+        assert_eq!(metrics.runner_slots(), slots(0, false));
+        let up = metrics.scheduler_running();
+        let (a, b) = (
+            metrics.build_claimed(Timestamp::now()),
+            metrics.build_claimed(Timestamp::now()),
+        );
+        assert_eq!(metrics.runner_slots(), slots(2, true));
+        drop(a);
+        assert_eq!(metrics.runner_slots(), slots(1, true));
+        // A task that ends (or panics) drops its guard.
+        let task = tokio::spawn(async move {
+            let _up = up;
+            let _b = b;
+            panic!("the scheduler panicked");
+        });
+        assert!(task.await.is_err());
+        assert_eq!(metrics.runner_slots(), slots(0, false));
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn the_scrape_token_is_compared_whole() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = sqlite_store(dir.path()).await;

@@ -346,6 +346,17 @@ async fn webhook_deliveries_are_counted_by_result() {
     assert_eq!(count("duplicate"), Some(1.0));
     assert_eq!(count("invalid"), Some(1.0));
     assert_eq!(count("failed"), Some(0.0));
+    // A signed delivery the store cannot take: GitHub redelivers it later.
+    app.store().close().await;
+    assert_eq!(
+        deliver(Some("ping"), "d-4", None).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (s, _) = scrape(&app).await;
+    assert_eq!(
+        value(&s, "kiln_webhook_deliveries_total", &[("result", "failed")]),
+        Some(1.0)
+    );
     app.stop().await;
 }
 
