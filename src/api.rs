@@ -8,6 +8,8 @@ mod deploy_hooks;
 mod env_vars;
 pub mod error;
 mod extract;
+pub mod health;
+pub mod observe;
 mod openapi;
 mod schema;
 pub mod throttle;
@@ -25,7 +27,6 @@ use axum::response::IntoResponse;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use schemars::{Schema, SchemaGenerator};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 
 pub use auth::{Access, authenticate};
 use error::ApiError;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub cache: std::sync::Arc<crate::cache::BuildCache>,
     /// Failed authentications per client (API credentials and deploy hook ids).
     pub auth_throttle: std::sync::Arc<throttle::AuthThrottle>,
+    /// This node's metrics (`GET /metrics`), which also know its build slots (`GET /readyz`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Account-level limits reported by `account/limits`.
@@ -262,18 +265,18 @@ pub fn router(state: AppState) -> Router {
                 .layer(axum::Extension(BodyLimit(crate::github::MAX_WEBHOOK_BYTES))),
         )
         .with_state(state.clone());
-    Router::new()
-        .nest(BASE, api.with_state(state))
+    let metrics = state.metrics.clone();
+    let router = Router::new()
+        .nest(BASE, api.with_state(state.clone()))
         .merge(webhooks)
+        .merge(health::router(state))
         .fallback(no_route)
         .layer(axum::Extension(BodyLimit(MAX_BODY_BYTES)))
         // A panicking handler still answers the envelope (500, code 10001), and the connection lives.
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("a request handler panicked")).into_response()
-        }))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-            tracing::debug_span!("request", method = %req.method(), path = %loggable_path(req.uri().path()))
-        }))
+        }));
+    observe::instrument(router, metrics)
 }
 
 async fn no_route() -> ApiError {

@@ -220,6 +220,19 @@ pub struct ServeArgs {
     /// A file holding the bootstrap token.
     #[arg(long, env = "KILN_BOOTSTRAP_TOKEN_FILE")]
     pub bootstrap_token_file: Option<PathBuf>,
+    /// The bearer token `GET /metrics` requires (at least 32 characters, e.g. `openssl rand -hex
+    /// 32`); without one the metrics are open to every client. Prefer `--metrics-token-file`:
+    /// arguments are visible to every local user.
+    #[arg(
+        long,
+        env = "KILN_METRICS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "metrics_token_file"
+    )]
+    pub metrics_token: Option<String>,
+    /// A file holding the metrics token.
+    #[arg(long, env = "KILN_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     /// Build minutes per account per month (unless `kiln accounts set` says otherwise).
     #[arg(long, env = "KILN_BUILD_MINUTES", default_value_t = 3000)]
     pub build_minutes: i64,
@@ -482,6 +495,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Some(secrets::read_secret_file("bootstrap token", path)?),
         None => args.bootstrap_token.clone(),
     };
+    let metrics_token = match &args.metrics_token_file {
+        Some(path) => Some(secrets::read_secret_file("metrics token", path)?),
+        None => args.metrics_token.clone(),
+    };
     let github_webhook_secrets: Vec<String> = match &args.github_webhook_secret_file {
         Some(path) => secrets::read_secret_file("GitHub webhook secret", path)?
             .lines()
@@ -536,6 +553,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             private_paths: [
                 args.github_app_private_key_path.clone(),
                 args.bootstrap_token_file.clone(),
+                args.metrics_token_file.clone(),
                 args.github_webhook_secret_file.clone(),
                 args.store.database_url_file.clone(),
                 args.store.secret_key_file.clone(),
@@ -563,6 +581,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             burst: args.auth_failure_burst,
             refill: args.auth_failure_refill,
         },
+        metrics_token,
     };
     let mut server = Server::start(&config).await?;
     tracing::info!(addr = %server.addr, backend = ?server.store.backend(), "kiln listening on http://{}", server.addr);

@@ -11,6 +11,7 @@ pub mod git;
 pub mod github;
 pub mod listen;
 pub mod logs;
+pub mod metrics;
 pub mod runner;
 pub mod sandbox;
 pub mod scheduler;

@@ -98,6 +98,8 @@ pub struct RunnerContext {
     pub cache: Arc<BuildCache>,
     /// The unprivileged users steps run as, one per build slot; `None`: Kiln's own (not root).
     pub build_users: Option<Arc<BuildUserPool>>,
+    /// This node's metrics (start latency, durations, busy slots, log lines).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The hosted product's message for a deleted or rolled build token.
@@ -228,6 +230,8 @@ async fn execute_build(
     let ctx = &*ctx;
     let owner = owner.as_str();
     let id = build.id;
+    let claimed = std::time::Instant::now();
+    let _busy = ctx.metrics.build_claimed(build.created_on);
     let renewal = AbortOnDrop(tokio::spawn(
         renew_lease(ctx.store.clone(), id, owner.to_owned(), lease, stop_tx).in_current_span(),
     ));
@@ -237,6 +241,7 @@ async fn execute_build(
         (ctx.store.clone(), id),
         LogSinkConfig {
             cap_bytes: ctx.config.log_cap_bytes,
+            metrics: Some(ctx.metrics.logs()),
             ..LogSinkConfig::default()
         },
     );
@@ -366,7 +371,10 @@ async fn execute_build(
     })
     .await;
     match finished {
-        Ok(true) => tracing::info!(outcome = outcome.as_str(), "build finished"),
+        Ok(true) => {
+            ctx.metrics.build_finished(outcome, claimed.elapsed());
+            tracing::info!(outcome = outcome.as_str(), "build finished");
+        }
         Ok(false) => tracing::info!("build had already been stopped"),
         Err(e) => tracing::error!(
             error = format!("{e:#}"),

@@ -54,6 +54,8 @@ pub struct ServeConfig {
     pub http: crate::listen::HttpConfig,
     /// How many failed authentications a client may make ([`crate::api::throttle`]).
     pub auth_throttle: crate::api::throttle::ThrottleConfig,
+    /// The bearer token `GET /metrics` requires; `None`: the metrics are open to every client.
+    pub metrics_token: Option<String>,
 }
 
 /// Opens (creating if needed) the data dir and the store, running migrations.
@@ -139,28 +141,34 @@ pub const MAX_BOOTSTRAP_TOKEN_LEN: usize = 1024;
 /// has about 3.7 over 32 characters, random base64 about 4.6; `aaaa…` has 0).
 const MIN_BOOTSTRAP_TOKEN_BITS_PER_CHAR: f64 = 3.0;
 
-/// Refuses a bootstrap token that is easy to guess: it grants write access to every account. It
-/// must have [`MIN_BOOTSTRAP_TOKEN_LEN`]–[`MAX_BOOTSTRAP_TOKEN_LEN`] printable characters without
-/// blanks, not be one short run repeated, and vary enough (Shannon entropy of at least 3 bits per
-/// character). The error never shows the token.
+/// Refuses a bootstrap token that is easy to guess: it grants write access to every account. See
+/// [`check_token_strength`].
 pub fn check_bootstrap_token(token: &str) -> anyhow::Result<()> {
+    check_token_strength("bootstrap token", token)
+}
+
+/// Refuses a token (named `what` in the error) that is easy to guess. It must have
+/// [`MIN_BOOTSTRAP_TOKEN_LEN`]–[`MAX_BOOTSTRAP_TOKEN_LEN`] printable characters without blanks, not
+/// be one short run repeated, and vary enough (Shannon entropy of at least 3 bits per character).
+/// The error never shows the token.
+pub fn check_token_strength(what: &str, token: &str) -> anyhow::Result<()> {
     let how = "generate one with `openssl rand -hex 32`";
     let chars: Vec<char> = token.chars().collect();
     anyhow::ensure!(
         (MIN_BOOTSTRAP_TOKEN_LEN..=MAX_BOOTSTRAP_TOKEN_LEN).contains(&chars.len()),
-        "the bootstrap token is too weak: it has {} characters, at least {MIN_BOOTSTRAP_TOKEN_LEN} are needed \
+        "the {what} is too weak: it has {} characters, at least {MIN_BOOTSTRAP_TOKEN_LEN} are needed \
          ({how})",
         chars.len()
     );
     anyhow::ensure!(
         chars.iter().all(|c| !c.is_whitespace() && !c.is_control()),
-        "the bootstrap token must not contain blanks or control characters ({how})"
+        "the {what} must not contain blanks or control characters ({how})"
     );
     let periodic =
         (1..=chars.len() / 2).any(|p| chars.iter().zip(&chars[p..]).all(|(a, b)| a == b));
     anyhow::ensure!(
         !periodic,
-        "the bootstrap token is too weak: it repeats a shorter part ({how})"
+        "the {what} is too weak: it repeats a shorter part ({how})"
     );
     let mut counts = std::collections::HashMap::new();
     for c in &chars {
@@ -176,7 +184,7 @@ pub fn check_bootstrap_token(token: &str) -> anyhow::Result<()> {
         .sum();
     anyhow::ensure!(
         bits >= MIN_BOOTSTRAP_TOKEN_BITS_PER_CHAR,
-        "the bootstrap token is too weak: its characters vary too little ({how})"
+        "the {what} is too weak: its characters vary too little ({how})"
     );
     Ok(())
 }
@@ -446,6 +454,10 @@ impl Server {
         if let Some(token) = bootstrap_token {
             check_bootstrap_token(token)?;
         }
+        let metrics_token = config.metrics_token.as_deref().filter(|t| !t.is_empty());
+        if let Some(token) = metrics_token {
+            check_token_strength("metrics token", token)?;
+        }
         match crate::listen::raise_fd_limit() {
             Ok(files) => tracing::debug!(open_file_limit = files, "open-file limit"),
             Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
@@ -504,6 +516,11 @@ impl Server {
             );
             (stop_tx, task)
         };
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            &store,
+            config.scheduler.runners,
+            metrics_token,
+        )?);
         let handle = SchedulerHandle::default();
         let scheduler = if config.scheduler.runners > 0 {
             let orphans = tokio::task::spawn_blocking(crate::sandbox::kill_orphaned_builds)
@@ -549,6 +566,7 @@ impl Server {
                 toolchains,
                 cache: cache.clone(),
                 build_users,
+                metrics: metrics.clone(),
             };
             let scheduler = Scheduler::new(
                 store.clone(),
@@ -558,7 +576,13 @@ impl Server {
                 handle.clone(),
             );
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            Some((stop_tx, tokio::spawn(scheduler.run(stop_rx))))
+            // `/readyz` is not ready once the scheduler's task ended (or panicked).
+            let up = metrics.scheduler_running();
+            let task = tokio::spawn(async move {
+                let _up = up;
+                scheduler.run(stop_rx).await;
+            });
+            Some((stop_tx, task))
         } else {
             tracing::info!("no build runners on this node (--runners 0)");
             None
@@ -595,6 +619,7 @@ impl Server {
             auth_throttle: Arc::new(crate::api::throttle::AuthThrottle::new(
                 config.auth_throttle,
             )),
+            metrics,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let http = config.http.clone();

@@ -11,11 +11,14 @@ mod connections;
 mod deploy_hooks;
 mod env_vars;
 mod events;
+mod health;
 mod installations;
 mod logs;
 mod reports;
 mod rows;
 mod scheduling;
+mod stats;
+mod timing;
 mod tokens;
 mod triggers;
 mod webhooks;
@@ -39,10 +42,13 @@ pub use connections::{DeleteConnection, NewConnection};
 pub use deploy_hooks::{HookCall, HookWriteError};
 pub use env_vars::EnvVarChange;
 pub use events::BuildEvent;
+pub use health::StoreReadiness;
 pub use installations::InstallationLink;
 pub use logs::{LogLimit, LogPage};
 pub use reports::{CommentItem, PrBuild, ReportItem};
 pub use scheduling::{ClaimedBuild, LostBuild};
+pub use stats::BuildCount;
+pub use timing::StoreTimings;
 pub use triggers::{NewTrigger, TriggerPatch, TriggerWriteError};
 pub use webhooks::{DeliveryOutcome, PAIR_WINDOW_MS, PushSelection};
 pub use worker_builds::{
@@ -68,6 +74,8 @@ pub struct Store {
     write_lock: Arc<tokio::sync::Mutex<()>>,
     /// Woken after each commit that appended build events.
     events: EventBus,
+    /// How long writers wait for and hold write transactions.
+    timings: StoreTimings,
 }
 
 /// A write transaction, holding the SQLite writer lock when on SQLite.
@@ -79,6 +87,7 @@ pub(crate) struct WriteTx<'a> {
     events: Vec<events::PendingEvent>,
     backend: Backend,
     bus: EventBus,
+    held: timing::HeldTimer,
     _guard: Option<tokio::sync::MutexGuard<'a, ()>>,
 }
 
@@ -120,17 +129,17 @@ impl Store {
             }
         }
         .context("connecting to the database")?;
-        let migrator = match backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
-            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
-        };
-        migrator.run(&pool).await.context("running migrations")?;
+        migrator(backend)
+            .run(&pool)
+            .await
+            .context("running migrations")?;
         Ok(Store {
             pool,
             backend,
             secrets,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             events: EventBus::default(),
+            timings: StoreTimings::new()?,
         })
     }
 
@@ -150,12 +159,18 @@ impl Store {
         self.backend
     }
 
+    /// The store's own metrics (write transaction and lock timings).
+    pub fn timings(&self) -> &StoreTimings {
+        &self.timings
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
     pub(crate) async fn begin_write(&self) -> anyhow::Result<WriteTx<'_>> {
+        let asked = std::time::Instant::now();
         let (guard, tx) = match self.backend {
             Backend::Sqlite => {
                 let guard = self.write_lock.lock().await;
@@ -167,12 +182,14 @@ impl Store {
             Backend::Postgres => (None, self.pool.begin().await),
         };
         let tx = tx.context("beginning a transaction")?;
+        self.timings.waited(timing::Lock::Transaction, asked);
         Ok(WriteTx {
             tx,
             superseded: Vec::new(),
             events: Vec::new(),
             backend: self.backend,
             bus: self.events.clone(),
+            held: self.timings.hold(),
             _guard: guard,
         })
     }
@@ -181,13 +198,23 @@ impl Store {
     /// serialised by the writer lock).
     pub(crate) async fn lock_key(&self, tx: &mut WriteTx<'_>, key: &str) -> anyhow::Result<()> {
         if self.backend == Backend::Postgres {
+            let asked = std::time::Instant::now();
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
                 .bind(key)
                 .execute(&mut *tx.tx)
                 .await
                 .context("taking an advisory lock")?;
+            self.timings.waited(timing::Lock::Key, asked);
         }
         Ok(())
+    }
+}
+
+/// The migrations this binary embeds for `backend`.
+fn migrator(backend: Backend) -> sqlx::migrate::Migrator {
+    match backend {
+        Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("migrations/postgres"),
     }
 }
 

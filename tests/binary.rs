@@ -994,6 +994,15 @@ async fn ping(kiln: &Kiln, secret: &str) -> u16 {
 /// `--github-webhook-secret` and a `--database-url` with a password could only be given where every
 /// local user reads them. A weak token now stops the start with a clear message; every secret has a
 /// file form (and an environment form); one given as an argument is warned about.
+/// The status of `GET /metrics` with a bearer token or none.
+async fn scrape(kiln: &Kiln, token: Option<&str>) -> u16 {
+    let mut req = kiln.http.get(format!("{}/metrics", kiln.base));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.expect("GET /metrics").status().as_u16()
+}
+
 #[tokio::test]
 async fn secrets_come_from_files_and_weak_or_visible_ones_are_reported() {
     let site = Site::new().await;
@@ -1011,9 +1020,19 @@ async fn secrets_come_from_files_and_weak_or_visible_ones_are_reported() {
         );
     }
 
+    let mut cmd = site.command();
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .args(site.store_args())
+        .env("KILN_METRICS_TOKEN", "metrics");
+    run(cmd)
+        .await
+        .assert_failed("a weak metrics token", "the metrics token is too weak");
+
     let token = "file-bootstrap-token-7f3e2d1c0b9a8765";
     let webhook_secret = "file-webhook-secret-1e2d3c4b";
+    let metrics_token = "file-metrics-token-5c4b3a2918f7e6d5";
     let token_file = private_file(&site, "bootstrap-token", &format!("{token}\n"));
+    let metrics_file = private_file(&site, "metrics-token", &format!("{metrics_token}\n"));
     let url_file = private_file(
         &site,
         "database-url",
@@ -1033,11 +1052,20 @@ async fn secrets_come_from_files_and_weak_or_visible_ones_are_reported() {
             .arg(&token_file)
             .arg("--github-webhook-secret-file")
             .arg(&webhook_file)
+            .arg("--metrics-token-file")
+            .arg(&metrics_file)
             .env("KILN_DATABASE_URL_FILE", &url_file);
         cmd
     })
     .await;
     kiln.ok(token, Method::GET, &acct("/tokens"), None).await;
+    assert_eq!(scrape(&kiln, None).await, 401);
+    assert_eq!(
+        scrape(&kiln, Some(token)).await,
+        401,
+        "an API token is not the metrics token"
+    );
+    assert_eq!(scrape(&kiln, Some(metrics_token)).await, 200);
     assert_eq!(ping(&kiln, webhook_secret).await, 200);
     assert_eq!(ping(&kiln, "old-webhook-secret-9a8b7c").await, 200);
     assert_eq!(ping(&kiln, "not-the-secret").await, 401);
@@ -1047,6 +1075,10 @@ async fn secrets_come_from_files_and_weak_or_visible_ones_are_reported() {
         "a warning without a secret in the arguments:\n{stderr}"
     );
     assert!(!stderr.contains(token), "the token was logged:\n{stderr}");
+    assert!(
+        !stderr.contains(metrics_token),
+        "the token was logged:\n{stderr}"
+    );
 
     // The argument forms still work, each with a warning naming the file form.
     let kiln = site
@@ -1055,13 +1087,17 @@ async fn secrets_come_from_files_and_weak_or_visible_ones_are_reported() {
             token,
             "--github-webhook-secret",
             webhook_secret,
+            "--metrics-token",
+            metrics_token,
         ])
         .await;
     kiln.ok(token, Method::GET, &acct("/tokens"), None).await;
+    assert_eq!(scrape(&kiln, Some(metrics_token)).await, 200);
     let stderr = kiln.stop().await;
     for (flag, instead) in [
         ("--bootstrap-token", "--bootstrap-token-file"),
         ("--github-webhook-secret", "--github-webhook-secret-file"),
+        ("--metrics-token", "--metrics-token-file"),
     ] {
         assert!(
             stderr.contains(&format!("{flag} was given on the command line"))
@@ -1070,7 +1106,9 @@ async fn secrets_come_from_files_and_weak_or_visible_ones_are_reported() {
         );
     }
     assert!(
-        !stderr.contains(token) && !stderr.contains(webhook_secret),
+        !stderr.contains(token)
+            && !stderr.contains(webhook_secret)
+            && !stderr.contains(metrics_token),
         "{stderr}"
     );
 

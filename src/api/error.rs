@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use super::observe::current_request_id;
 use crate::domain::Invalid;
 use crate::store::{StoreCondition, store_condition};
 
@@ -185,11 +186,19 @@ impl ApiError {
         match &self {
             ApiError::Internal(e) => match store_condition(e) {
                 Some(StoreCondition::Full) => {
-                    tracing::error!(error = format!("{e:#}"), "storage is full");
+                    tracing::error!(
+                        request_id = current_request_id().as_deref(),
+                        error = format!("{e:#}"),
+                        "storage is full"
+                    );
                     ApiError::StorageFull
                 }
                 Some(StoreCondition::Unavailable) => {
-                    tracing::error!(error = format!("{e:#}"), "storage is unavailable");
+                    tracing::error!(
+                        request_id = current_request_id().as_deref(),
+                        error = format!("{e:#}"),
+                        "storage is unavailable"
+                    );
                     ApiError::StorageUnavailable
                 }
                 None => self,
@@ -247,9 +256,23 @@ impl IntoResponse for ApiError {
         let this = self.classified();
         if let ApiError::Internal(e) = &this {
             // The chain goes to the log only; the client sees a fixed message.
-            tracing::error!(error = format!("{e:#}"), "internal error");
+            tracing::error!(
+                request_id = current_request_id().as_deref(),
+                error = format!("{e:#}"),
+                "internal error"
+            );
         }
         let (status, body) = this.status_and_body();
+        if status.is_client_error() {
+            // Refusals are the client's business: logged for debugging only, by their code (the
+            // message may repeat what the client sent).
+            tracing::debug!(
+                request_id = current_request_id().as_deref(),
+                status = status.as_u16(),
+                code = body.errors.first().map(|e| e.code),
+                "request refused"
+            );
+        }
         let mut resp = (status, axum::Json(body)).into_response();
         let retry_after = match this {
             ApiError::RateLimited { retry_after_secs }

@@ -91,6 +91,7 @@ pub fn document() -> Value {
             .or_insert_with(|| json!({}));
         entry[r.method.as_str().to_ascii_lowercase()] = op;
     }
+    paths.extend(super::health::describe(&mut g));
     let schemas = g.take_definitions(false);
     json!({
         "openapi": "3.1.0",
@@ -98,7 +99,11 @@ pub fn document() -> Value {
             "title": "Kiln — Workers Builds API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "A self-hosted implementation of the Cloudflare Workers Builds REST API. \
-                Every answer, success or error, is the envelope `{success, errors, messages, result}`.",
+                Every answer, success or error, is the envelope `{success, errors, messages, result}` \
+                (except `/metrics` and `/healthz`). Every answer to a request whose head could be read \
+                carries an `x-request-id` header: the \
+                request's own when sane (1-128 visible ASCII characters other than `\"` and `\\`), \
+                else a new UUID; Kiln's log lines about the request carry the same id.",
         },
         "paths": paths,
         "components": {
@@ -126,6 +131,8 @@ pub fn document() -> Value {
                 "api_token": {"type": "http", "scheme": "bearer"},
                 "api_email": {"type": "apiKey", "in": "header", "name": "X-Auth-Email"},
                 "api_key": {"type": "apiKey", "in": "header", "name": "X-Auth-Key"},
+                "metrics_token": {"type": "http", "scheme": "bearer",
+                    "description": "The token given to Kiln with --metrics-token-file (GET /metrics only)"},
             },
         },
         "security": [{"api_token": []}, {"api_email": [], "api_key": []}],

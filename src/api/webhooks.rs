@@ -11,6 +11,7 @@ use super::error::{ApiError, ApiResult, ok};
 use super::extract::read_body;
 use crate::domain::BuildId;
 use crate::github::{parse_pull_request, parse_push, signature_valid};
+use crate::metrics::WebhookResult;
 use crate::store::DeliveryOutcome;
 
 /// What a delivery caused.
@@ -28,10 +29,27 @@ pub struct DeliveryResult {
 /// events (and `ping`) are acknowledged. A delivery and the builds it causes are stored in one transaction before the 200.
 /// Both of GitHub's content types are read: `application/json`, and `application/x-www-form-urlencoded`
 /// (GitHub's default: `payload=<url-encoded JSON>`), whose raw body the signature covers.
+/// Every delivery is counted in `kiln_webhook_deliveries_total` by what became of it.
 pub async fn receive_github_webhook(
     State(app): State<AppState>,
     req: Request,
 ) -> ApiResult<DeliveryResult> {
+    let result = handle_github_webhook(&app, req).await;
+    app.metrics.webhook_delivery(match &result {
+        Ok(delivery) if delivery.0.duplicate => WebhookResult::Duplicate,
+        Ok(_) => WebhookResult::Accepted,
+        Err(ApiError::Unauthenticated) => WebhookResult::Unauthenticated,
+        Err(
+            ApiError::BadRequest(_)
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::BodyTimeout { .. },
+        ) => WebhookResult::Invalid,
+        Err(_) => WebhookResult::Failed,
+    });
+    result
+}
+
+async fn handle_github_webhook(app: &AppState, req: Request) -> ApiResult<DeliveryResult> {
     if app.github_webhook_secrets.is_empty() {
         return Err(ApiError::Unauthenticated);
     }

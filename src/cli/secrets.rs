@@ -6,7 +6,11 @@ use std::path::Path;
 use anyhow::Context;
 
 /// Flags whose value is a secret whenever given.
-const SECRET_FLAGS: &[&str] = &["--bootstrap-token", "--github-webhook-secret"];
+const SECRET_FLAGS: &[&str] = &[
+    "--bootstrap-token",
+    "--metrics-token",
+    "--github-webhook-secret",
+];
 /// Flags whose value is a URL that is a secret when it carries a password.
 const URL_FLAGS: &[&str] = &["--database-url", "--npm-registry"];
 
@@ -84,6 +88,7 @@ pub fn warn_about_argv_secrets(args: &[String]) {
     for flag in secrets_in_argv(args) {
         let instead = match flag {
             "--bootstrap-token" => "--bootstrap-token-file or KILN_BOOTSTRAP_TOKEN_FILE",
+            "--metrics-token" => "--metrics-token-file or KILN_METRICS_TOKEN_FILE",
             "--github-webhook-secret" => {
                 "--github-webhook-secret-file or KILN_GITHUB_WEBHOOK_SECRET_FILE"
             }
@@ -124,6 +129,11 @@ mod tests {
             ["--github-webhook-secret"]
         );
         assert!(secrets_in_argv(&args(&["serve", "--bootstrap-token-file", "/f"])).is_empty());
+        assert_eq!(
+            secrets_in_argv(&args(&["serve", "--metrics-token=t", "--runners", "0"])),
+            ["--metrics-token"]
+        );
+        assert!(secrets_in_argv(&args(&["serve", "--metrics-token-file", "/f"])).is_empty());
         assert!(secrets_in_argv(&args(&["serve", "--", "--bootstrap-token"])).is_empty());
     }
 

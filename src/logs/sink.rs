@@ -50,6 +50,8 @@ pub struct LogSinkConfig {
     pub batch_lines: usize,
     /// Messages queued to the writer task before producers wait.
     pub channel_capacity: usize,
+    /// The node's log counters to add to (`None`: not counted).
+    pub metrics: Option<crate::metrics::LogMetrics>,
 }
 
 impl Default for LogSinkConfig {
@@ -58,6 +60,7 @@ impl Default for LogSinkConfig {
             cap_bytes: DEFAULT_LOG_CAP_BYTES,
             batch_lines: BATCH_LINES,
             channel_capacity: CHANNEL_CAPACITY,
+            metrics: None,
         }
     }
 }
@@ -217,6 +220,10 @@ impl<W: LogWriter> Writer<W> {
     fn accept(&mut self, (at, mut message): LogLine) {
         self.summary.lines_seen += 1;
         self.summary.bytes_seen += message.len() as u64;
+        if let Some(m) = &self.config.metrics {
+            m.lines_ingested.inc();
+            m.bytes_ingested.inc_by(message.len() as u64);
+        }
         if let Some(id) = version_id_in_line(&message) {
             self.summary.version_id = Some(id);
         }
@@ -262,6 +269,9 @@ impl<W: LogWriter> Writer<W> {
             match self.writer.append(lines).await {
                 Ok(()) => {
                     self.summary.lines_stored += lines.len() as u64;
+                    if let Some(m) = &self.config.metrics {
+                        m.lines_stored.inc_by(lines.len() as u64);
+                    }
                     self.summary.lines_unwritten_unreported = 0;
                     self.degraded = false;
                     return;
@@ -448,6 +458,34 @@ mod tests {
             summary.unwritten_line().as_deref(),
             Some("[... 4 lines could not be stored: Kiln's store was unavailable ...]")
         );
+    }
+
+    /// The node's counters see what the sink took in and what it stored, cap and losses included.
+    #[tokio::test(start_paused = true)]
+    async fn counts_lines_ingested_and_stored_in_the_metrics() {
+        let counter = |name: &str| prometheus::IntCounter::new(name, "test").expect("counter");
+        let metrics = crate::metrics::LogMetrics {
+            lines_ingested: counter("lines"),
+            bytes_ingested: counter("bytes"),
+            lines_stored: counter("stored"),
+        };
+        // The first write is given up on: its 2 lines are lost, then accounted for by a marker.
+        let w = MemoryWriter::failing(WRITE_ATTEMPTS as usize);
+        let config = LogSinkConfig {
+            batch_lines: 2,
+            metrics: Some(metrics.clone()),
+            ..LogSinkConfig::default()
+        };
+        let sink = LogSink::with_config(w.clone(), config);
+        sink.push_lines((0..6).map(line).collect())
+            .await
+            .expect("push");
+        let summary = sink.finish().await.expect("finish");
+        assert_eq!(metrics.lines_ingested.get(), 6);
+        assert_eq!(metrics.bytes_ingested.get(), summary.bytes_seen);
+        assert_eq!(summary.bytes_seen, 6 * "line 0".len() as u64);
+        assert_eq!(metrics.lines_stored.get(), summary.lines_stored);
+        assert_eq!(summary.lines_stored, 4 + 1, "4 lines and the marker");
     }
 
     #[tokio::test(start_paused = true)]

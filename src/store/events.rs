@@ -285,6 +285,7 @@ impl WriteTx<'_> {
             }
         }
         self.tx.commit().await.context("committing")?;
+        self.held.committed();
         if !events.is_empty() {
             self.bus.notify();
         }
