@@ -11,6 +11,7 @@ pub mod git;
 pub mod github;
 pub mod listen;
 pub mod logs;
+pub mod notify;
 pub mod runner;
 pub mod sandbox;
 pub mod scheduler;

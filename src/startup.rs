@@ -54,6 +54,8 @@ pub struct ServeConfig {
     pub http: crate::listen::HttpConfig,
     /// How many failed authentications a client may make ([`crate::api::throttle`]).
     pub auth_throttle: crate::api::throttle::ThrottleConfig,
+    /// How event notifications are sent ([`crate::notify`]).
+    pub notifications: crate::notify::NotifyConfig,
 }
 
 /// Opens (creating if needed) the data dir and the store, running migrations.
@@ -436,6 +438,7 @@ pub struct Server {
     reporter: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     /// Wakes the store's event bus for other nodes' events ([`crate::events::spawn_watcher`]).
     watcher: (tokio::sync::watch::Sender<bool>, JoinHandle<()>),
+    notifier: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     _lock: std::fs::File,
 }
 
@@ -584,6 +587,17 @@ impl Server {
             }
             _ => None,
         };
+        let notifier = crate::notify::NotifyHandle::new(config.notifications.retry.window);
+        let notifications = {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(crate::notify::run(
+                store.clone(),
+                config.notifications,
+                notifier.clone(),
+                stop_rx,
+            ));
+            Some((stop_tx, task))
+        };
         let app = api::router(AppState {
             store: store.clone(),
             limits: config.limits,
@@ -595,6 +609,7 @@ impl Server {
             auth_throttle: Arc::new(crate::api::throttle::AuthThrottle::new(
                 config.auth_throttle,
             )),
+            notifier,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let http = config.http.clone();
@@ -609,6 +624,7 @@ impl Server {
             scheduler,
             reporter,
             watcher,
+            notifier: notifications,
             _lock: lock,
         })
     }
@@ -642,6 +658,13 @@ impl Server {
             let _ = stop.send(true);
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "the GitHub reporter task panicked");
+            }
+        }
+        // Attempts in flight are dropped and their deliveries released: they are due again at once.
+        if let Some((stop, task)) = self.notifier.take() {
+            let _ = stop.send(true);
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the notification task panicked");
             }
         }
         let (stop, task) = self.watcher;

@@ -112,6 +112,7 @@ pub async fn test_config(dir: &std::path::Path) -> ServeConfig {
         public_url: None,
         http: kiln::listen::HttpConfig::default(),
         auth_throttle: Default::default(),
+        notifications: Default::default(),
     }
 }
 
