@@ -13,7 +13,7 @@ use super::schema;
 use crate::domain::{
     CreatedSubscription, Delivery, DeliveryId, EventSubscription, EventType, Invalid, MAX_NAME_LEN,
     MAX_SUBSCRIPTION_WORKERS, MAX_SUBSCRIPTIONS_PER_ACCOUNT, MAX_URL_LEN, SubscriptionId,
-    Timestamp, WebhookSecret, WorkerId, bounded_text, destination_url,
+    Timestamp, WebhookSecret, WorkerId, bounded_text, destination_url, truncate_for_message,
 };
 use crate::store::{NewSubscription, SubscriptionPatch, SubscriptionWriteError};
 
@@ -32,7 +32,8 @@ pub struct CreateSubscriptionRequest {
     #[schemars(with = "Option<schema::WorkerNames>")]
     pub worker_names: Option<Vec<String>>,
     /// Default: `[]`, every event type.
-    pub event_types: Option<Vec<EventType>>,
+    #[schemars(with = "Option<Vec<EventType>>")]
+    pub event_types: Option<Vec<String>>,
     /// Default: `true`.
     pub enabled: Option<bool>,
 }
@@ -51,7 +52,8 @@ pub struct UpdateSubscriptionRequest {
     #[schemars(with = "Option<schema::WorkerNames>")]
     pub worker_names: Option<Vec<String>>,
     /// `[]`: every event type.
-    pub event_types: Option<Vec<EventType>>,
+    #[schemars(with = "Option<Vec<EventType>>")]
+    pub event_types: Option<Vec<String>>,
     pub enabled: Option<bool>,
 }
 
@@ -97,13 +99,32 @@ fn worker_names(v: &[String]) -> Result<Vec<WorkerId>, Invalid> {
     Ok(names)
 }
 
-/// Event types in declaration order, without duplicates.
-fn event_types(v: &[EventType]) -> Vec<EventType> {
-    EventType::ALL
+/// Event types (each one of [`EventType::ALL`]), in declaration order without duplicates.
+fn event_types(v: &[String]) -> Result<Vec<EventType>, Invalid> {
+    let given = v
+        .iter()
+        .map(|t| {
+            EventType::parse(t).ok_or_else(|| {
+                Invalid::field(
+                    "event_types",
+                    format!(
+                        "unknown event type {:?}; expected one of {}",
+                        truncate_for_message(t),
+                        EventType::ALL
+                            .iter()
+                            .map(|t| t.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(EventType::ALL
         .iter()
         .copied()
-        .filter(|t| v.contains(t))
-        .collect()
+        .filter(|t| given.contains(t))
+        .collect())
 }
 
 impl CreateSubscriptionRequest {
@@ -116,7 +137,7 @@ impl CreateSubscriptionRequest {
                 None => WebhookSecret::generate(),
             },
             worker_names: worker_names(&self.worker_names.unwrap_or_default())?,
-            event_types: event_types(&self.event_types.unwrap_or_default()),
+            event_types: event_types(&self.event_types.unwrap_or_default())?,
             enabled: self.enabled.unwrap_or(true),
         })
     }
@@ -133,7 +154,7 @@ impl UpdateSubscriptionRequest {
                 .transpose()?,
             secret: self.secret.as_deref().map(secret).transpose()?,
             worker_names: self.worker_names.as_deref().map(worker_names).transpose()?,
-            event_types: self.event_types.as_deref().map(event_types),
+            event_types: self.event_types.as_deref().map(event_types).transpose()?,
             enabled: self.enabled,
         })
     }

@@ -5,6 +5,7 @@
 
 pub mod builds;
 pub mod process;
+pub mod receiver;
 
 #[allow(unused_imports)]
 pub use builds::*;
