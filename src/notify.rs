@@ -1,8 +1,9 @@
 //! Event notifications (issue 9): build events go to the account's event subscriptions as signed
 //! HTTP POSTs. A fan-out step turns the `build_events` outbox into one stored delivery per matching
-//! subscription; a dispatcher sends the deliveries that are due, each on its own task (bounded in
-//! number, and per subscription), retrying failures with back-off for a day. Neither is on a build's
-//! path: a slow or dead endpoint delays nothing but its own deliveries.
+//! subscription ([`Store::fan_out_build_events`], woken by the store's event bus); a dispatcher
+//! sends the deliveries that are due, each on its own task (bounded in number, and per
+//! subscription), retrying failures with back-off for a day. Neither is on a build's path: a slow or
+//! dead endpoint delays nothing but its own deliveries.
 
 mod dispatch;
 pub mod sign;
@@ -69,14 +70,66 @@ impl NotifyHandle {
     }
 }
 
-/// Sends due deliveries until `shutdown` turns true; attempts still in flight then are dropped and
-/// their leases released, so that they are due again at once (here after a restart, or on another
-/// node): delivery is at least once.
+/// Fans build events out to deliveries and sends the due ones until `shutdown` turns true; attempts
+/// still in flight then are dropped and their leases released, so that they are due again at once
+/// (here after a restart, or on another node): delivery is at least once.
 pub async fn run(
     store: Store,
     config: NotifyConfig,
     handle: NotifyHandle,
     shutdown: watch::Receiver<bool>,
 ) {
+    let fan_out = tokio::spawn(fan_out(
+        store.clone(),
+        config.retry.window,
+        handle.clone(),
+        shutdown.clone(),
+    ));
     dispatch::run(store, config, handle, shutdown).await;
+    if let Err(e) = fan_out.await {
+        tracing::error!(error = %e, "the notification fan-out panicked");
+    }
+}
+
+/// Events read from the outbox per fan-out transaction.
+const FAN_OUT_BATCH: i64 = 200;
+/// The longest the fan-out waits without reading the outbox (a wake-up lost, a store error).
+const FAN_OUT_POLL: Duration = Duration::from_secs(5);
+
+/// Turns new build events into deliveries whenever the event bus says some may have been appended,
+/// waking the dispatcher when it stored any.
+async fn fan_out(
+    store: Store,
+    window: Duration,
+    handle: NotifyHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Subscribed before the first read: nothing appended meanwhile goes unnoticed.
+    let mut waiter = store.events().subscribe();
+    loop {
+        loop {
+            match store.fan_out_build_events(FAN_OUT_BATCH, window).await {
+                Ok(done) => {
+                    if done.deliveries > 0 {
+                        handle.wake();
+                    }
+                    if done.events < FAN_OUT_BATCH as usize {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "turning build events into notifications failed: retrying"
+                    );
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = waiter.changed() => {}
+            _ = tokio::time::sleep(FAN_OUT_POLL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
 }

@@ -296,3 +296,441 @@ async fn the_secret_is_sealed_at_rest() {
     pool.close().await;
     app.stop().await;
 }
+
+/// A server running builds (unsandboxed: these tests are about events), retrying deliveries after
+/// 50 ms doubling to at most 200 ms, shared by every test below; `tweak` adjusts it further.
+async fn runner(tweak: impl FnOnce(&mut kiln::startup::ServeConfig)) -> TestApp {
+    spawn_runner(kiln::sandbox::SandboxMode::None, |c| {
+        c.notifications.retry.base = Duration::from_millis(50);
+        c.notifications.retry.cap = Duration::from_millis(200);
+        tweak(c);
+    })
+    .await
+}
+
+/// A Worker with a repository and a trigger running `build`; returns the trigger.
+async fn worker(app: &TestApp, name: &str, build: &str) -> String {
+    let f = app.fixture(name).await;
+    commit_files(app, name, &[("README.md", "events\n")], "Add the readme");
+    set_commands(app, &f.trigger, build, "echo deployed").await;
+    f.trigger
+}
+
+async fn subscribe(app: &TestApp, url: &str, extra: Value) -> String {
+    let mut body = json!({"name": "receiver", "url": url, "secret": SECRET});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    s(&create(app, body).await["id"])
+}
+
+async fn deliveries(app: &TestApp, subscription: &str) -> Vec<Value> {
+    let page = app
+        .ok(
+            Method::GET,
+            &app.acct(&format!("{SUBS}/{subscription}/deliveries?per_page=200")),
+            None,
+        )
+        .await;
+    page.as_array().expect("deliveries").clone()
+}
+
+/// Polls a subscription's deliveries until `pred` holds (generous deadline), returns them.
+async fn wait_deliveries(
+    app: &TestApp,
+    subscription: &str,
+    what: &str,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + BUILD_DEADLINE;
+    loop {
+        let got = deliveries(app, subscription).await;
+        if pred(&got) {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deliveries never became {what}: {got:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The types of the accepted events of `build`, in acceptance order.
+fn accepted_types(r: &Receiver, build: &str) -> Vec<String> {
+    r.accepted()
+        .iter()
+        .filter(|e| e.build() == build)
+        .map(|e| e.event_type().to_owned())
+        .collect()
+}
+
+/// The event the hosted product sends for `build` (as the builds API shows it) at `status`.
+fn expected_event(build: &Value, event_type: &str, subscription: &str, status: &str) -> Value {
+    let meta = &build["build_trigger_metadata"];
+    let stopped = status == "stopped";
+    json!({
+        "type": event_type,
+        "source": {"type": "workersBuilds.worker", "workerName": build["trigger"]["external_script_id"]},
+        "payload": {
+            "buildUuid": build["build_uuid"],
+            "status": status,
+            "buildOutcome": if stopped { build["build_outcome"].clone() } else { Value::Null },
+            "createdAt": build["created_on"],
+            "initializingAt": build["initializing_on"],
+            "runningAt": build["running_on"],
+            "stoppedAt": if stopped { build["stopped_on"].clone() } else { Value::Null },
+            "buildTriggerMetadata": {
+                "buildTriggerSource": meta["build_trigger_source"],
+                "branch": meta["branch"],
+                "commitHash": meta["commit_hash"],
+                "commitMessage": meta["commit_message"],
+                "author": meta["author"],
+                "buildCommand": meta["build_command"],
+                "deployCommand": meta["deploy_command"],
+                "rootDirectory": meta["root_directory"],
+                "repoName": meta["repo_name"],
+                "providerAccountName": meta["provider_account_name"],
+                "providerType": meta["provider_type"],
+            },
+        },
+        "metadata": {
+            "accountId": ACCOUNT,
+            "eventSubscriptionId": subscription,
+            "eventSchemaVersion": 1,
+            "eventTimestamp": if stopped { build["stopped_on"].clone() } else { build["running_on"].clone() },
+        },
+    })
+}
+
+#[tokio::test]
+async fn a_builds_events_are_signed_in_order_and_have_the_hosted_shape() {
+    let app = runner(|_| {}).await;
+    let receiver = Receiver::start(SECRET, Behaviour::Accept).await;
+    let trigger = worker(&app, "notify-worker", "echo built").await;
+    let sub = subscribe(&app, &receiver.url, json!({})).await;
+    // Subscriptions that must get nothing of this build.
+    let silent = Receiver::start(SECRET, Behaviour::Accept).await;
+    let others = [
+        subscribe(
+            &app,
+            &silent.url,
+            json!({"worker_names": ["another-worker"]}),
+        )
+        .await,
+        subscribe(
+            &app,
+            &silent.url,
+            json!({"event_types": [FAILED, CANCELED]}),
+        )
+        .await,
+        subscribe(&app, &silent.url, json!({"enabled": false})).await,
+    ];
+    let id = queue(&app, &trigger, json!({"branch": "main"})).await;
+    let build = wait_stopped(&app, &id).await;
+    assert_eq!(build["build_outcome"], "success", "{build}");
+    let got = receiver
+        .wait_until("started and succeeded", BUILD_DEADLINE, |r| {
+            r.iter().filter(|e| e.accepted()).count() == 2
+        })
+        .await;
+    assert_eq!(accepted_types(&receiver, &id), [STARTED, SUCCEEDED]);
+    for e in &got {
+        assert!(e.verified, "the signature does not verify: {e:#?}");
+        assert_eq!(e.content_type, "application/json");
+        assert!(e.signature.starts_with("v1,"), "{e:#?}");
+        let ts: i64 = e.timestamp.parse().expect("webhook-timestamp in seconds");
+        assert!((ts - chrono::Utc::now().timestamp()).abs() < 300, "{ts}");
+    }
+    assert_ne!(got[0].id, got[1].id);
+    // The whole envelope, against the build as the API shows it. A branch build learns its commit
+    // from its checkout, after it started: the `started` event has it, or (fanned out before the
+    // checkout) has it unknown, `""`, as the API shows an unknown commit.
+    let started = expected_event(&build, STARTED, &sub, "running");
+    let mut unknown_commit = started.clone();
+    for field in ["commitHash", "commitMessage", "author"] {
+        unknown_commit["payload"]["buildTriggerMetadata"][field] = json!("");
+    }
+    assert!(
+        got[0].body == started || got[0].body == unknown_commit,
+        "{:#}\nis neither\n{started:#}\nnor the same with the commit unknown",
+        got[0].body
+    );
+    assert_eq!(
+        got[1].body,
+        expected_event(&build, SUCCEEDED, &sub, "stopped")
+    );
+    assert_eq!(
+        build["build_trigger_metadata"]["build_trigger_source"],
+        "manual"
+    );
+    assert!(
+        build["build_trigger_metadata"]["commit_hash"]
+            .as_str()
+            .is_some_and(|h| h.len() == 40),
+        "{build}"
+    );
+
+    // The deliveries as the API lists them: newest first, each delivered on its first attempt,
+    // their ids the webhook-ids sent.
+    let listed = wait_deliveries(&app, &sub, "delivered", |d| {
+        d.len() == 2 && d.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    assert_eq!(listed[0]["event_type"], SUCCEEDED);
+    assert_eq!(listed[1]["event_type"], STARTED);
+    for (d, e) in listed.iter().rev().zip(&got) {
+        assert_eq!(d["id"], e.id.as_str());
+        assert_eq!(d["build_uuid"], id.as_str());
+        assert_eq!(d["attempts"], 1);
+        assert_eq!(d["response_code"], 200);
+        assert_eq!(d["last_error"], Value::Null);
+        assert_eq!(d["next_attempt_on"], Value::Null);
+        assert!(
+            d["finished_on"].is_string() && d["last_attempt_on"].is_string(),
+            "{d}"
+        );
+    }
+    for other in &others {
+        assert_eq!(deliveries(&app, other).await, Vec::<Value>::new());
+    }
+    assert!(silent.received().is_empty());
+
+    // A failing build is `failed`, a cancelled one `canceled` (after its `started`), to the
+    // subscription that asks for those only.
+    let trigger = worker(&app, "slow-worker", "sleep 600").await;
+    let failing = worker(&app, "failing-worker", "echo compiling; exit 3").await;
+    let picky = Receiver::start(SECRET, Behaviour::Accept).await;
+    subscribe(&app, &picky.url, json!({"event_types": [FAILED, CANCELED]})).await;
+    let slow = queue(&app, &trigger, json!({"branch": "main"})).await;
+    wait_for(&app, &slow, "running", |b| b["status"] == "running").await;
+    app.ok(
+        Method::PUT,
+        &app.acct(&format!("/builds/{slow}/cancel")),
+        None,
+    )
+    .await;
+    let broken = queue(&app, &failing, json!({"branch": "main"})).await;
+    assert_eq!(wait_stopped(&app, &broken).await["build_outcome"], "fail");
+    picky
+        .wait_until("failed and canceled", BUILD_DEADLINE, |r| r.len() == 2)
+        .await;
+    assert_eq!(accepted_types(&picky, &slow), [CANCELED]);
+    assert_eq!(accepted_types(&picky, &broken), [FAILED]);
+    let cancelled = get_build(&app, &slow).await;
+    let event = picky
+        .accepted()
+        .into_iter()
+        .find(|e| e.build() == slow)
+        .expect("canceled event");
+    assert_eq!(event.body["payload"]["buildOutcome"], "cancelled");
+    assert_eq!(event.body["payload"]["stoppedAt"], cancelled["stopped_on"]);
+    wait_stopped(&app, &slow).await;
+    assert_eq!(
+        accepted_types(&receiver, &slow),
+        [STARTED, CANCELED],
+        "the unfiltered subscription gets every event"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_receiver_failing_three_times_gets_each_event_accepted_once_and_in_order() {
+    let app = runner(|_| {}).await;
+    let receiver = Receiver::start(SECRET, Behaviour::FailFirst(3)).await;
+    let trigger = worker(&app, "flaky-worker", "echo built").await;
+    let sub = subscribe(&app, &receiver.url, json!({})).await;
+    let id = queue(&app, &trigger, json!({"branch": "main"})).await;
+    wait_stopped(&app, &id).await;
+    let listed = wait_deliveries(&app, &sub, "delivered after 4 attempts", |d| {
+        d.len() == 2 && d.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    for d in &listed {
+        assert_eq!(d["attempts"], 4, "{d}");
+        assert_eq!(d["response_code"], 204, "{d}");
+    }
+    // Nothing more arrives once both are accepted (the dispatcher polls every second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 8, "{got:#?}");
+    assert!(got.iter().all(|e| e.verified), "{got:#?}");
+    for d in &listed {
+        let attempts: Vec<_> = got.iter().filter(|e| e.id == s(&d["id"])).collect();
+        assert_eq!(attempts.len(), 4);
+        assert_eq!(
+            attempts.iter().filter(|e| e.accepted()).count(),
+            1,
+            "accepted exactly once"
+        );
+        assert!(attempts[3].accepted());
+        // Each attempt has the same body, signed anew.
+        assert!(attempts.iter().all(|e| e.body == attempts[0].body));
+    }
+    // In order: no attempt of `succeeded` before `started` was accepted.
+    let started_accepted = got
+        .iter()
+        .position(|e| e.event_type() == STARTED && e.accepted())
+        .expect("started accepted");
+    let first_succeeded = got
+        .iter()
+        .position(|e| e.event_type() == SUCCEEDED)
+        .expect("succeeded sent");
+    assert!(started_accepted < first_succeeded, "{got:#?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_delays_neither_builds_nor_other_subscriptions() {
+    // An attempt would wait a minute for the dead endpoint: longer than this test may take.
+    let app = runner(|c| c.notifications.timeout = Duration::from_secs(60)).await;
+    let dead = Receiver::start(SECRET, Behaviour::Hang).await;
+    let alive = Receiver::start(SECRET, Behaviour::Accept).await;
+    let trigger = worker(&app, "busy-worker", "echo built").await;
+    let dead_sub = subscribe(&app, &dead.url, json!({})).await;
+    subscribe(&app, &alive.url, json!({})).await;
+    let mut builds = Vec::new();
+    for _ in 0..3 {
+        let id = queue(&app, &trigger, json!({"branch": "main"})).await;
+        assert_eq!(wait_stopped(&app, &id).await["build_outcome"], "success");
+        builds.push(id);
+    }
+    alive
+        .wait_until("every event of the three builds", BUILD_DEADLINE, |r| {
+            r.iter().filter(|e| e.accepted()).count() == 6
+        })
+        .await;
+    for id in &builds {
+        assert_eq!(accepted_types(&alive, id), [STARTED, SUCCEEDED]);
+    }
+    // The dead endpoint holds each build's `started`; the `succeeded` after it waits its turn.
+    let hanging = dead
+        .wait_until("each build's started", BUILD_DEADLINE, |r| r.len() == 3)
+        .await;
+    assert!(
+        hanging
+            .iter()
+            .all(|e| e.event_type() == STARTED && e.answered.is_none())
+    );
+    let listed = deliveries(&app, &dead_sub).await;
+    assert_eq!(listed.len(), 6, "{listed:#?}");
+    assert!(
+        listed
+            .iter()
+            .all(|d| d["status"] == "pending" && d["attempts"] == 0),
+        "{listed:#?}"
+    );
+    // Stopping does not wait for the dead endpoint.
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_delivery_past_its_retry_window_fails_and_a_redelivery_sends_it_again() {
+    let app = runner(|c| c.notifications.retry.window = Duration::from_millis(1500)).await;
+    let receiver = Receiver::start(SECRET, Behaviour::Fail).await;
+    let trigger = worker(&app, "down-worker", "echo built").await;
+    let sub = subscribe(&app, &receiver.url, json!({})).await;
+    let id = queue(&app, &trigger, json!({"branch": "main"})).await;
+    wait_stopped(&app, &id).await;
+    let listed = wait_deliveries(&app, &sub, "failed", |d| {
+        d.len() == 2 && d.iter().all(|d| d["status"] == "failed")
+    })
+    .await;
+    for d in &listed {
+        assert!(d["attempts"].as_i64().is_some_and(|n| n >= 1), "{d}");
+        assert_eq!(d["response_code"], 503);
+        assert_eq!(d["last_error"], "HTTP 503");
+        assert_eq!(d["next_attempt_on"], Value::Null);
+        assert!(d["finished_on"].is_string(), "{d}");
+    }
+    let tried = receiver.received().len();
+    receiver.set(Behaviour::Accept);
+    let started = listed
+        .iter()
+        .find(|d| d["event_type"] == STARTED)
+        .expect("started");
+    let again = app
+        .ok(
+            Method::POST,
+            &app.acct(&format!(
+                "{SUBS}/{sub}/deliveries/{}/redeliver",
+                s(&started["id"])
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(again["status"], "pending");
+    assert_eq!(again["id"], started["id"]);
+    let after = wait_deliveries(&app, &sub, "redelivered", |d| {
+        d.iter()
+            .any(|d| d["id"] == started["id"] && d["status"] == "delivered")
+    })
+    .await;
+    let redelivered = after
+        .iter()
+        .find(|d| d["id"] == started["id"])
+        .expect("listed");
+    assert_eq!(
+        redelivered["attempts"].as_i64(),
+        started["attempts"].as_i64().map(|n| n + 1)
+    );
+    assert_eq!(redelivered["response_code"], 200);
+    assert_eq!(redelivered["last_error"], Value::Null);
+    let got = receiver.received();
+    assert_eq!(got.len(), tried + 1, "{got:#?}");
+    let last = got.last().expect("the redelivery");
+    assert!(last.accepted() && last.verified);
+    assert_eq!(last.id, s(&started["id"]), "the same webhook-id");
+    assert_eq!(last.body, got[0].body, "the same body");
+    // The other one stays failed.
+    assert!(
+        after
+            .iter()
+            .any(|d| d["event_type"] == SUCCEEDED && d["status"] == "failed")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_nodes_on_one_database_deliver_each_event_once() {
+    // One key seals for both nodes (each node would otherwise make its own in its data dir).
+    let key = "8b2f6a0c4d1e3f5a7b9c0d2e4f6a8b0c1d3e5f7a9b1c3d5e7f9a0b2c4d6e8f0a1";
+    let key = &key[..64];
+    let a = runner(|c| c.store.secret_key = Some(key.to_owned())).await;
+    let url = a
+        .config
+        .store
+        .database_url
+        .clone()
+        .unwrap_or_else(|| kiln::store::Store::sqlite_url(&a.data_dir()));
+    let b = TestApp::spawn_with(|c| {
+        c.store.database_url = Some(url);
+        c.store.secret_key = Some(key.to_owned());
+    })
+    .await;
+    let receiver = Receiver::start(SECRET, Behaviour::FailFirst(1)).await;
+    let trigger = worker(&a, "shared-worker", "echo built").await;
+    // Created through node B: node A's fan-out and both dispatchers see it.
+    let sub = subscribe(&b, &receiver.url, json!({})).await;
+    let mut builds = Vec::new();
+    for _ in 0..3 {
+        builds.push(queue(&a, &trigger, json!({"branch": "main"})).await);
+    }
+    for id in &builds {
+        wait_stopped(&a, id).await;
+    }
+    wait_deliveries(&b, &sub, "six delivered", |d| {
+        d.len() == 6 && d.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let accepted = receiver.accepted();
+    assert_eq!(accepted.len(), 6, "{accepted:#?}");
+    let ids: std::collections::HashSet<_> = accepted.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids.len(), 6, "an event was accepted twice");
+    for id in &builds {
+        assert_eq!(accepted_types(&receiver, id), [STARTED, SUCCEEDED]);
+    }
+    b.stop().await;
+    a.stop().await;
+}

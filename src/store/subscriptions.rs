@@ -41,7 +41,7 @@ pub enum SubscriptionWriteError {
     TooMany,
 }
 
-const COLUMNS: &str =
+pub(super) const COLUMNS: &str =
     "uuid, account_id, name, url, worker_names, event_types, enabled, created_on, modified_on";
 
 pub(super) fn from_row(row: &AnyRow) -> anyhow::Result<EventSubscription> {
