@@ -37,7 +37,8 @@ def _call(method, path, body=None):
 
 
 def _fixtures():
-    """A connection, a build token, a trigger with a variable, a deploy hook and a queued build."""
+    """A connection, a build token, a trigger with a variable, a deploy hook, a queued build and an event
+    subscription."""
     connection = _call(
         "PUT",
         "/repos/connections",
@@ -72,6 +73,7 @@ def _fixtures():
     )
     hook = _call("POST", f"/workers/{WORKER}/deploy_hooks", {"deploy_hook_name": "fuzz", "branch": "main"})
     build = _call("POST", f"/triggers/{trigger['trigger_uuid']}/builds", {"branch": "main"})
+    subscription = _call("POST", "/event_subscriptions", {"name": "fuzz", "url": "http://127.0.0.1:9/fuzz"})
     return {
         "account_id": ACCOUNT,
         "external_script_id": WORKER,
@@ -80,6 +82,7 @@ def _fixtures():
         "trigger_uuid": trigger["trigger_uuid"],
         "deploy_hook_uuid": hook["deploy_hook_uuid"],
         "build_uuid": build["build_uuid"],
+        "event_subscription_id": subscription["id"],
         "environment_variable_key": "FUZZ_VAR",
         "provider_type": "github",
         "provider_account_id": "1001",
@@ -168,7 +171,10 @@ def filter_case(ctx, case):
     """The resources made above stay: no delete of them (stateful runs find their ids in lists)."""
     if case.method.upper() != "DELETE":
         return True
-    kept = {REAL[k] for k in ("repo_connection_uuid", "build_token_uuid", "trigger_uuid", "deploy_hook_uuid")}
+    kept = {
+        REAL[k]
+        for k in ("repo_connection_uuid", "build_token_uuid", "trigger_uuid", "deploy_hook_uuid", "event_subscription_id")
+    }
     return not kept.intersection(map(str, (case.path_parameters or {}).values()))
 
 

@@ -12,6 +12,7 @@ pub mod health;
 pub mod observe;
 mod openapi;
 mod schema;
+mod subscriptions;
 pub mod throttle;
 mod tokens;
 mod triggers;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub auth_throttle: std::sync::Arc<throttle::AuthThrottle>,
     /// This node's metrics (`GET /metrics`), which also know its build slots (`GET /readyz`).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Wakes this node's notification dispatcher (redeliveries) and knows its retry window.
+    pub notifier: crate::notify::NotifyHandle,
 }
 
 /// Account-level limits reported by `account/limits`.
@@ -136,7 +139,8 @@ const PAGING: &[QueryDoc] = &[
 /// Every operation Kiln serves.
 pub fn routes() -> Vec<Route> {
     use crate::domain::{
-        Build, BuildToken, DeployHook, DetailedDeployHook, EnvVarMap, RepoConnection, Trigger,
+        Build, BuildToken, CreatedSubscription, Delivery, DeployHook, DetailedDeployHook,
+        EnvVarMap, EventSubscription, RepoConnection, Trigger,
     };
     vec![
         route!(GET "/accounts/{account_id}/builds/workers/{external_script_id}/builds", "listBuildsByScript", Read,
@@ -225,6 +229,27 @@ pub fn routes() -> Vec<Route> {
             result: deploy_hooks::HookTriggered),
         route!(DELETE "/accounts/{account_id}/builds/workers/{external_script_id}/deploy_hooks/{deploy_hook_uuid}", "deleteDeployHook", Write,
             deploy_hooks::delete_deploy_hook, summary: "Delete a deploy hook and return it", result: DeployHook),
+        route!(POST "/accounts/{account_id}/builds/event_subscriptions", "createEventSubscription", Write,
+            subscriptions::create_subscription,
+            summary: "Subscribe an HTTP endpoint to build events (Kiln's own resource: the hosted product sets these up as Queues event subscriptions); the answer shows the signing secret, once",
+            result: CreatedSubscription, body: subscriptions::CreateSubscriptionRequest),
+        route!(GET "/accounts/{account_id}/builds/event_subscriptions", "listEventSubscriptions", Read,
+            subscriptions::list_subscriptions, summary: "List the account's event subscriptions, oldest first (never their secrets)",
+            result: Vec<EventSubscription>, query: PAGING, paginated: true),
+        route!(GET "/accounts/{account_id}/builds/event_subscriptions/{event_subscription_id}", "getEventSubscription", Read,
+            subscriptions::get_subscription, summary: "Get an event subscription (never its secret)", result: EventSubscription),
+        route!(PATCH "/accounts/{account_id}/builds/event_subscriptions/{event_subscription_id}", "updateEventSubscription", Write,
+            subscriptions::update_subscription, summary: "Update an event subscription: its name, URL, secret, filters or enabled flag",
+            result: EventSubscription, body: subscriptions::UpdateSubscriptionRequest),
+        route!(DELETE "/accounts/{account_id}/builds/event_subscriptions/{event_subscription_id}", "deleteEventSubscription", Write,
+            subscriptions::delete_subscription, summary: "Delete an event subscription and its deliveries", result: ()),
+        route!(GET "/accounts/{account_id}/builds/event_subscriptions/{event_subscription_id}/deliveries", "listEventDeliveries", Read,
+            subscriptions::list_deliveries, summary: "A subscription's deliveries, newest first: status, response code, attempts, times",
+            result: Vec<Delivery>, query: PAGING, paginated: true),
+        route!(POST "/accounts/{account_id}/builds/event_subscriptions/{event_subscription_id}/deliveries/{delivery_id}/redeliver",
+            "redeliverEvent", Write, subscriptions::redeliver,
+            summary: "Send a delivery again now (same body and webhook-id, a new signature), retried for a new day",
+            result: Delivery),
     ]
 }
 

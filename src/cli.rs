@@ -349,6 +349,45 @@ pub struct ServeArgs {
     pub idle_timeout: Duration,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub notifications: NotificationArgs,
+}
+
+/// How event notifications are sent (see `crate::notify`).
+#[derive(Debug, Args)]
+pub struct NotificationArgs {
+    /// Wait after a delivery's first failed attempt; it doubles with each further failure (half of
+    /// each wait is random).
+    #[arg(long, env = "KILN_NOTIFICATION_RETRY_BASE", default_value = "5s", value_parser = parse_duration)]
+    pub notification_retry_base: Duration,
+    /// Longest wait between two attempts of a delivery.
+    #[arg(long, env = "KILN_NOTIFICATION_RETRY_MAX", default_value = "1h", value_parser = parse_duration)]
+    pub notification_retry_max: Duration,
+    /// How long a delivery is retried (from when it was queued or redelivered) before it is marked
+    /// failed.
+    #[arg(long, env = "KILN_NOTIFICATION_RETRY_FOR", default_value = "24h", value_parser = parse_duration)]
+    pub notification_retry_for: Duration,
+    /// Time limit of one delivery attempt: connecting, sending and reading the answer.
+    #[arg(long, env = "KILN_NOTIFICATION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub notification_timeout: Duration,
+    /// Delivery attempts in flight at once on this node.
+    #[arg(long, env = "KILN_NOTIFICATION_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub notification_concurrency: u32,
+}
+
+impl NotificationArgs {
+    /// The settings these flags give.
+    pub fn config(&self) -> crate::notify::NotifyConfig {
+        crate::notify::NotifyConfig {
+            retry: crate::domain::RetryPolicy {
+                base: self.notification_retry_base,
+                cap: self.notification_retry_max,
+                window: self.notification_retry_for,
+            },
+            timeout: self.notification_timeout,
+            concurrency: self.notification_concurrency as usize,
+        }
+    }
 }
 
 /// Per-build resource limits (sizes: `8G`, `512MiB`, `20GB`…; see [`parse_size`]).
@@ -582,6 +621,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             refill: args.auth_failure_refill,
         },
         metrics_token,
+        notifications: args.notifications.config(),
     };
     let mut server = Server::start(&config).await?;
     tracing::info!(addr = %server.addr, backend = ?server.store.backend(), "kiln listening on http://{}", server.addr);

@@ -5,7 +5,10 @@ mod ids;
 mod lifecycle;
 mod packages;
 mod project;
+// `string_enum!` is defined in `records` and used by `notifications`, declared after it.
+#[macro_use]
 mod records;
+mod notifications;
 mod seed;
 mod time;
 mod validate;
@@ -17,10 +20,16 @@ pub use filters::{
 };
 pub(crate) use ids::truncate_for_message;
 pub use ids::{
-    AccountId, BuildId, BuildTokenId, DeployHookId, EnvVarKey, RepoConnectionId, TriggerId,
-    VersionId, WorkerId,
+    AccountId, BuildId, BuildTokenId, DeliveryId, DeployHookId, EnvVarKey, MAX_WORKER_ID_LEN,
+    RepoConnectionId, SubscriptionId, TriggerId, VersionId, WorkerId,
 };
 pub use lifecycle::{BuildChange, BuildState, IllegalTransition, is_legal, transition};
+pub use notifications::{
+    CreatedSubscription, Delivery, DeliveryStatus, EventSubscription, EventType,
+    MAX_SECRET_KEY_BYTES, MAX_SUBSCRIPTION_WORKERS, MAX_SUBSCRIPTIONS_PER_ACCOUNT, MAX_URL_LEN,
+    MIN_SECRET_KEY_BYTES, RetryPolicy, SECRET_PREFIX, StatusChange, WebhookSecret, destination_url,
+    event_body,
+};
 pub use packages::PackageManager;
 pub use project::{
     DEFAULT_BUN_VERSION, DEFAULT_NODE_VERSION, DEFAULT_PNPM_VERSION, DEFAULT_YARN_VERSION,

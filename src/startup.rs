@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub auth_throttle: crate::api::throttle::ThrottleConfig,
     /// The bearer token `GET /metrics` requires; `None`: the metrics are open to every client.
     pub metrics_token: Option<String>,
+    /// How event notifications are sent ([`crate::notify`]).
+    pub notifications: crate::notify::NotifyConfig,
 }
 
 /// Opens (creating if needed) the data dir and the store, running migrations.
@@ -444,6 +446,7 @@ pub struct Server {
     reporter: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     /// Wakes the store's event bus for other nodes' events ([`crate::events::spawn_watcher`]).
     watcher: (tokio::sync::watch::Sender<bool>, JoinHandle<()>),
+    notifier: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     _lock: std::fs::File,
 }
 
@@ -608,6 +611,18 @@ impl Server {
             }
             _ => None,
         };
+        let notifier = crate::notify::NotifyHandle::new(config.notifications.retry.window);
+        let notifications = {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(crate::notify::run(
+                store.clone(),
+                config.notifications,
+                notifier.clone(),
+                metrics.clone(),
+                stop_rx,
+            ));
+            Some((stop_tx, task))
+        };
         let app = api::router(AppState {
             store: store.clone(),
             limits: config.limits,
@@ -620,6 +635,7 @@ impl Server {
                 config.auth_throttle,
             )),
             metrics,
+            notifier,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let http = config.http.clone();
@@ -634,6 +650,7 @@ impl Server {
             scheduler,
             reporter,
             watcher,
+            notifier: notifications,
             _lock: lock,
         })
     }
@@ -667,6 +684,13 @@ impl Server {
             let _ = stop.send(true);
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "the GitHub reporter task panicked");
+            }
+        }
+        // Attempts in flight are dropped and their deliveries released: they are due again at once.
+        if let Some((stop, task)) = self.notifier.take() {
+            let _ = stop.send(true);
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the notification task panicked");
             }
         }
         let (stop, task) = self.watcher;

@@ -171,6 +171,8 @@ struct World {
     hook_staging: String,
     queued_build: String,
     stopped_build: String,
+    /// An event subscription (created after the builds changed: it has no deliveries).
+    subscription: String,
 }
 
 /// A URL short enough for a failure message.
@@ -234,12 +236,18 @@ async fn snapshot(app: &TestApp, w: &World) -> BTreeMap<String, Value> {
         format!("/workers/{CONFIG_WORKER}"),
         format!("/workers/{CONFIG_WORKER}/triggers"),
         format!("/workers/{NEW_CONFIG_WORKER}/triggers"),
+        "/event_subscriptions?per_page=200".to_owned(),
+        format!("/event_subscriptions/{}", w.subscription),
+        format!("/event_subscriptions/{}/deliveries", w.subscription),
     ]
     .into_iter()
     .map(|p| app.acct(&p))
     .collect::<Vec<_>>();
     gets.push(format!(
         "/accounts/{OTHER_ACCOUNT}/builds/tokens?per_page=200"
+    ));
+    gets.push(format!(
+        "/accounts/{OTHER_ACCOUNT}/builds/event_subscriptions?per_page=200"
     ));
     let mut out = BTreeMap::new();
     for path in gets {
@@ -445,7 +453,15 @@ async fn setup(app: &TestApp) -> World {
             Some(json!({"build_token_name": "other", "build_token_secret": "other-secret-1", "cloudflare_token_id": "cf-other"})),
         )
         .await;
+    let subscription = app
+        .ok(
+            Method::POST,
+            &app.acct("/event_subscriptions"),
+            Some(json!({"name": "hooks", "url": "https://hooks.example.com/kiln", "worker_names": [WORKER]})),
+        )
+        .await;
     World {
+        subscription: s(&subscription["id"]),
         trigger: f.trigger,
         full_trigger: s(&second["trigger_uuid"]),
         connection: f.connection,
@@ -543,6 +559,20 @@ fn body_routes(w: &World) -> Vec<BodyRoute> {
             path: "/workers".to_owned(),
             valid: config_body(NEW_CONFIG_WORKER, &w.token),
             positional: json!([NEW_CONFIG_WORKER, ["main"], ["npm run build"]]),
+        },
+        BodyRoute {
+            name: "createEventSubscription",
+            method: Method::POST,
+            path: "/event_subscriptions".to_owned(),
+            valid: json!({"name": "new-sub", "url": "https://example.com/hook"}),
+            positional: json!(["new-sub", "https://example.com/hook"]),
+        },
+        BodyRoute {
+            name: "updateEventSubscription",
+            method: Method::PATCH,
+            path: format!("/event_subscriptions/{}", w.subscription),
+            valid: json!({"name": "renamed"}),
+            positional: json!(["renamed"]),
         },
         BodyRoute {
             name: "updateWorkerBuild",
@@ -645,6 +675,23 @@ fn wrong_types(t: &mut Table, routes: &[BodyRoute]) {
         ("updateWorkerBuild", "production_settings", json!("npm ci")),
         ("updateWorkerBuild", "previews_enabled", json!(1)),
         ("updateWorkerBuild", "git_repository", json!({"branch": 5})),
+        ("createEventSubscription", "name", json!(5)),
+        ("createEventSubscription", "name", Value::Null),
+        ("createEventSubscription", "url", Value::Null),
+        ("createEventSubscription", "url", json!(["https://example.com/"])),
+        ("createEventSubscription", "secret", json!(5)),
+        ("createEventSubscription", "worker_names", json!("w")),
+        ("createEventSubscription", "worker_names", json!([5])),
+        ("createEventSubscription", "event_types", json!("cf.workersBuilds.worker.build.failed")),
+        ("createEventSubscription", "event_types", json!([5])),
+        ("createEventSubscription", "enabled", json!("yes")),
+        ("createEventSubscription", "enabled", json!(0)),
+        ("updateEventSubscription", "name", json!(5)),
+        ("updateEventSubscription", "url", json!(true)),
+        ("updateEventSubscription", "secret", json!({"key": "x"})),
+        ("updateEventSubscription", "worker_names", json!({"a": 1})),
+        ("updateEventSubscription", "event_types", json!([null])),
+        ("updateEventSubscription", "enabled", json!("false")),
     ];
     for (name, field, value) in typed {
         let r = route(name);
@@ -664,6 +711,7 @@ fn wrong_types(t: &mut Table, routes: &[BodyRoute]) {
         ("createDeployHook", &["deploy_hook_name", "branch"]),
         ("updateDeployHook", &["deploy_hook_name", "branch"]),
         ("createWorkerBuild", &["script_tag", "git_repository", "production_settings"]),
+        ("createEventSubscription", &["name", "url"]),
     ];
     for (name, fields) in required {
         let r = route(name);
@@ -781,6 +829,47 @@ fn invalid_values(t: &mut Table, routes: &[BodyRoute], w: &World) {
         ("updateDeployHook", "deploy_hook_name", long(59), &["deploy_hook_name"]),
         ("updateDeployHook", "branch", json!("a..b"), &["branch"]),
         ("updateDeployHook", "branch", json!("-x"), &["branch"]),
+        // event subscriptions: names, destination URLs, secrets, filters
+        ("createEventSubscription", "name", json!(""), &["name"]),
+        ("createEventSubscription", "name", json!("  "), &["name"]),
+        ("createEventSubscription", "name", long(257), &["name"]),
+        ("createEventSubscription", "name", json!("a\u{1b}b"), &["name"]),
+        ("createEventSubscription", "url", json!(""), &["url"]),
+        ("createEventSubscription", "url", json!("/relative/hook"), &["url"]),
+        ("createEventSubscription", "url", json!("example.com/hook"), &["url"]),
+        ("createEventSubscription", "url", json!("ftp://example.com/hook"), &["url"]),
+        ("createEventSubscription", "url", json!("file:///etc/passwd"), &["url"]),
+        ("createEventSubscription", "url", json!("javascript:alert(1)"), &["url"]),
+        ("createEventSubscription", "url", json!("https://user:pass@example.com/hook"), &["url", "credentials"]),
+        ("createEventSubscription", "url", json!("https://token@example.com/hook"), &["url", "credentials"]),
+        ("createEventSubscription", "url", json!("https://example.com/hook#x"), &["url"]),
+        ("createEventSubscription", "url", json!("https://exa\tmple.com/hook"), &["url"]),
+        ("createEventSubscription", "url", json!(" https://example.com/hook"), &["url"]),
+        ("createEventSubscription", "url", json!("https://example.com/a b"), &["url"]),
+        ("createEventSubscription", "url", json!("http://"), &["url"]),
+        ("createEventSubscription", "url", json!("https://999.0.0.1/"), &["url"]),
+        ("createEventSubscription", "url", json!("https://example.com:99999/"), &["url"]),
+        ("createEventSubscription", "url", json!(format!("https://example.com/{}", "a".repeat(2048))), &["url", "2048"]),
+        ("createEventSubscription", "url", json!(format!("https://example.com/{}", "é".repeat(1000))), &["url", "2048"]),
+        ("createEventSubscription", "secret", json!(""), &["secret"]),
+        ("createEventSubscription", "secret", json!("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), &["secret", "whsec_"]),
+        ("createEventSubscription", "secret", json!("whsec_"), &["secret"]),
+        ("createEventSubscription", "secret", json!("whsec_c2hvcnQ="), &["secret", "24-64"]),
+        ("createEventSubscription", "secret", json!("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLa!w"), &["secret"]),
+        ("createEventSubscription", "secret", json!(format!("whsec_{}", "A".repeat(88))), &["secret"]),
+        ("createEventSubscription", "worker_names", json!([""]), &["worker_names"]),
+        ("createEventSubscription", "worker_names", json!(["a/b"]), &["worker_names"]),
+        ("createEventSubscription", "worker_names", json!(["w".repeat(65)]), &["worker_names"]),
+        ("createEventSubscription", "worker_names", json!((0..101).map(|i| format!("w{i}")).collect::<Vec<_>>()), &["worker_names", "100"]),
+        ("createEventSubscription", "event_types", json!(["cf.workersBuilds.worker.build.queued"]), &["event_types"]),
+        ("createEventSubscription", "event_types", json!(["build.started"]), &["event_types"]),
+        ("createEventSubscription", "event_types", json!([""]), &["event_types"]),
+        ("updateEventSubscription", "name", json!(""), &["name"]),
+        ("updateEventSubscription", "url", json!("gopher://example.com/"), &["url"]),
+        ("updateEventSubscription", "url", json!("https://a:b@example.com/"), &["url"]),
+        ("updateEventSubscription", "secret", json!("whsec_not base64"), &["secret"]),
+        ("updateEventSubscription", "worker_names", json!([".."]), &["worker_names"]),
+        ("updateEventSubscription", "event_types", json!(["CF.WORKERSBUILDS.WORKER.BUILD.STARTED"]), &["event_types"]),
     ];
     for (name, field, value, names) in cases {
         let r = route(name);
@@ -954,6 +1043,10 @@ fn path_ids(t: &mut Table, w: &World) {
         (Method::GET, "/workers/{W}/deploy_hooks/{ID}", "deploy_hook_uuid", w.hook_prod.as_str(), None),
         (Method::PUT, "/workers/{W}/deploy_hooks/{ID}", "deploy_hook_uuid", w.hook_prod.as_str(), Some(hook_body)),
         (Method::DELETE, "/workers/{W}/deploy_hooks/{ID}", "deploy_hook_uuid", w.hook_prod.as_str(), None),
+        (Method::GET, "/event_subscriptions/{ID}", "event_subscription_id", w.subscription.as_str(), None),
+        (Method::PATCH, "/event_subscriptions/{ID}", "event_subscription_id", w.subscription.as_str(), Some(json!({"name": "x"}))),
+        (Method::DELETE, "/event_subscriptions/{ID}", "event_subscription_id", w.subscription.as_str(), None),
+        (Method::GET, "/event_subscriptions/{ID}/deliveries", "event_subscription_id", w.subscription.as_str(), None),
     ];
     let unknown = uuid::Uuid::new_v4().to_string();
     for (method, template, field, existing, body) in routes {
@@ -1013,6 +1106,45 @@ fn path_ids(t: &mut Table, w: &World) {
             );
         }
     }
+    // Redelivery: the subscription and the delivery ids are parsed, then looked up in the account.
+    let redeliver = |sub: &str, delivery: &str| {
+        format!("/event_subscriptions/{sub}/deliveries/{delivery}/redeliver")
+    };
+    let unknown_delivery = uuid::Uuid::new_v4().to_string();
+    for (label, path, want) in [
+        (
+            "redeliver a malformed delivery id",
+            redeliver(&w.subscription, "not-a-uuid"),
+            invalid(&["delivery_id"]),
+        ),
+        (
+            "redeliver with a malformed subscription id",
+            redeliver("not-a-uuid", &unknown_delivery),
+            invalid(&["event_subscription_id"]),
+        ),
+        (
+            "redeliver an unknown delivery",
+            redeliver(&w.subscription, &unknown_delivery),
+            not_found(),
+        ),
+        (
+            "redeliver of an unknown subscription",
+            redeliver(&unknown, &unknown_delivery),
+            not_found(),
+        ),
+    ] {
+        t.api(label, Method::POST, &path, Body::None, want);
+    }
+    t.raw(
+        "redeliver under another account",
+        Method::POST,
+        &format!(
+            "/client/v4/accounts/{OTHER_ACCOUNT}/builds{}",
+            redeliver(&w.subscription, &unknown_delivery)
+        ),
+        Body::None,
+        not_found(),
+    );
     // A Worker without a trigger cannot get a deploy hook.
     t.api(
         "createDeployHook on a Worker without triggers",
@@ -1051,8 +1183,13 @@ fn path_ids(t: &mut Table, w: &World) {
 }
 
 /// `page` / `per_page` on both paginated lists.
-fn paging(t: &mut Table) {
-    for list in [format!("/workers/{WORKER}/builds"), "/tokens".to_owned()] {
+fn paging(t: &mut Table, w: &World) {
+    for list in [
+        format!("/workers/{WORKER}/builds"),
+        "/tokens".to_owned(),
+        "/event_subscriptions".to_owned(),
+        format!("/event_subscriptions/{}/deliveries", w.subscription),
+    ] {
         for q in [
             "per_page=0",
             "per_page=201",
@@ -1255,6 +1392,27 @@ fn routing(t: &mut Table, w: &World) {
         (Method::POST, "/repos/connections".to_owned()),
         (Method::POST, "/builds/latest".to_owned()),
         (Method::POST, "/account/limits".to_owned()),
+        (Method::PUT, "/event_subscriptions".to_owned()),
+        (Method::DELETE, "/event_subscriptions".to_owned()),
+        (
+            Method::PUT,
+            format!("/event_subscriptions/{}", w.subscription),
+        ),
+        (
+            Method::POST,
+            format!("/event_subscriptions/{}", w.subscription),
+        ),
+        (
+            Method::POST,
+            format!("/event_subscriptions/{}/deliveries", w.subscription),
+        ),
+        (
+            Method::GET,
+            format!(
+                "/event_subscriptions/{}/deliveries/{}/redeliver",
+                w.subscription, w.subscription
+            ),
+        ),
     ] {
         t.api(
             format!("{method} {path}"),
@@ -1331,7 +1489,7 @@ async fn bad_inputs_are_refused_and_change_nothing() {
     wrong_types(&mut t, &routes);
     invalid_values(&mut t, &routes, &w);
     path_ids(&mut t, &w);
-    paging(&mut t);
+    paging(&mut t, &w);
     id_lists(&mut t);
     log_cursors(&mut t, &w);
     oversized(&mut t, &routes, &w);
@@ -1392,6 +1550,8 @@ async fn bad_inputs_are_refused_and_change_nothing() {
         "/tokens?per_page=200".to_owned(),
         format!("/workers/{WORKER}/builds?per_page=200"),
         format!("/workers/{WORKER}/deploy_hooks"),
+        "/event_subscriptions?per_page=200".to_owned(),
+        format!("/event_subscriptions/{}", w.subscription),
     ] {
         let key = app.acct(&key);
         assert_ne!(

@@ -12,8 +12,8 @@ use super::error::{ErrorItem, ResultInfo};
 use super::extract::{DEFAULT_PER_PAGE, MAX_PAGE, MAX_PER_PAGE};
 use super::{Access, BASE, QueryDoc, routes, schema};
 use crate::domain::{
-    AccountId, BuildId, BuildTokenId, DeployHookId, EnvVarKey, MAX_IDS_PER_QUERY, ProviderType,
-    RepoConnectionId, TriggerId, VersionId, WorkerId,
+    AccountId, BuildId, BuildTokenId, DeliveryId, DeployHookId, EnvVarKey, MAX_IDS_PER_QUERY,
+    ProviderType, RepoConnectionId, SubscriptionId, TriggerId, VersionId, WorkerId,
 };
 
 /// A generator whose `$ref`s point into `components/schemas`. One contract for both directions
@@ -171,6 +171,8 @@ fn path_param_schema(name: &str, g: &mut SchemaGenerator) -> Option<Schema> {
         "build_token_uuid" => g.subschema_for::<BuildTokenId>(),
         "repo_connection_uuid" => g.subschema_for::<RepoConnectionId>(),
         "deploy_hook_uuid" => g.subschema_for::<DeployHookId>(),
+        "event_subscription_id" => g.subschema_for::<SubscriptionId>(),
+        "delivery_id" => g.subschema_for::<DeliveryId>(),
         "environment_variable_key" => EnvVarKey::json_schema(g),
         "provider_type" => g.subschema_for::<ProviderType>(),
         "provider_account_id" | "repo_id" => schema::path_segment_text(),

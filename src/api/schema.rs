@@ -14,7 +14,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use crate::domain::{
     MAX_BRANCH_LEN, MAX_COMMAND_LEN, MAX_ENV_VALUE_BYTES, MAX_ENV_VARS, MAX_HOOK_NAME_LEN,
     MAX_NAME_LEN, MAX_PATTERN_LEN, MAX_PATTERN_WILDCARDS, MAX_PATTERNS, MAX_ROOT_DIRECTORY_LEN,
-    MAX_TOKEN_SECRET_BYTES,
+    MAX_SECRET_KEY_BYTES, MAX_SUBSCRIPTION_WORKERS, MAX_TOKEN_SECRET_BYTES, MAX_URL_LEN,
+    MIN_SECRET_KEY_BYTES, WorkerId,
 };
 
 /// Unicode control characters (`char::is_control`, general category Cc), as a character-class body.
@@ -173,6 +174,66 @@ schema_type!(
     GithubName => json_schema!({
         "type": "string",
         "pattern": r"^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,98}|\.\.[A-Za-z0-9._-]{1,98})$",
+    })
+);
+
+/// An event subscription's destination ([`crate::domain::destination_url`]): an absolute `http` or
+/// `https` URL with a host, no credentials, fragment, white space or control character, at most
+/// [`MAX_URL_LEN`] bytes. The schema is stricter (ASCII, a DNS name or an IPv4 address, a port,
+/// path and query of URL characters) and shorter by one byte: the normalised form (a `/` added to an
+/// empty path) must fit too.
+pub fn webhook_url() -> Schema {
+    let label = r"(?![xX][nN]--)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+    // A last label that is not a number: one that is makes the host an IPv4 address.
+    let last = r"(?![xX][nN]--)[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+    let octet = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
+    let port = r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?";
+    let path = r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*";
+    // `'` is percent-encoded in a query, which would lengthen it.
+    let query = r"(?:\?[A-Za-z0-9._~!$&()*+,;=:@%/?-]*)?";
+    let mut schema = json_schema!({
+        "type": "string",
+        "maxLength": MAX_URL_LEN - 1,
+        "pattern": format!(
+            r"^https?://(?:(?:{label}\.)*{last}|{octet}(?:\.{octet}){{3}}){port}{path}{query}$"
+        ),
+    });
+    schema.insert(
+        "description".into(),
+        format!(
+            "An absolute http or https URL with a host, without credentials (user:password@), a \
+             fragment, white space or control characters; at most {MAX_URL_LEN} bytes, also once \
+             normalised (as returned)."
+        )
+        .into(),
+    );
+    schema
+}
+
+schema_type!(
+    /// An event subscription's destination ([`webhook_url`]).
+    WebhookUrl => webhook_url()
+);
+
+schema_type!(
+    /// A Standard Webhooks signing secret ([`crate::domain::WebhookSecret::parse`]): `whsec_` and
+    /// the padded standard base64 of a key of 24–64 bytes (the schema: 24–62 bytes).
+    WebhookSecret => json_schema!({
+        "type": "string",
+        "pattern": r"^whsec_(?:[A-Za-z0-9+/]{4}){8,20}(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$",
+        "description": format!(
+            "Write-only: `whsec_` followed by the standard base64 (with padding) of a \
+             {MIN_SECRET_KEY_BYTES}-{MAX_SECRET_KEY_BYTES} byte key; stored encrypted, never returned."
+        ),
+    })
+);
+
+schema_type!(
+    /// An event subscription's Worker filter: at most [`MAX_SUBSCRIPTION_WORKERS`] Worker names.
+    WorkerNames => json_schema!({
+        "type": "array",
+        "maxItems": MAX_SUBSCRIPTION_WORKERS,
+        "items": WorkerId::json_schema(&mut SchemaGenerator::default()).to_value(),
     })
 );
 

@@ -88,6 +88,14 @@ uuid_id!(
     /// A Worker version produced by a deploy.
     VersionId
 );
+uuid_id!(
+    /// An event subscription (`event_subscription_id`).
+    SubscriptionId
+);
+uuid_id!(
+    /// One delivery of an event to a subscription (`delivery_id`); also its `webhook-id`.
+    DeliveryId
+);
 
 /// Maximum length of an account id, in characters.
 pub const MAX_ACCOUNT_ID_LEN: usize = 64;

@@ -23,6 +23,21 @@ impl Timestamp {
         self.0
     }
 
+    /// This time plus `d` (saturating).
+    pub fn plus(self, d: std::time::Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+
+    /// The time from `earlier` to this one; zero when `earlier` is not earlier.
+    pub fn since(self, earlier: Timestamp) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0),
+        )
+    }
+
     /// Seconds since the epoch with a millisecond fraction (the log line format).
     pub fn epoch_seconds(self) -> f64 {
         self.0 as f64 / 1000.0

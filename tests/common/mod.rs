@@ -5,6 +5,7 @@
 
 pub mod builds;
 pub mod process;
+pub mod receiver;
 
 #[allow(unused_imports)]
 pub use builds::*;
@@ -113,6 +114,7 @@ pub async fn test_config(dir: &std::path::Path) -> ServeConfig {
         http: kiln::listen::HttpConfig::default(),
         auth_throttle: Default::default(),
         metrics_token: None,
+        notifications: Default::default(),
     }
 }
 
