@@ -8,6 +8,7 @@ mod deploy_hooks;
 mod env_vars;
 pub mod error;
 mod extract;
+mod log_stream;
 mod openapi;
 mod schema;
 pub mod throttle;
@@ -30,6 +31,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::{Access, authenticate};
 use error::ApiError;
 pub use extract::{BodyLimit, MAX_BODY_BYTES, MAX_PAGE_BYTES};
+pub use log_stream::{LogStreamConfig, LogStreams};
 
 use crate::store::Store;
 
@@ -51,6 +53,8 @@ pub struct AppState {
     pub cache: std::sync::Arc<crate::cache::BuildCache>,
     /// Failed authentications per client (API credentials and deploy hook ids).
     pub auth_throttle: std::sync::Arc<throttle::AuthThrottle>,
+    /// The live log streams open on this node.
+    pub log_streams: std::sync::Arc<LogStreams>,
 }
 
 /// Account-level limits reported by `account/limits`.
@@ -89,6 +93,9 @@ pub struct Route {
     pub paginated: bool,
     /// Success is `201 Created` instead of `200`.
     pub created: bool,
+    /// Success is a stream of Server-Sent Events (`text/event-stream`), not the envelope; `result`
+    /// is the data of its `end` event.
+    pub events: bool,
     pub handler: fn() -> MethodRouter<AppState>,
 }
 
@@ -96,7 +103,7 @@ macro_rules! route {
     ($method:ident $path:literal, $op:literal, $access:ident, $handler:path,
      summary: $summary:literal, result: $result:ty
      $(, body: $body:ty)? $(, query: $query:expr)? $(, paginated: $paged:literal)?
-     $(, created: $created:literal)?) => {
+     $(, created: $created:literal)? $(, events: $events:literal)?) => {
         Route {
             method: Method::$method,
             path: $path,
@@ -109,6 +116,7 @@ macro_rules! route {
             result: |g| g.subschema_for::<$result>(),
             paginated: { #[allow(unused_variables)] let p = false; $(let p = $paged;)? p },
             created: { #[allow(unused_variables)] let c = false; $(let c = $created;)? c },
+            events: { #[allow(unused_variables)] let e = false; $(let e = $events;)? e },
             handler: || on(MethodFilter::$method, $handler),
         }
     };
@@ -149,6 +157,13 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/accounts/{account_id}/builds/builds/{build_uuid}/logs", "getBuildLogs", Read,
             builds::get_build_logs, summary: "A build's log lines, paged with a cursor", result: builds::LogsPage,
             query: &[QueryDoc { name: "cursor", required: false, description: "The cursor returned by the previous page" }]),
+        route!(GET "/accounts/{account_id}/builds/builds/{build_uuid}/logs/stream", "streamBuildLogs", Read,
+            log_stream::stream_build_logs,
+            summary: "Kiln extension: a build's log as Server-Sent Events, live until the build ends",
+            result: log_stream::EndEvent,
+            query: &[QueryDoc { name: "cursor", required: false,
+                description: "Start after this position: a getBuildLogs cursor or an event id of this stream (the Last-Event-ID header wins)" }],
+            events: true),
         route!(GET "/accounts/{account_id}/builds/account/limits", "getAccountLimits", Read,
             builds::get_account_limits, summary: "Build-minute usage of the account", result: builds::AccountLimits),
         route!(GET "/accounts/{account_id}/builds/workers/{external_script_id}/triggers", "listTriggersByScript", Read,

@@ -54,6 +54,8 @@ pub struct ServeConfig {
     pub http: crate::listen::HttpConfig,
     /// How many failed authentications a client may make ([`crate::api::throttle`]).
     pub auth_throttle: crate::api::throttle::ThrottleConfig,
+    /// The live log streams of this node.
+    pub log_streams: crate::api::LogStreamConfig,
 }
 
 /// Opens (creating if needed) the data dir and the store, running migrations.
@@ -434,6 +436,7 @@ pub struct Server {
     task: JoinHandle<()>,
     scheduler: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     reporter: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
+    log_streams: Arc<crate::api::LogStreams>,
     _lock: std::fs::File,
 }
 
@@ -572,6 +575,7 @@ impl Server {
             }
             _ => None,
         };
+        let log_streams = Arc::new(crate::api::LogStreams::new(config.log_streams));
         let app = api::router(AppState {
             store: store.clone(),
             limits: config.limits,
@@ -582,6 +586,7 @@ impl Server {
             auth_throttle: Arc::new(crate::api::throttle::AuthThrottle::new(
                 config.auth_throttle,
             )),
+            log_streams: log_streams.clone(),
         });
         let (tx, rx) = oneshot::channel::<()>();
         let http = config.http.clone();
@@ -595,17 +600,21 @@ impl Server {
             task,
             scheduler,
             reporter,
+            log_streams,
             _lock: lock,
         })
     }
 
-    /// Stops accepting requests, finishes the ones in flight (for at most [`SHUTDOWN_GRACE`]), stops
-    /// the builds running here (they end `terminated`), reports what is pending to GitHub (their check
-    /// runs included, for at most [`crate::github::reporter::FLUSH_GRACE`]), and closes the store.
+    /// Stops accepting requests, ends the live log streams, finishes the requests in flight (for at
+    /// most [`SHUTDOWN_GRACE`]), stops the builds running here (they end `terminated`), reports what is
+    /// pending to GitHub (their check runs included, for at most
+    /// [`crate::github::reporter::FLUSH_GRACE`]), and closes the store.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // Live log streams would hold their connections until their builds end.
+        self.log_streams.close();
         let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
             Ok(joined) => joined.context("server task panicked"),
             Err(_) => {

@@ -15,6 +15,7 @@ mod logs;
 mod reports;
 mod rows;
 mod scheduling;
+mod tail;
 mod tokens;
 mod triggers;
 mod webhooks;
@@ -63,6 +64,8 @@ pub struct Store {
     /// SQLite allows one writer; serialising write transactions in-process avoids busy errors on
     /// lock upgrades. PostgreSQL uses row and advisory locks instead.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes this process's followers of a build's log when its lines are stored.
+    log_watch: Arc<crate::logs::LogWatch>,
 }
 
 /// A write transaction, holding the SQLite writer lock when on SQLite.
@@ -121,6 +124,7 @@ impl Store {
             backend,
             secrets,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            log_watch: Arc::default(),
         })
     }
 

@@ -161,18 +161,22 @@ impl SeedRepoRequest {
 }
 
 /// The opaque log cursor: URL-safe base64 of `{"line": next line, "timestamp": seconds}`, as in the seeds.
+/// The live log stream's event ids are cursors too.
 #[derive(Debug, Serialize, Deserialize)]
-struct LogCursor {
-    line: i64,
-    timestamp: i64,
+pub(super) struct LogCursor {
+    /// Number of the next line, from 0.
+    pub line: i64,
+    /// Epoch seconds of the line before.
+    pub timestamp: i64,
 }
 
-fn encode_cursor(c: &LogCursor) -> String {
+pub(super) fn encode_cursor(c: &LogCursor) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(c).unwrap_or_default())
 }
 
-fn decode_cursor(raw: &str) -> Result<LogCursor, Invalid> {
-    let bad = || Invalid::field("cursor", "is not a cursor returned by this endpoint");
+/// Parses a cursor given in `field`; `what` names where valid ones come from.
+pub(super) fn decode_cursor(field: &str, what: &str, raw: &str) -> Result<LogCursor, Invalid> {
+    let bad = || Invalid::field(field, format!("is not {what}"));
     let bytes = URL_SAFE_NO_PAD.decode(raw.trim()).map_err(|_| bad())?;
     let c: LogCursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     if c.line < 0 {
@@ -181,7 +185,7 @@ fn decode_cursor(raw: &str) -> Result<LogCursor, Invalid> {
     Ok(c)
 }
 
-fn build_id(path: &PathParams) -> Result<BuildId, ApiError> {
+pub(super) fn build_id(path: &PathParams) -> Result<BuildId, ApiError> {
     Ok(BuildId::parse("build_uuid", path.get("build_uuid")?)?)
 }
 
@@ -407,7 +411,9 @@ pub async fn get_build_logs(
 ) -> ApiResult<LogsPage> {
     let id = build_id(&path)?;
     let from = match query.get("cursor") {
-        Some(raw) if !raw.trim().is_empty() => decode_cursor(raw)?.line,
+        Some(raw) if !raw.trim().is_empty() => {
+            decode_cursor("cursor", "a cursor returned by this endpoint", raw)?.line
+        }
         _ => 0,
     };
     let page = app

@@ -5,11 +5,14 @@
 
 pub mod builds;
 pub mod process;
+pub mod sse;
 
 #[allow(unused_imports)]
 pub use builds::*;
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use sse::*;
 
 use std::path::PathBuf;
 
@@ -112,6 +115,7 @@ pub async fn test_config(dir: &std::path::Path) -> ServeConfig {
         public_url: None,
         http: kiln::listen::HttpConfig::default(),
         auth_throttle: Default::default(),
+        log_streams: Default::default(),
     }
 }
 
