@@ -55,6 +55,9 @@ pub struct AppState {
     pub auth_throttle: std::sync::Arc<throttle::AuthThrottle>,
     /// The live log streams open on this node.
     pub log_streams: std::sync::Arc<LogStreams>,
+    /// Concurrent builds per account unless set otherwise (the scheduler's; the queue explanation
+    /// applies it).
+    pub default_concurrency: i64,
 }
 
 /// Account-level limits reported by `account/limits`.
@@ -151,7 +154,8 @@ pub fn routes() -> Vec<Route> {
             builds::get_builds_by_versions, summary: "The builds that produced the given Worker versions", result: builds::BuildsMap,
             query: &[QueryDoc { name: "version_ids", required: true, description: "Comma-separated version UUIDs (at most 20)" }]),
         route!(GET "/accounts/{account_id}/builds/builds/{build_uuid}", "getBuildByUuid", Read,
-            builds::get_build, summary: "Get a build", result: Build),
+            builds::get_build, summary: "Get a build; a queued one says why it waits (`queue`, a Kiln extension)",
+            result: builds::BuildView),
         route!(PUT "/accounts/{account_id}/builds/builds/{build_uuid}/cancel", "cancelBuildByUuid", Write,
             builds::cancel_build, summary: "Cancel a queued or running build", result: builds::CancelledBuild),
         route!(GET "/accounts/{account_id}/builds/builds/{build_uuid}/logs", "getBuildLogs", Read,

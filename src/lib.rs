@@ -10,6 +10,7 @@ pub mod git;
 pub mod github;
 pub mod listen;
 pub mod logs;
+pub mod nodes;
 pub mod runner;
 pub mod sandbox;
 pub mod scheduler;

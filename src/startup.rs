@@ -436,6 +436,8 @@ pub struct Server {
     task: JoinHandle<()>,
     scheduler: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     reporter: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
+    /// This node's build slots as the other nodes see them (when it runs builds).
+    announcement: Option<crate::nodes::Announcement>,
     log_streams: Arc<crate::api::LogStreams>,
     _lock: std::fs::File,
 }
@@ -496,7 +498,7 @@ impl Server {
         );
         spawn_cache_eviction(cache.clone());
         let handle = SchedulerHandle::default();
-        let scheduler = if config.scheduler.runners > 0 {
+        let (scheduler, announcement) = if config.scheduler.runners > 0 {
             let orphans = tokio::task::spawn_blocking(crate::sandbox::kill_orphaned_builds)
                 .await
                 .unwrap_or(0);
@@ -541,18 +543,29 @@ impl Server {
                 cache: cache.clone(),
                 build_users,
             };
+            let node_id = node_id(data_dir)?;
             let scheduler = Scheduler::new(
                 store.clone(),
                 config.scheduler.clone(),
                 runner,
-                node_id(data_dir)?,
+                node_id.clone(),
                 handle.clone(),
             );
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            Some((stop_tx, tokio::spawn(scheduler.run(stop_rx))))
+            let announcement = crate::nodes::Announcement::start(
+                store.clone(),
+                node_id,
+                config.scheduler.runners,
+                config.scheduler.lease,
+            )
+            .await;
+            (
+                Some((stop_tx, tokio::spawn(scheduler.run(stop_rx)))),
+                Some(announcement),
+            )
         } else {
             tracing::info!("no build runners on this node (--runners 0)");
-            None
+            (None, None)
         };
         let reporter = match (&config.github_app, &github) {
             (Some(app_config), Some(app)) => {
@@ -587,6 +600,7 @@ impl Server {
                 config.auth_throttle,
             )),
             log_streams: log_streams.clone(),
+            default_concurrency: config.scheduler.default_concurrency,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let http = config.http.clone();
@@ -600,6 +614,7 @@ impl Server {
             task,
             scheduler,
             reporter,
+            announcement,
             log_streams,
             _lock: lock,
         })
@@ -631,6 +646,9 @@ impl Server {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "the scheduler task panicked");
             }
+        }
+        if let Some(announcement) = self.announcement.take() {
+            announcement.withdraw().await;
         }
         // After the builds: what they ended as (`terminated`) reaches GitHub before the exit.
         if let Some((stop, task)) = self.reporter.take() {

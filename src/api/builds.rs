@@ -14,9 +14,9 @@ use super::extract::{Account, ApiJson, MAX_PAGE_BYTES, NoBody, PathParams, Query
 use super::schema;
 use super::triggers::trigger_id;
 use crate::domain::{
-    AccountId, Build, BuildId, BuildOutcome, Invalid, MAX_SEED_FILES, SeedFile, SeedRepo,
-    Timestamp, TriggerSource, VersionId, WorkerId, branch, commit_hash, encode_content,
-    relative_path,
+    AccountId, Build, BuildId, BuildOutcome, BuildStatus, Invalid, MAX_SEED_FILES, QueueInfo,
+    SeedFile, SeedRepo, Timestamp, TriggerSource, VersionId, WorkerId, branch, commit_hash,
+    encode_content, explain_queued, relative_path,
 };
 use crate::store::{CancelOutcome, LogLimit, NewBuild};
 
@@ -271,17 +271,38 @@ async fn refuse_over_build_minutes(app: &AppState, account: &AccountId) -> Resul
     Ok(())
 }
 
+/// Result of `getBuildByUuid`: the build, and for a queued one why it waits.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BuildView {
+    #[serde(flatten)]
+    pub build: Build,
+    /// A Kiln extension, present while the build is queued: why it waits, its place in the queue
+    /// and when it should start (see [`crate::domain::explain_queued`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueInfo>,
+}
+
 /// `GET /accounts/{account_id}/builds/builds/{build_uuid}`
 pub async fn get_build(
     State(app): State<AppState>,
     Account(account): Account,
     path: PathParams,
-) -> ApiResult<Build> {
+) -> ApiResult<BuildView> {
     let id = build_id(&path)?;
-    app.store
+    let build = app
+        .store
         .get_build(&account, id)
         .await?
-        .map_or(Err(ApiError::NotFound), ok)
+        .ok_or(ApiError::NotFound)?;
+    let queue = match build.status {
+        BuildStatus::Queued => app
+            .store
+            .queue_view(&account, id, app.default_concurrency)
+            .await?
+            .map(|view| explain_queued(&view.snapshot, &view.target, view.older)),
+        _ => None,
+    };
+    ok(BuildView { build, queue })
 }
 
 /// `GET /accounts/{account_id}/builds/workers/{external_script_id}/builds`
