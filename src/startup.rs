@@ -588,7 +588,10 @@ impl Server {
             }
             _ => None,
         };
-        let log_streams = Arc::new(crate::api::LogStreams::new(config.log_streams));
+        let log_streams = Arc::new(crate::api::LogStreams::new(
+            config.log_streams,
+            config.runner.cancel_grace,
+        ));
         let app = api::router(AppState {
             store: store.clone(),
             limits: config.limits,

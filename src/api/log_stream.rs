@@ -6,7 +6,8 @@
 //!   `EventSource` sends, else `?cursor=` of `getBuildLogs`, else the first line), then each new line
 //!   as it is stored: `event: line`, `id:` the position after the line (a `getBuildLogs` cursor), and
 //!   `data:` the line as `getBuildLogs` shows it, `[epoch_seconds, "message"]`;
-//! * once the build has stopped and its log is complete, `event: end` with the build's status and
+//! * once the build has stopped and its log is complete (for a build cancelled while it ran, once its
+//!   runner had the cancel grace to stop it and log so), `event: end` with the build's status and
 //!   outcome ([`EndEvent`]), and the stream closes;
 //! * a `: keep-alive` comment whenever [`LogStreamConfig::keep_alive`] passes without an event.
 //!
@@ -77,14 +78,17 @@ impl Default for LogStreamConfig {
 #[derive(Debug)]
 pub struct LogStreams {
     config: LogStreamConfig,
+    cancel_grace: Duration,
     slots: Arc<Semaphore>,
     closing: watch::Sender<bool>,
 }
 
 impl LogStreams {
-    pub fn new(config: LogStreamConfig) -> LogStreams {
+    /// Streams by `config`, of builds whose runners stop cancelled builds within `cancel_grace`.
+    pub fn new(config: LogStreamConfig, cancel_grace: Duration) -> LogStreams {
         LogStreams {
             config,
+            cancel_grace,
             slots: Arc::new(Semaphore::new(config.max_streams)),
             closing: watch::channel(false).0,
         }
@@ -160,6 +164,7 @@ pub async fn stream_build_logs(
             lines: READ_LINES,
             bytes: MAX_PAGE_BYTES / 4,
         },
+        cancel_grace: streams.cancel_grace,
     };
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     let closing = streams.closing.subscribe();

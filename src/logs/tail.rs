@@ -10,8 +10,8 @@
 //!   wake-up. It polls only while it has a subscriber (a follower ends with its client), and a wake-up
 //!   restarts the interval, so a build logging on this node is read on its wake-ups alone.
 //! * The build's status is read with every read of lines. Once it is `stopped`, the follower waits
-//!   until the build's runner has let it go (see [`TailState::settles_at`]), reads what was stored
-//!   meanwhile, and ends with [`TailEvent::End`].
+//!   until no runner may still log (see [`TailState::settles_at`]), reads what was stored meanwhile,
+//!   and ends with [`TailEvent::End`].
 //!
 //! A follower reads the store at its own pace and hands events to its client through a bounded
 //! channel: a client that takes nothing for [`TailConfig::send_timeout`] is dropped
@@ -27,14 +27,14 @@ use tokio::sync::{mpsc, watch};
 use crate::domain::{AccountId, BuildId, BuildOutcome, BuildStatus, Timestamp};
 use crate::store::{LogLimit, Store};
 
-/// How long a build's log may still grow after it stopped while its runner lets go of it, at most, in
-/// milliseconds. A cancelled build's runner logs `Build was cancelled` once its processes are gone
-/// (up to the cancel grace, 10 s by default) and keeps its claim until the claim lapses.
-pub const MAX_SETTLE_MS: i64 = 15_000;
-
-/// How long after a build stopped its log may still grow when no runner holds it, in milliseconds:
-/// the lines written right after the status change (a lost runner's or a superseded build's note).
+/// How long after a build stopped its log may still grow, in milliseconds, unless it was cancelled
+/// while in progress: the note written right after the status change (a superseded build's, a lost
+/// runner's).
 pub const SETTLE_MS: i64 = 1_000;
+
+/// How long after the cancel grace a cancelled build's runner may still take to log its last line
+/// (`Build was cancelled`, written once the build's processes are gone), in milliseconds.
+pub const CANCEL_SETTLE_MS: i64 = 2_000;
 
 /// Wakes the followers of a build's log when lines are stored on this node. One per process, kept
 /// by the [`Store`]; cheap when nobody follows (a map lookup under a lock).
@@ -112,24 +112,25 @@ pub struct TailState {
     pub status: BuildStatus,
     pub outcome: Option<BuildOutcome>,
     pub stopped_on: Option<Timestamp>,
-    /// Until when a runner holds the build (its claim), if one does.
-    pub runner_until: Option<Timestamp>,
+    /// A runner claimed it (it has an `initializing_on`).
+    pub claimed: bool,
 }
 
 impl TailState {
     /// When a stopped build's log is complete (`None` while it has not stopped): [`SETTLE_MS`] after
-    /// it stopped, or while a runner still holds it, when that claim ends but at most
-    /// [`MAX_SETTLE_MS`] after it stopped.
-    pub fn settles_at(&self) -> Option<Timestamp> {
+    /// it stopped; for a build cancelled while a runner ran it, once that runner has had
+    /// `cancel_grace` to stop its processes and [`CANCEL_SETTLE_MS`] more to log that it did.
+    pub fn settles_at(&self, cancel_grace: Duration) -> Option<Timestamp> {
         if self.status != BuildStatus::Stopped {
             return None;
         }
         let stopped = self.stopped_on.map_or(0, Timestamp::millis);
-        let released = match self.runner_until {
-            Some(until) => until.millis().min(stopped + MAX_SETTLE_MS),
-            None => stopped,
+        let settle = if self.claimed && self.outcome == Some(BuildOutcome::Cancelled) {
+            i64::try_from(cancel_grace.as_millis()).unwrap_or(i64::MAX / 4) + CANCEL_SETTLE_MS
+        } else {
+            SETTLE_MS
         };
-        Some(Timestamp::from_millis(released.max(stopped + SETTLE_MS)))
+        Some(Timestamp::from_millis(stopped.saturating_add(settle)))
     }
 }
 
@@ -170,6 +171,8 @@ pub struct TailConfig {
     pub send_timeout: Duration,
     /// Size of one read of lines.
     pub page: LogLimit,
+    /// The runners' cancel grace (see [`TailState::settles_at`]).
+    pub cancel_grace: Duration,
 }
 
 /// Sends `build`'s log lines from line number `from` to `tx`, then new ones as they are stored, then
@@ -196,7 +199,8 @@ pub async fn follow(
         let Some(state) = store.build_tail_state(account, build).await? else {
             return Ok(TailEnd::NotFound);
         };
-        let complete = state.settles_at().is_some_and(|at| at <= Timestamp::now());
+        let settles_at = state.settles_at(config.cancel_grace);
+        let complete = settles_at.is_some_and(|at| at <= Timestamp::now());
         let Some(page) = store
             .get_build_logs(account, build, next, config.page)
             .await?
@@ -223,7 +227,7 @@ pub async fn follow(
                 .unwrap_or(TailEnd::Finished));
         }
         // A stopped build is read again when its log settles, whatever else happens.
-        let wait = match state.settles_at() {
+        let wait = match settles_at {
             Some(at) => Duration::from_millis(
                 u64::try_from(at.millis() - Timestamp::now().millis())
                     .unwrap_or(0)
@@ -257,35 +261,43 @@ async fn send(
 mod tests {
     use super::*;
 
-    fn state(status: BuildStatus, stopped: Option<i64>, until: Option<i64>) -> TailState {
+    fn state(outcome: Option<BuildOutcome>, stopped: Option<i64>, claimed: bool) -> TailState {
         TailState {
-            status,
-            outcome: None,
+            status: if outcome.is_some() {
+                BuildStatus::Stopped
+            } else {
+                BuildStatus::Running
+            },
+            outcome,
             stopped_on: stopped.map(Timestamp::from_millis),
-            runner_until: until.map(Timestamp::from_millis),
+            claimed,
         }
     }
 
     #[test]
-    fn a_stopped_log_settles_when_its_runner_lets_go() {
+    fn a_stopped_log_settles_once_its_runner_is_done_with_it() {
+        let grace = Duration::from_secs(10);
+        let at = |s: TailState| s.settles_at(grace).map(Timestamp::millis);
+        assert_eq!(at(state(None, None, true)), None);
+        // Finished by its runner, skipped, lost: a moment after it stopped.
+        for (outcome, claimed) in [
+            (BuildOutcome::Success, true),
+            (BuildOutcome::Fail, true),
+            (BuildOutcome::Skipped, false),
+            (BuildOutcome::Terminated, true),
+            (BuildOutcome::Cancelled, false),
+        ] {
+            assert_eq!(
+                at(state(Some(outcome), Some(10_000), claimed)),
+                Some(10_000 + SETTLE_MS),
+                "{outcome:?}"
+            );
+        }
+        // Cancelled while running: its runner logs once the processes are gone.
         assert_eq!(
-            state(BuildStatus::Running, None, Some(5)).settles_at(),
-            None
+            at(state(Some(BuildOutcome::Cancelled), Some(10_000), true)),
+            Some(10_000 + 10_000 + CANCEL_SETTLE_MS)
         );
-        let at = |s: TailState| s.settles_at().map(Timestamp::millis);
-        // Finished by its runner (the claim is released): a moment after it stopped.
-        assert_eq!(
-            at(state(BuildStatus::Stopped, Some(10_000), None)),
-            Some(11_000)
-        );
-        // Cancelled while running: when the claim lapses, but not later than the bound.
-        let cancelled = state(BuildStatus::Stopped, Some(10_000), Some(14_000));
-        assert_eq!(at(cancelled), Some(14_000));
-        let held = state(BuildStatus::Stopped, Some(10_000), Some(60_000));
-        assert_eq!(at(held), Some(10_000 + MAX_SETTLE_MS));
-        // A claim that ended before the stop does not settle it before the moment after.
-        let lapsed = state(BuildStatus::Stopped, Some(10_000), Some(9_000));
-        assert_eq!(at(lapsed), Some(11_000));
     }
 
     #[tokio::test]

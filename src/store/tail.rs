@@ -8,14 +8,14 @@ use crate::domain::{AccountId, BuildId, BuildOutcome, BuildStatus};
 use crate::logs::tail::TailState;
 
 impl Store {
-    /// The status of a build of this account and who holds it; `None` when it is not in the account.
+    /// The status of a build of this account; `None` when it is not in the account.
     pub async fn build_tail_state(
         &self,
         account: &AccountId,
         id: BuildId,
     ) -> anyhow::Result<Option<TailState>> {
         let row = sqlx::query(
-            "SELECT status, outcome, stopped_on, lease_owner, lease_expires FROM builds \
+            "SELECT status, outcome, stopped_on, initializing_on FROM builds \
              WHERE uuid = $1 AND account_id = $2",
         )
         .bind(id.to_string())
@@ -24,18 +24,13 @@ impl Store {
         .await
         .context("reading a build's status")?;
         let Some(row) = row else { return Ok(None) };
-        let held = opt_text(&row, "lease_owner")?.is_some();
         Ok(Some(TailState {
             status: BuildStatus::from_stored(&text(&row, "status")?)?,
             outcome: opt_text(&row, "outcome")?
                 .map(|o| BuildOutcome::from_stored(&o))
                 .transpose()?,
             stopped_on: opt_ts(&row, "stopped_on")?,
-            runner_until: if held {
-                opt_ts(&row, "lease_expires")?
-            } else {
-                None
-            },
+            claimed: opt_ts(&row, "initializing_on")?.is_some(),
         }))
     }
 }

@@ -127,8 +127,31 @@ pub struct StreamRead {
     pub connections: usize,
 }
 
-/// Reads a build's whole log through the stream, disconnecting after `disconnect_after` lines (if
-/// given) and reconnecting with `Last-Event-ID`, until the `end` event. Asserts that ids grow.
+/// Opens a build's stream from `last_event_id` as a client that honours `Retry-After` does: a node
+/// with all its streams open is asked again.
+pub async fn open_stream_retrying(
+    app: &TestApp,
+    build: &str,
+    last_event_id: Option<&str>,
+) -> SseReader {
+    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+    loop {
+        let response = open_stream(app, build, last_event_id, "").await;
+        if response.status() != 429 {
+            return SseReader::new(response);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no stream slot in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads a build's whole log through the stream, as an `EventSource` would, until the `end` event:
+/// it disconnects after `disconnect_after` lines (if given) and reconnects with `Last-Event-ID`, as it
+/// does when the server closes the stream before the end (a reader too slow for it). Asserts that ids
+/// never repeat.
 pub async fn read_stream(
     app: &TestApp,
     build: &str,
@@ -136,14 +159,10 @@ pub async fn read_stream(
 ) -> StreamRead {
     let mut read = StreamRead::default();
     loop {
-        let response = open_stream(app, build, read.last_id.as_deref(), "").await;
+        let mut stream = open_stream_retrying(app, build, read.last_id.as_deref()).await;
         read.connections += 1;
-        let mut stream = SseReader::new(response);
         let mut this_connection = 0;
-        loop {
-            let Some(event) = stream.next().await else {
-                panic!("the stream closed without an end event");
-            };
+        while let Some(event) = stream.next().await {
             match event.event.as_str() {
                 "line" => {
                     let id = event.id.clone().expect("a line has an id");
