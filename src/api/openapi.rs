@@ -149,16 +149,40 @@ fn last_event_id_param() -> Value {
     })
 }
 
-/// A `text/event-stream` success whose `end` event carries `end` (the schema of its data); the
-/// events are described in `x-kiln-events` (OpenAPI 3.1 has no schema for a stream's items).
+/// A `text/event-stream` success whose `end` event carries `end` (the schema of its data). Before
+/// OpenAPI 3.2 (`itemSchema`), the media type's `schema` describes each event: an object of its
+/// fields, `data` being JSON text (`contentSchema`).
 fn event_stream_response(end: Schema) -> Value {
+    // As a plain array: schema tools do not all read `prefixItems` inside `contentSchema`.
     let line = json!({
         "type": "array",
-        "prefixItems": [
-            {"type": "number", "description": "When the line was read, in epoch seconds with milliseconds"},
-            {"type": "string", "description": "The line, secrets masked"},
-        ],
+        "description": "`[epoch_seconds, message]`: when the line was read (seconds with milliseconds) \
+                        and the line, secrets masked",
+        "items": {"type": ["number", "string"]},
         "minItems": 2, "maxItems": 2,
+    });
+    let json_text = |schema: Value| json!({"type": "string", "contentMediaType": "application/json", "contentSchema": schema});
+    let event = json!({
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["event", "id", "data"],
+                "properties": {
+                    "event": {"const": "line"},
+                    "id": {"type": "string", "format": "kiln-log-cursor", "pattern": "^[A-Za-z0-9_-]+$",
+                           "description": "The position after the line: a getBuildLogs cursor"},
+                    "data": json_text(line),
+                },
+            },
+            {
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {
+                    "event": {"const": "end"},
+                    "data": json_text(end.to_value()),
+                },
+            },
+        ],
     });
     json!({
         "description": "Server-Sent Events, a Kiln extension. `event: line` for each stored line, \
@@ -168,10 +192,7 @@ fn event_stream_response(end: Schema) -> Value {
             then closes. `: keep-alive` comments every 15 s by default. A stream that closes without \
             `end` (a client that reads nothing for the slow-reader timeout, a server stopping) is \
             resumed with `Last-Event-ID`. Too many streams open on the node: 429 with `Retry-After`.",
-        "content": {"text/event-stream": {
-            "schema": {"type": "string"},
-            "x-kiln-events": {"line": line, "end": end},
-        }},
+        "content": {"text/event-stream": {"schema": event}},
     })
 }
 
