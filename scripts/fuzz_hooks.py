@@ -74,6 +74,11 @@ def _fixtures():
     hook = _call("POST", f"/workers/{WORKER}/deploy_hooks", {"deploy_hook_name": "fuzz", "branch": "main"})
     build = _call("POST", f"/triggers/{trigger['trigger_uuid']}/builds", {"branch": "main"})
     subscription = _call("POST", "/event_subscriptions", {"name": "fuzz", "url": "http://127.0.0.1:9/fuzz"})
+    # The live log stream of a queued build lasts until the build ends (never, without runners): the
+    # stream is fuzzed on a stopped build, whose stream ends at once.
+    stopped = _call("POST", f"/triggers/{trigger['trigger_uuid']}/builds", {"commit_hash": "0" * 40})
+    _call("PUT", f"/builds/{stopped['build_uuid']}/cancel")
+    STOPPED["build_uuid"] = stopped["build_uuid"]
     return {
         "account_id": ACCOUNT,
         "external_script_id": WORKER,
@@ -90,6 +95,7 @@ def _fixtures():
     }
 
 
+STOPPED = {}
 REAL = _fixtures()
 
 
@@ -101,12 +107,19 @@ NOT_ENVELOPES = {"getMetrics", "getHealth"}
 @schemathesis.check
 def envelope(ctx, response, case):
     """Every answer is `{success, errors, messages, result}`, an error with at least one coded error
-    (a success of an operation in NOT_ENVELOPES excepted)."""
+    (a success of an operation in NOT_ENVELOPES excepted); the live log stream's events end with an
+    `end` event."""
     operation_id = case.operation.definition.raw.get("operationId", "")
     if operation_id in NOT_ENVELOPES and 200 <= response.status_code < 300:
         return None
     content_type = response.headers.get("content-type", [""])
     content_type = content_type[0] if isinstance(content_type, list) else content_type
+    if response.status_code == 200 and operation_id == "streamBuildLogs":
+        if content_type != "text/event-stream":
+            raise AssertionError(f"content-type is {content_type!r}, not text/event-stream")
+        if b"event: end" not in response.content:
+            raise AssertionError(f"the stream has no end event: {response.content[-200:]!r}")
+        return
     if not content_type.startswith("application/json"):
         raise AssertionError(f"content-type is {content_type!r}, not application/json")
     try:
@@ -155,6 +168,8 @@ def flatmap_path_parameters(ctx, path_parameters):
         return st.just(path_parameters)
     real = dict(path_parameters)
     real.update({k: v for k, v in REAL.items() if k in real})
+    if _operation(ctx) == "streamBuildLogs":
+        real.update(STOPPED)
     return st.sampled_from([path_parameters, real])
 
 
@@ -178,11 +193,30 @@ def filter_case(ctx, case):
     return not kept.intersection(map(str, (case.path_parameters or {}).values()))
 
 
+def _unfinished(account, build):
+    """Whether `build` of `account` exists and has not stopped."""
+    if not isinstance(account, str) or not isinstance(build, str) or not UUID.match(build):
+        return False
+    try:
+        response = requests.get(
+            f"{BASE}/client/v4/accounts/{requests.utils.quote(account, safe='')}/builds/builds/{build}",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        )
+        return response.status_code == 200 and response.json()["result"]["status"] != "stopped"
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        return False
+
+
 @schemathesis.hook
 def map_case(ctx, case):
     """UUIDs in trigger bodies name the resources made above, in their account: the description
     promises that a valid request is accepted, and a reference to nothing is not valid (400 names the
-    field)."""
+    field). A live log stream of a build that has not stopped would not end: it names the stopped one."""
+    params = case.path_parameters or {}
+    if _operation(ctx) == "streamBuildLogs" and _unfinished(params.get("account_id"), params.get("build_uuid")):
+        # A build that has not stopped streams until it does: the stopped one is streamed instead.
+        case.path_parameters.update(account_id=ACCOUNT, **STOPPED)
     if isinstance(case.body, dict) and _operation(ctx) in ("createTrigger", "updateTrigger"):
         for key in ("repo_connection_uuid", "build_token_uuid"):
             if isinstance(case.body.get(key), str) and UUID.match(case.body[key]):

@@ -9,6 +9,7 @@ mod env_vars;
 pub mod error;
 mod extract;
 pub mod health;
+mod log_stream;
 pub mod observe;
 mod openapi;
 mod schema;
@@ -32,6 +33,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 pub use auth::{Access, authenticate};
 use error::ApiError;
 pub use extract::{BodyLimit, MAX_BODY_BYTES, MAX_PAGE_BYTES};
+pub use log_stream::{LogStreamConfig, LogStreams};
 
 use crate::store::Store;
 
@@ -60,6 +62,11 @@ pub struct AppState {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Wakes this node's notification dispatcher (redeliveries) and knows its retry window.
     pub notifier: crate::notify::NotifyHandle,
+    /// The live log streams open on this node.
+    pub log_streams: std::sync::Arc<LogStreams>,
+    /// Concurrent builds per account unless set otherwise (the scheduler's; the queue explanation
+    /// applies it).
+    pub default_concurrency: i64,
 }
 
 /// Account-level limits reported by `account/limits`.
@@ -98,6 +105,9 @@ pub struct Route {
     pub paginated: bool,
     /// Success is `201 Created` instead of `200`.
     pub created: bool,
+    /// Success is a stream of Server-Sent Events (`text/event-stream`), not the envelope; `result`
+    /// is the data of its `end` event.
+    pub events: bool,
     pub handler: fn() -> MethodRouter<AppState>,
 }
 
@@ -105,7 +115,7 @@ macro_rules! route {
     ($method:ident $path:literal, $op:literal, $access:ident, $handler:path,
      summary: $summary:literal, result: $result:ty
      $(, body: $body:ty)? $(, query: $query:expr)? $(, paginated: $paged:literal)?
-     $(, created: $created:literal)?) => {
+     $(, created: $created:literal)? $(, events: $events:literal)?) => {
         Route {
             method: Method::$method,
             path: $path,
@@ -118,6 +128,7 @@ macro_rules! route {
             result: |g| g.subschema_for::<$result>(),
             paginated: { #[allow(unused_variables)] let p = false; $(let p = $paged;)? p },
             created: { #[allow(unused_variables)] let c = false; $(let c = $created;)? c },
+            events: { #[allow(unused_variables)] let e = false; $(let e = $events;)? e },
             handler: || on(MethodFilter::$method, $handler),
         }
     };
@@ -153,12 +164,20 @@ pub fn routes() -> Vec<Route> {
             builds::get_builds_by_versions, summary: "The builds that produced the given Worker versions", result: builds::BuildsMap,
             query: &[QueryDoc { name: "version_ids", required: true, description: "Comma-separated version UUIDs (at most 20)" }]),
         route!(GET "/accounts/{account_id}/builds/builds/{build_uuid}", "getBuildByUuid", Read,
-            builds::get_build, summary: "Get a build", result: Build),
+            builds::get_build, summary: "Get a build; a queued one says why it waits (`queue`, a Kiln extension)",
+            result: builds::BuildView),
         route!(PUT "/accounts/{account_id}/builds/builds/{build_uuid}/cancel", "cancelBuildByUuid", Write,
             builds::cancel_build, summary: "Cancel a queued or running build (whichever node runs it stops its processes within the cancel grace)", result: builds::CancelledBuild),
         route!(GET "/accounts/{account_id}/builds/builds/{build_uuid}/logs", "getBuildLogs", Read,
             builds::get_build_logs, summary: "A build's log lines, paged with a cursor", result: builds::LogsPage,
             query: &[QueryDoc { name: "cursor", required: false, description: "The cursor returned by the previous page" }]),
+        route!(GET "/accounts/{account_id}/builds/builds/{build_uuid}/logs/stream", "streamBuildLogs", Read,
+            log_stream::stream_build_logs,
+            summary: "Kiln extension: a build's log as Server-Sent Events, live until the build ends",
+            result: log_stream::EndEvent,
+            query: &[QueryDoc { name: "cursor", required: false,
+                description: "Start after this position: a getBuildLogs cursor or an event id of this stream (the Last-Event-ID header wins)" }],
+            events: true),
         route!(GET "/accounts/{account_id}/builds/account/limits", "getAccountLimits", Read,
             builds::get_account_limits, summary: "Build-minute usage of the account", result: builds::AccountLimits),
         route!(GET "/accounts/{account_id}/builds/workers/{external_script_id}/triggers", "listTriggersByScript", Read,

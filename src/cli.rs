@@ -239,6 +239,9 @@ pub struct ServeArgs {
     /// Build slots on this node (0: API only).
     #[arg(long, env = "KILN_RUNNERS", default_value_t = 2)]
     pub runners: usize,
+    /// Live log streams (`…/logs/stream`) open at once on this node; more are refused with 429.
+    #[arg(long, env = "KILN_MAX_LOG_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_log_streams: u32,
     /// Concurrent builds per account (unless `kiln accounts set` says otherwise).
     #[arg(long, env = "KILN_DEFAULT_CONCURRENCY", default_value_t = 2)]
     pub default_concurrency: u32,
@@ -622,6 +625,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         metrics_token,
         notifications: args.notifications.config(),
+        log_streams: crate::api::LogStreamConfig {
+            max_streams: args.max_log_streams as usize,
+            ..Default::default()
+        },
     };
     let mut server = Server::start(&config).await?;
     tracing::info!(addr = %server.addr, backend = ?server.store.backend(), "kiln listening on http://{}", server.addr);

@@ -5,6 +5,7 @@ mod ids;
 mod lifecycle;
 mod packages;
 mod project;
+mod queue;
 // `string_enum!` is defined in `records` and used by `notifications`, declared after it.
 #[macro_use]
 mod records;
@@ -35,6 +36,10 @@ pub use project::{
     DEFAULT_BUN_VERSION, DEFAULT_NODE_VERSION, DEFAULT_PNPM_VERSION, DEFAULT_YARN_VERSION,
     MAX_PROJECT_FILE_BYTES, PROJECT_FILES, ProjectDir, ProjectPlan, Requested, VersionSource,
     parse_package_manager_field, plan_project, project_dirs,
+};
+pub use queue::{
+    ActiveBuild, DURATION_SAMPLES, Durations, PastBuild, QueueInfo, QueueReason, QueueSnapshot,
+    QueuedBuild, explain_queued,
 };
 pub use records::*;
 pub use seed::{MAX_SEED_FILES, SeedFile, SeedRepo, encode_content, relative_path};

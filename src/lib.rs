@@ -12,6 +12,7 @@ pub mod github;
 pub mod listen;
 pub mod logs;
 pub mod metrics;
+pub mod nodes;
 pub mod notify;
 pub mod runner;
 pub mod sandbox;

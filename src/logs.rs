@@ -4,12 +4,14 @@
 //! [`pump`] reads a child's stdout and stderr, a [`LineSplitter`] per stream turns the bytes into lines
 //! and masks them with the build's [`Masker`], and a [`LogSink`] writes them (and the runner's own
 //! lines) to the store from a background task, under a per-build size cap, while watching for the
-//! Worker version id that wrangler prints.
+//! Worker version id that wrangler prints. [`tail`] follows a build's log as it is stored (the live
+//! log stream).
 
 mod cap;
 mod mask;
 mod sink;
 mod split;
+pub mod tail;
 #[cfg(test)]
 mod testing;
 mod version;
@@ -27,6 +29,7 @@ pub use sink::{
     BATCH_LINES, CHANNEL_CAPACITY, LogLine, LogSink, LogSinkConfig, LogSummary, LogWriter,
 };
 pub use split::{LineSplitter, MAX_LINE_BYTES};
+pub use tail::{LogWaiter, LogWatch};
 pub use version::version_id_in_line;
 
 /// Size of each read from a child's pipe, in bytes.

@@ -58,6 +58,8 @@ pub struct ServeConfig {
     pub metrics_token: Option<String>,
     /// How event notifications are sent ([`crate::notify`]).
     pub notifications: crate::notify::NotifyConfig,
+    /// The live log streams of this node.
+    pub log_streams: crate::api::LogStreamConfig,
 }
 
 /// Opens (creating if needed) the data dir and the store, running migrations.
@@ -447,6 +449,9 @@ pub struct Server {
     /// Wakes the store's event bus for other nodes' events ([`crate::events::spawn_watcher`]).
     watcher: (tokio::sync::watch::Sender<bool>, JoinHandle<()>),
     notifier: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
+    /// This node's build slots as the other nodes see them (when it runs builds).
+    announcement: Option<crate::nodes::Announcement>,
+    log_streams: Arc<crate::api::LogStreams>,
     _lock: std::fs::File,
 }
 
@@ -525,7 +530,7 @@ impl Server {
             metrics_token,
         )?);
         let handle = SchedulerHandle::default();
-        let scheduler = if config.scheduler.runners > 0 {
+        let (scheduler, announcement) = if config.scheduler.runners > 0 {
             let orphans = tokio::task::spawn_blocking(crate::sandbox::kill_orphaned_builds)
                 .await
                 .unwrap_or(0);
@@ -571,11 +576,12 @@ impl Server {
                 build_users,
                 metrics: metrics.clone(),
             };
+            let node_id = node_id(data_dir)?;
             let scheduler = Scheduler::new(
                 store.clone(),
                 config.scheduler.clone(),
                 runner,
-                node_id(data_dir)?,
+                node_id.clone(),
                 handle.clone(),
             );
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -585,10 +591,17 @@ impl Server {
                 let _up = up;
                 scheduler.run(stop_rx).await;
             });
-            Some((stop_tx, task))
+            let announcement = crate::nodes::Announcement::start(
+                store.clone(),
+                node_id,
+                config.scheduler.runners,
+                config.scheduler.lease,
+            )
+            .await;
+            (Some((stop_tx, task)), Some(announcement))
         } else {
             tracing::info!("no build runners on this node (--runners 0)");
-            None
+            (None, None)
         };
         let reporter = match (&config.github_app, &github) {
             (Some(app_config), Some(app)) => {
@@ -623,6 +636,10 @@ impl Server {
             ));
             Some((stop_tx, task))
         };
+        let log_streams = Arc::new(crate::api::LogStreams::new(
+            config.log_streams,
+            config.runner.cancel_grace,
+        ));
         let app = api::router(AppState {
             store: store.clone(),
             limits: config.limits,
@@ -636,6 +653,8 @@ impl Server {
             )),
             metrics,
             notifier,
+            log_streams: log_streams.clone(),
+            default_concurrency: config.scheduler.default_concurrency,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let http = config.http.clone();
@@ -651,17 +670,22 @@ impl Server {
             reporter,
             watcher,
             notifier: notifications,
+            announcement,
+            log_streams,
             _lock: lock,
         })
     }
 
-    /// Stops accepting requests, finishes the ones in flight (for at most [`SHUTDOWN_GRACE`]), stops
-    /// the builds running here (they end `terminated`), reports what is pending to GitHub (their check
-    /// runs included, for at most [`crate::github::reporter::FLUSH_GRACE`]), and closes the store.
+    /// Stops accepting requests, ends the live log streams, finishes the requests in flight (for at
+    /// most [`SHUTDOWN_GRACE`]), stops the builds running here (they end `terminated`), reports what is
+    /// pending to GitHub (their check runs included, for at most
+    /// [`crate::github::reporter::FLUSH_GRACE`]), and closes the store.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // Live log streams would hold their connections until their builds end.
+        self.log_streams.close();
         let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
             Ok(joined) => joined.context("server task panicked"),
             Err(_) => {
@@ -678,6 +702,9 @@ impl Server {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "the scheduler task panicked");
             }
+        }
+        if let Some(announcement) = self.announcement.take() {
+            announcement.withdraw().await;
         }
         // After the builds: what they ended as (`terminated`) reaches GitHub before the exit.
         if let Some((stop, task)) = self.reporter.take() {

@@ -16,11 +16,13 @@ mod fanout;
 mod health;
 mod installations;
 mod logs;
+mod queue;
 mod reports;
 mod rows;
 mod scheduling;
 mod stats;
 mod subscriptions;
+mod tail;
 mod timing;
 mod tokens;
 mod triggers;
@@ -50,6 +52,7 @@ pub use fanout::FanOut;
 pub use health::StoreReadiness;
 pub use installations::InstallationLink;
 pub use logs::{LogLimit, LogPage};
+pub use queue::QueueView;
 pub use reports::{CommentItem, PrBuild, ReportItem};
 pub use scheduling::{ClaimedBuild, LostBuild};
 pub use stats::BuildCount;
@@ -82,6 +85,8 @@ pub struct Store {
     events: EventBus,
     /// How long writers wait for and hold write transactions.
     timings: StoreTimings,
+    /// Wakes this process's followers of a build's log when its lines are stored.
+    log_watch: Arc<crate::logs::LogWatch>,
 }
 
 /// A write transaction, holding the SQLite writer lock when on SQLite.
@@ -146,6 +151,7 @@ impl Store {
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             events: EventBus::default(),
             timings: StoreTimings::new()?,
+            log_watch: Arc::default(),
         })
     }
 

@@ -522,6 +522,17 @@ async fn requests_from_cloudflare_clients_are_accepted() {
         )
         .await;
     assert_eq!(again["repo_connection_uuid"], conn["repo_connection_uuid"]);
+    // A number with a zero fraction is an integer to JSON Schema, and to Kiln.
+    let float = app
+        .ok(
+            Method::PUT,
+            &a("/repos/connections"),
+            Some(json!({"provider_type": "github",
+            "provider_account_id": 6811672.0, "provider_account_name": "acme",
+            "repo_id": 123456789.0, "repo_name": "site"})),
+        )
+        .await;
+    assert_eq!(float["repo_connection_uuid"], conn["repo_connection_uuid"]);
 
     // A trigger without build_token_uuid takes the account's only build token.
     let trigger_body = |worker: &str| {

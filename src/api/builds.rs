@@ -14,9 +14,9 @@ use super::extract::{Account, ApiJson, MAX_PAGE_BYTES, NoBody, PathParams, Query
 use super::schema;
 use super::triggers::trigger_id;
 use crate::domain::{
-    AccountId, Build, BuildId, BuildOutcome, Invalid, MAX_SEED_FILES, SeedFile, SeedRepo,
-    Timestamp, TriggerSource, VersionId, WorkerId, branch, commit_hash, encode_content,
-    relative_path,
+    AccountId, Build, BuildId, BuildOutcome, BuildStatus, Invalid, MAX_SEED_FILES, QueueInfo,
+    SeedFile, SeedRepo, Timestamp, TriggerSource, VersionId, WorkerId, branch, commit_hash,
+    encode_content, explain_queued, relative_path,
 };
 use crate::store::{CancelOutcome, LogLimit, NewBuild};
 
@@ -161,18 +161,22 @@ impl SeedRepoRequest {
 }
 
 /// The opaque log cursor: URL-safe base64 of `{"line": next line, "timestamp": seconds}`, as in the seeds.
+/// The live log stream's event ids are cursors too.
 #[derive(Debug, Serialize, Deserialize)]
-struct LogCursor {
-    line: i64,
-    timestamp: i64,
+pub(super) struct LogCursor {
+    /// Number of the next line, from 0.
+    pub line: i64,
+    /// Epoch seconds of the line before.
+    pub timestamp: i64,
 }
 
-fn encode_cursor(c: &LogCursor) -> String {
+pub(super) fn encode_cursor(c: &LogCursor) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(c).unwrap_or_default())
 }
 
-fn decode_cursor(raw: &str) -> Result<LogCursor, Invalid> {
-    let bad = || Invalid::field("cursor", "is not a cursor returned by this endpoint");
+/// Parses a cursor given in `field`; `what` names where valid ones come from.
+pub(super) fn decode_cursor(field: &str, what: &str, raw: &str) -> Result<LogCursor, Invalid> {
+    let bad = || Invalid::field(field, format!("is not {what}"));
     let bytes = URL_SAFE_NO_PAD.decode(raw.trim()).map_err(|_| bad())?;
     let c: LogCursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     if c.line < 0 {
@@ -181,7 +185,7 @@ fn decode_cursor(raw: &str) -> Result<LogCursor, Invalid> {
     Ok(c)
 }
 
-fn build_id(path: &PathParams) -> Result<BuildId, ApiError> {
+pub(super) fn build_id(path: &PathParams) -> Result<BuildId, ApiError> {
     Ok(BuildId::parse("build_uuid", path.get("build_uuid")?)?)
 }
 
@@ -266,17 +270,38 @@ async fn refuse_over_build_minutes(app: &AppState, account: &AccountId) -> Resul
     Ok(())
 }
 
+/// Result of `getBuildByUuid`: the build, and for a queued one why it waits.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BuildView {
+    #[serde(flatten)]
+    pub build: Build,
+    /// A Kiln extension, present while the build is queued: why it waits, its place in the queue
+    /// and when it should start (see [`crate::domain::explain_queued`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueInfo>,
+}
+
 /// `GET /accounts/{account_id}/builds/builds/{build_uuid}`
 pub async fn get_build(
     State(app): State<AppState>,
     Account(account): Account,
     path: PathParams,
-) -> ApiResult<Build> {
+) -> ApiResult<BuildView> {
     let id = build_id(&path)?;
-    app.store
+    let build = app
+        .store
         .get_build(&account, id)
         .await?
-        .map_or(Err(ApiError::NotFound), ok)
+        .ok_or(ApiError::NotFound)?;
+    let queue = match build.status {
+        BuildStatus::Queued => app
+            .store
+            .queue_view(&account, id, app.default_concurrency)
+            .await?
+            .map(|view| explain_queued(&view.snapshot, &view.target, view.older)),
+        _ => None,
+    };
+    ok(BuildView { build, queue })
 }
 
 /// `GET /accounts/{account_id}/builds/workers/{external_script_id}/builds`
@@ -406,7 +431,9 @@ pub async fn get_build_logs(
 ) -> ApiResult<LogsPage> {
     let id = build_id(&path)?;
     let from = match query.get("cursor") {
-        Some(raw) if !raw.trim().is_empty() => decode_cursor(raw)?.line,
+        Some(raw) if !raw.trim().is_empty() => {
+            decode_cursor("cursor", "a cursor returned by this endpoint", raw)?.line
+        }
         _ => 0,
     };
     let page = app

@@ -146,7 +146,7 @@ pub enum ApiError {
     Conflict(String),
     #[error("Rate limit exceeded")]
     RateLimited { retry_after_secs: u64 },
-    /// A quota (such as build minutes) is used up until a known time.
+    /// A quota is used up: build minutes (until a known time), or the live log streams of a node.
     #[error("{message}")]
     QuotaExceeded {
         message: String,

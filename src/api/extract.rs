@@ -341,6 +341,15 @@ impl<'de> serde::Deserialize<'de> for IdText {
                     .map(|v| IdText(v.to_string()))
                     .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
             }
+
+            /// JSON Schema counts `892.0` as an integer; so does Kiln, when it is one below 2^64.
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<IdText, E> {
+                if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                    Ok(IdText((v as u64).to_string()))
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+                }
+            }
         }
         d.deserialize_any(Visitor)
     }

@@ -61,12 +61,18 @@ pub fn document() -> Value {
                 json!(["success", "errors", "messages", "result", "result_info"]);
         }
         let success = if r.created { "201" } else { "200" };
+        let success_response = if r.events {
+            params.push(last_event_id_param());
+            event_stream_response(result)
+        } else {
+            json!({"description": "Success", "content": {"application/json": {"schema": envelope}}})
+        };
         let mut op = json!({
             "operationId": r.operation_id,
             "summary": r.summary,
             "parameters": params,
             "responses": {
-                success: {"description": "Success", "content": {"application/json": {"schema": envelope}}},
+                success: success_response,
                 "503": {"$ref": "#/components/responses/StorageUnavailable"},
                 "507": {"$ref": "#/components/responses/StorageFull"},
                 "default": {"$ref": "#/components/responses/Error"},
@@ -136,6 +142,64 @@ pub fn document() -> Value {
             },
         },
         "security": [{"api_token": []}, {"api_email": [], "api_key": []}],
+    })
+}
+
+/// The `Last-Event-ID` header of an event stream: where a reconnecting client resumes.
+fn last_event_id_param() -> Value {
+    json!({
+        "name": "Last-Event-ID", "in": "header", "required": false,
+        "description": "The id of the last event received (an `EventSource` sends it when it \
+                        reconnects): the stream resumes with the next line, none missed or repeated. \
+                        Wins over `cursor`.",
+        "schema": {"type": "string", "format": "kiln-log-cursor", "pattern": "^[A-Za-z0-9_-]*$"},
+    })
+}
+
+/// A `text/event-stream` success whose `end` event carries `end` (the schema of its data). Before
+/// OpenAPI 3.2 (`itemSchema`), the media type's `schema` describes each event: an object of its
+/// fields, `data` being JSON text (`contentSchema`).
+fn event_stream_response(end: Schema) -> Value {
+    // As a plain array: schema tools do not all read `prefixItems` inside `contentSchema`.
+    let line = json!({
+        "type": "array",
+        "description": "`[epoch_seconds, message]`: when the line was read (seconds with milliseconds) \
+                        and the line, secrets masked",
+        "items": {"type": ["number", "string"]},
+        "minItems": 2, "maxItems": 2,
+    });
+    let json_text = |schema: Value| json!({"type": "string", "contentMediaType": "application/json", "contentSchema": schema});
+    let event = json!({
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["event", "id", "data"],
+                "properties": {
+                    "event": {"const": "line"},
+                    "id": {"type": "string", "format": "kiln-log-cursor", "pattern": "^[A-Za-z0-9_-]+$",
+                           "description": "The position after the line: a getBuildLogs cursor"},
+                    "data": json_text(line),
+                },
+            },
+            {
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {
+                    "event": {"const": "end"},
+                    "data": json_text(end.to_value()),
+                },
+            },
+        ],
+    });
+    json!({
+        "description": "Server-Sent Events, a Kiln extension. `event: line` for each stored line, \
+            oldest first, then each new one as it is stored: `id` is the position after the line (a \
+            `getBuildLogs` cursor) and `data` the line as `getBuildLogs` shows it. `event: end` once \
+            the build has stopped and every line was sent, with its status and outcome; the stream \
+            then closes. `: keep-alive` comments every 15 s by default. A stream that closes without \
+            `end` (a client that reads nothing for the slow-reader timeout, a server stopping) is \
+            resumed with `Last-Event-ID`. Too many streams open on the node: 429 with `Retry-After`.",
+        "content": {"text/event-stream": {"schema": event}},
     })
 }
 

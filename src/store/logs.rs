@@ -101,7 +101,8 @@ fn decode_chunk(body: &str) -> impl Iterator<Item = anyhow::Result<(Timestamp, &
 }
 
 impl Store {
-    /// Appends log lines to a build, numbering them after the ones already stored.
+    /// Appends log lines to a build, numbering them after the ones already stored, and wakes the
+    /// build's followers in this process once they are committed.
     pub async fn append_build_logs(
         &self,
         id: BuildId,
@@ -132,7 +133,15 @@ impl Store {
                 .context("appending log lines")?;
             seq += chunk.len() as i64;
         }
-        w.commit().await
+        w.commit().await?;
+        self.log_watch.notify(id);
+        Ok(())
+    }
+
+    /// A waiter woken when lines of `id` are stored by this process from now on (lines stored by
+    /// another node wake nobody here: see [`crate::logs::tail`]).
+    pub fn watch_logs(&self, id: BuildId) -> crate::logs::LogWaiter {
+        self.log_watch.subscribe(id)
     }
 
     /// A page of a build's log lines starting at sequence number `from`, within `limit`; `None` when

@@ -6,11 +6,14 @@
 pub mod builds;
 pub mod process;
 pub mod receiver;
+pub mod sse;
 
 #[allow(unused_imports)]
 pub use builds::*;
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use sse::*;
 
 use std::path::PathBuf;
 
@@ -115,6 +118,7 @@ pub async fn test_config(dir: &std::path::Path) -> ServeConfig {
         auth_throttle: Default::default(),
         metrics_token: None,
         notifications: Default::default(),
+        log_streams: Default::default(),
     }
 }
 
