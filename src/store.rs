@@ -41,7 +41,9 @@ pub use env_vars::EnvVarChange;
 pub use events::BuildEvent;
 pub use installations::InstallationLink;
 pub use logs::{LogLimit, LogPage};
-pub use reports::{CommentItem, PrBuild, ReportItem};
+pub use reports::{
+    CheckRunReport, CommentReport, PrBuild, ReportClaim, ReportKind, ReportTarget, Reported,
+};
 pub use scheduling::{ClaimedBuild, LostBuild};
 pub use triggers::{NewTrigger, TriggerPatch, TriggerWriteError};
 pub use webhooks::{DeliveryOutcome, PAIR_WINDOW_MS, PushSelection};
