@@ -612,12 +612,22 @@ impl Server {
                     .unwrap_or_else(|| format!("http://{addr}"));
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 tracing::info!(api = %app_config.api_url, "reporting check runs to GitHub");
+                let reporter = crate::github::reporter::ReporterConfig {
+                    public_url,
+                    owner: format!(
+                        "{}/reporter-{}",
+                        node_id(data_dir)?,
+                        uuid::Uuid::new_v4().simple()
+                    ),
+                    lease: config.scheduler.lease,
+                    poll: config.scheduler.poll_interval,
+                };
                 Some((
                     stop_tx,
                     tokio::spawn(crate::github::reporter::run(
                         store.clone(),
                         app,
-                        public_url,
+                        reporter,
                         stop_rx,
                     )),
                 ))

@@ -53,7 +53,9 @@ pub use health::StoreReadiness;
 pub use installations::InstallationLink;
 pub use logs::{LogLimit, LogPage};
 pub use queue::QueueView;
-pub use reports::{CommentItem, PrBuild, ReportItem};
+pub use reports::{
+    CheckRunReport, CommentReport, PrBuild, ReportClaim, ReportKind, ReportTarget, Reported,
+};
 pub use scheduling::{ClaimedBuild, LostBuild};
 pub use stats::BuildCount;
 pub use subscriptions::{NewSubscription, SubscriptionPatch, SubscriptionWriteError};

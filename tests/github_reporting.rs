@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,17 +32,63 @@ struct Call {
     body: Value,
 }
 
+/// A check run's `status` and `conclusion`.
+type RunState = (String, Option<String>);
+
+/// A check run as the fake GitHub holds it.
+#[derive(Debug, Clone)]
+struct CheckRun {
+    id: i64,
+    name: String,
+    head_sha: String,
+    external_id: String,
+    /// Every state given to it, in order: the creation's, then each update's (`status`,
+    /// `conclusion`).
+    states: Vec<RunState>,
+}
+
+/// A pull request comment as the fake GitHub holds it.
+#[derive(Debug, Clone)]
+struct Comment {
+    id: i64,
+    number: i64,
+    /// Every text given to it, in order.
+    bodies: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct GithubState {
+    check_runs: Vec<CheckRun>,
+    comments: Vec<Comment>,
+}
+
 #[derive(Clone, Default)]
 struct Fake {
     calls: Arc<Mutex<Vec<Call>>>,
+    /// What the calls that succeeded made.
+    state: Arc<Mutex<GithubState>>,
     fail_next: Arc<AtomicUsize>,
     /// Set: every call is recorded, then never answered (a GitHub that hangs).
-    stall: Arc<std::sync::atomic::AtomicBool>,
+    stall: Arc<AtomicBool>,
+    /// Set: a check run is created, then the call is never answered (its answer is lost).
+    stall_after_create: Arc<AtomicBool>,
 }
 
-async fn fake_handler(State(fake): State<Fake>, req: Request) -> impl IntoResponse {
+/// The fields of a state in a check run body.
+fn check_run_state(body: &Value) -> RunState {
+    (
+        s(&body["status"]),
+        body["conclusion"].as_str().map(str::to_owned),
+    )
+}
+
+async fn fake_handler(State(fake): State<Fake>, req: Request) -> axum::response::Response {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
     let auth = req
         .headers()
         .get("authorization")
@@ -57,7 +103,7 @@ async fn fake_handler(State(fake): State<Fake>, req: Request) -> impl IntoRespon
         method: method.clone(),
         path: path.clone(),
         auth,
-        body,
+        body: body.clone(),
     });
     if fake.stall.load(Ordering::SeqCst) {
         std::future::pending::<()>().await;
@@ -67,26 +113,110 @@ async fn fake_handler(State(fake): State<Fake>, req: Request) -> impl IntoRespon
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"message": "Server Error"})),
-        );
+        )
+            .into_response();
     }
-    match (method.as_str(), path.as_str()) {
-        ("POST", p) if p == format!("/app/installations/{INSTALLATION}/access_tokens") => (
-            StatusCode::CREATED,
-            Json(json!({"token": "ghs_faketoken123", "expires_at": "2099-01-01T00:00:00Z"})),
-        ),
-        ("POST", "/repos/octo-org/site/check-runs") => {
-            (StatusCode::CREATED, Json(json!({"id": 4242})))
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let not_found =
+        || (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))).into_response();
+    match (method.as_str(), segments.as_slice()) {
+        ("POST", ["app", "installations", id, "access_tokens"])
+            if *id == INSTALLATION.to_string() =>
+        {
+            (
+                StatusCode::CREATED,
+                Json(json!({"token": "ghs_faketoken123", "expires_at": "2099-01-01T00:00:00Z"})),
+            )
+                .into_response()
         }
-        ("PATCH", "/repos/octo-org/site/check-runs/4242") => {
-            (StatusCode::OK, Json(json!({"id": 4242})))
+        ("POST", ["repos", "octo-org", "site", "check-runs"]) => {
+            let id = {
+                let mut state = fake.state.lock().unwrap();
+                let id = 4242 + state.check_runs.len() as i64;
+                state.check_runs.push(CheckRun {
+                    id,
+                    name: s(&body["name"]),
+                    head_sha: s(&body["head_sha"]),
+                    external_id: s(&body["external_id"]),
+                    states: vec![check_run_state(&body)],
+                });
+                id
+            };
+            if fake.stall_after_create.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
         }
-        ("POST", "/repos/octo-org/site/issues/7/comments") => {
-            (StatusCode::CREATED, Json(json!({"id": 99})))
+        ("PATCH", ["repos", "octo-org", "site", "check-runs", id]) => {
+            let mut state = fake.state.lock().unwrap();
+            match state
+                .check_runs
+                .iter_mut()
+                .find(|c| c.id.to_string() == *id)
+            {
+                Some(run) => {
+                    run.states.push(check_run_state(&body));
+                    (StatusCode::OK, Json(json!({"id": run.id}))).into_response()
+                }
+                None => not_found(),
+            }
         }
-        ("PATCH", "/repos/octo-org/site/issues/comments/99") => {
-            (StatusCode::OK, Json(json!({"id": 99})))
+        ("GET", ["repos", "octo-org", "site", "commits", sha, "check-runs"]) => {
+            let name = query
+                .iter()
+                .find(|(k, _)| k == "check_name")
+                .map(|(_, v)| v.clone());
+            let state = fake.state.lock().unwrap();
+            let runs: Vec<Value> = state
+                .check_runs
+                .iter()
+                .filter(|c| c.head_sha == *sha && name.as_ref().is_none_or(|n| *n == c.name))
+                .map(|c| {
+                    let (status, conclusion) = c.states.last().cloned().unwrap_or_default();
+                    json!({"id": c.id, "name": c.name, "head_sha": c.head_sha, "external_id": c.external_id,
+                        "status": status, "conclusion": conclusion})
+                })
+                .collect();
+            (
+                StatusCode::OK,
+                Json(json!({"total_count": runs.len(), "check_runs": runs})),
+            )
+                .into_response()
         }
-        _ => (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))),
+        ("POST", ["repos", "octo-org", "site", "issues", number, "comments"]) => {
+            let Ok(number) = number.parse::<i64>() else {
+                return not_found();
+            };
+            let mut state = fake.state.lock().unwrap();
+            let id = 99 + state.comments.len() as i64;
+            state.comments.push(Comment {
+                id,
+                number,
+                bodies: vec![s(&body["body"])],
+            });
+            (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
+        }
+        ("GET", ["repos", "octo-org", "site", "issues", number, "comments"]) => {
+            let state = fake.state.lock().unwrap();
+            let listed: Vec<Value> = state
+                .comments
+                .iter()
+                .filter(|c| c.number.to_string() == *number)
+                .map(|c| json!({"id": c.id, "body": c.bodies.last()}))
+                .collect();
+            (StatusCode::OK, Json(json!(listed))).into_response()
+        }
+        ("PATCH", ["repos", "octo-org", "site", "issues", "comments", id]) => {
+            let mut state = fake.state.lock().unwrap();
+            match state.comments.iter_mut().find(|c| c.id.to_string() == *id) {
+                Some(comment) => {
+                    comment.bodies.push(s(&body["body"]));
+                    (StatusCode::OK, Json(json!({"id": comment.id}))).into_response()
+                }
+                None => not_found(),
+            }
+        }
+        _ => not_found(),
     }
 }
 
@@ -341,9 +471,14 @@ fn sign(body: &[u8]) -> String {
 }
 
 async fn deliver(app: &TestApp, event: &str, payload: Value) -> Value {
+    deliver_to(&app.base, event, payload).await
+}
+
+/// Delivers a signed GitHub webhook to the server at `root` (`http://host:port`).
+async fn deliver_to(root: &str, event: &str, payload: Value) -> Value {
     let body = serde_json::to_vec(&payload).unwrap();
-    app.client
-        .post(format!("{}/webhooks/github", app.base))
+    reqwest::Client::new()
+        .post(format!("{root}/webhooks/github"))
         .header("x-github-event", event)
         .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
         .header("x-hub-signature-256", sign(&body))
@@ -592,14 +727,13 @@ async fn the_shutdown_waits_for_a_hanging_github_only_for_a_bounded_time() {
         Some(json!({"build_command": "sleep 600"})),
     )
     .await;
-    push(&app, &head(&app)).await;
+    let build = push(&app, &head(&app)).await;
+    // Every change so far (queued, initializing, running) is on GitHub: the next update is the
+    // completion, which the shutdown brings about.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !fake
-        .calls
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|c| c.body["status"] == "in_progress")
+    while runs_of(&fake, &build)
+        .first()
+        .is_none_or(|run| run.states.len() < 3)
     {
         assert!(tokio::time::Instant::now() < deadline, "never in progress");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -621,4 +755,684 @@ async fn the_shutdown_waits_for_a_hanging_github_only_for_a_bounded_time() {
             .any(|c| c.body["status"] == "completed"),
         "the completion was at least attempted"
     );
+}
+
+// ---- The reporter as a consumer of build events (issue 9) ----
+
+/// The check run state each of `build`'s events calls for, in order (nothing when the build never
+/// had a commit to report on).
+async fn expected_states(app: &TestApp, build: &str) -> Vec<RunState> {
+    let b = app
+        .ok(Method::GET, &app.acct(&format!("/builds/{build}")), None)
+        .await;
+    // (An unknown commit reads "", as Cloudflare's clients expect.)
+    if b["build_trigger_metadata"]["commit_hash"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
+        return Vec::new();
+    }
+    states_for(&events_of(app.store(), build).await)
+}
+
+/// The check run state each event calls for.
+fn states_for(events: &[kiln::store::BuildEvent]) -> Vec<RunState> {
+    use kiln::domain::{BuildOutcome, BuildStatus};
+    events
+        .iter()
+        .map(|e| match e.status {
+            BuildStatus::Queued => ("queued".to_owned(), None),
+            BuildStatus::Initializing | BuildStatus::Running => ("in_progress".to_owned(), None),
+            BuildStatus::Stopped => (
+                "completed".to_owned(),
+                Some(
+                    match e.outcome {
+                        Some(BuildOutcome::Success) => "success",
+                        Some(BuildOutcome::Cancelled) => "cancelled",
+                        Some(BuildOutcome::Skipped) => "skipped",
+                        Some(BuildOutcome::Terminated) => "timed_out",
+                        Some(BuildOutcome::Fail) | None => "failure",
+                    }
+                    .to_owned(),
+                ),
+            ),
+        })
+        .collect()
+}
+
+/// The outbox events of `build`, oldest first.
+async fn events_of(store: &kiln::store::Store, build: &str) -> Vec<kiln::store::BuildEvent> {
+    store
+        .build_events_after(0, 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.build.to_string() == build)
+        .collect()
+}
+
+/// The check runs the fake holds for `build`.
+fn runs_of(fake: &Fake, build: &str) -> Vec<CheckRun> {
+    fake.state
+        .lock()
+        .unwrap()
+        .check_runs
+        .iter()
+        .filter(|c| c.external_id == build)
+        .cloned()
+        .collect()
+}
+
+/// Waits until every build in `builds` has stopped and has exactly one check run whose states are
+/// those its events call for, in order; then until the report queue is empty, and checks again
+/// (nothing more can be posted then).
+async fn wait_reported_exactly(app: &TestApp, fake: &Fake, builds: &[String]) {
+    for b in builds {
+        wait_stopped(app, b).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let check = |fake: &Fake, expected: &[(String, Vec<RunState>)]| {
+        expected.iter().all(|(b, want)| {
+            let runs = runs_of(fake, b);
+            match runs.as_slice() {
+                [] => want.is_empty(),
+                [run] => run.states == *want,
+                _ => false,
+            }
+        })
+    };
+    let mut expected = Vec::new();
+    for b in builds {
+        expected.push((b.clone(), expected_states(app, b).await));
+    }
+    while !check(fake, &expected) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reported as the events say: {:#?}\ncheck runs: {:#?}",
+            expected,
+            fake.state.lock().unwrap().check_runs
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while pending_reports(app).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reports still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (b, want) in &expected {
+        let runs = runs_of(fake, b);
+        match runs.as_slice() {
+            [] => assert!(want.is_empty(), "build {b} was never reported"),
+            [run] => assert_eq!(run.states, *want, "build {b}"),
+            _ => panic!("build {b} has {} check runs: {runs:#?}", runs.len()),
+        }
+    }
+    let state = fake.state.lock().unwrap();
+    for run in &state.check_runs {
+        assert!(
+            builds.contains(&run.external_id),
+            "a check run for no build of the test: {run:#?}"
+        );
+    }
+}
+
+/// Report items not yet done (read from the database itself).
+async fn pending_reports(app: &TestApp) -> i64 {
+    pending_reports_at(&database_url(
+        &app.config.store.database_url,
+        &app.data_dir(),
+    ))
+    .await
+}
+
+/// The database of a node: `url`, else SQLite in `data_dir`.
+fn database_url(url: &Option<String>, data_dir: &Path) -> String {
+    url.clone()
+        .unwrap_or_else(|| kiln::store::Store::sqlite_url(data_dir))
+}
+
+/// Report items not yet done in the database at `url`.
+async fn pending_reports_at(url: &str) -> i64 {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM github_report_items")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+/// The status cell of each text of a comment (one Worker per comment here).
+fn comment_statuses(bodies: &[String]) -> Vec<String> {
+    bodies
+        .iter()
+        .map(|b| {
+            let row = b
+                .lines()
+                .find(|l| l.starts_with("| site |"))
+                .unwrap_or_else(|| panic!("no row for site: {b}"));
+            row.split('|').nth(2).unwrap_or_default().trim().to_owned()
+        })
+        .collect()
+}
+
+/// The comment label each of the pull request build's events calls for.
+async fn expected_comment_statuses(app: &TestApp, build: &str) -> Vec<String> {
+    use kiln::domain::{BuildOutcome, BuildStatus};
+    events_of(app.store(), build)
+        .await
+        .into_iter()
+        .map(|e| {
+            match (e.status, e.outcome) {
+                (BuildStatus::Queued, _) => "⏳ Queued",
+                (BuildStatus::Initializing | BuildStatus::Running, _) => "🔄 Building",
+                (BuildStatus::Stopped, Some(BuildOutcome::Success)) => "✅ Success",
+                (BuildStatus::Stopped, Some(BuildOutcome::Cancelled)) => "⏹️ Cancelled",
+                (BuildStatus::Stopped, Some(BuildOutcome::Skipped)) => "⏭️ Skipped",
+                (BuildStatus::Stopped, Some(BuildOutcome::Terminated)) => "⌛ Timed out",
+                (BuildStatus::Stopped, _) => "❌ Failed",
+            }
+            .to_owned()
+        })
+        .collect()
+}
+
+/// A server configured like [`setup`]'s, for the fake GitHub at `fake_url`.
+fn node_config(c: &mut kiln::startup::ServeConfig, fake_url: &str, private: &str) {
+    c.scheduler.runners = 2;
+    c.scheduler.default_concurrency = 8;
+    c.runner.sandbox = kiln::sandbox::SandboxMode::None;
+    c.github_app = Some(kiln::github::AppConfig {
+        api_url: fake_url.to_owned(),
+        app_id: APP_ID.to_owned(),
+        private_key_pem: private.to_owned(),
+    });
+    c.public_url = Some("https://kiln.example".to_owned());
+}
+
+/// Another node on `app`'s database (its own data dir, the same secret key).
+async fn second_node(app: &TestApp) -> (kiln::startup::Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let mut config = app.config.clone();
+    config.store.data_dir = dir.path().join("data");
+    config.store.secret_key = Some(
+        std::fs::read_to_string(app.data_dir().join("secret.key"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+    );
+    let server = kiln::startup::Server::start(&config)
+        .await
+        .expect("start the second node");
+    (server, dir)
+}
+
+/// A push of `sha` to main; returns the builds it queued.
+async fn push_all(app: &TestApp, sha: &str) -> Vec<String> {
+    let payload = json!({"ref": "refs/heads/main", "after": sha, "deleted": false,
+        "repository": {"id": REPO_ID, "name": "site", "full_name": "octo-org/site"},
+        "head_commit": {"message": "site", "author": {"email": "mona@example.com"}},
+        "commits": [{"added": ["index.js"], "removed": [], "modified": []}],
+        "installation": {"id": INSTALLATION}});
+    let v = deliver(app, "push", payload).await;
+    v["result"]["builds"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(s)
+        .collect()
+}
+
+/// A pull request (number 7) from branch `feature`, one new commit on it; returns its builds.
+async fn open_pull_request(app: &TestApp) -> Vec<String> {
+    let repo = app.git_remotes().join("octo-org").join("site");
+    git(&repo, &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(repo.join("page.js"), "1").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "page"]);
+    let sha = head(app);
+    git(&repo, &["checkout", "-q", "main"]);
+    let pr = json!({"action": "opened", "number": 7,
+        "pull_request": {"html_url": "https://github.com/octo-org/site/pull/7", "created_at": "2026-11-23T09:00:00Z",
+            "title": "Page", "user": {"login": "mona"},
+            "head": {"ref": "feature", "sha": sha, "repo": {"id": REPO_ID}}, "base": {"ref": "main"}},
+        "repository": {"id": REPO_ID, "name": "site", "full_name": "octo-org/site"},
+        "installation": {"id": INSTALLATION}});
+    let v = deliver(app, "pull_request", pr).await;
+    v["result"]["builds"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(s)
+        .collect()
+}
+
+/// Adds a previews trigger (every branch but main) for Worker `site`.
+async fn previews(app: &TestApp) {
+    let (_, prod) = app.get(&app.acct("/workers/site/triggers")).await;
+    let t = &prod["result"][0];
+    app.ok(Method::POST, &app.acct("/triggers"), Some(json!({"external_script_id": "site",
+        "repo_connection_uuid": t["repo_connection"]["repo_connection_uuid"], "build_token_uuid": t["build_token_uuid"],
+        "trigger_name": "previews", "branch_includes": ["*"], "branch_excludes": ["main"],
+        "build_command": "echo preview", "deploy_command": ""})))
+        .await;
+}
+
+/// Checks the pull request's comment: created once, then one update per event of its build, each
+/// showing the build as that event left it.
+async fn assert_comment_follows(app: &TestApp, fake: &Fake, pr_build: &str) {
+    let want = expected_comment_statuses(app, pr_build).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let comments = fake.state.lock().unwrap().comments.clone();
+        if let [comment] = comments.as_slice()
+            && comment_statuses(&comment.bodies) == want
+        {
+            assert_eq!(comment.number, 7);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the comment does not follow the build's events {want:?}: {comments:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The acceptance test of issue 9: builds of several Workers (pushed commits, manual builds whose
+/// commit is only known once they run, a pull request) run on two nodes sharing one PostgreSQL
+/// database (one node on SQLite), both reporting: each build gets one check run, updated once per
+/// status change in the order of the changes, nothing twice; the pull request gets one comment,
+/// updated once per change of its build.
+#[tokio::test]
+async fn every_change_is_reported_once_and_in_order_by_all_nodes_together() {
+    let keys = tempfile::tempdir().unwrap();
+    let (private, _public) = key_pair(keys.path());
+    let (fake, fake_url) = start_fake().await;
+    let app = TestApp::spawn_with(|c| node_config(c, &fake_url, &private)).await;
+    let second = match backend() {
+        Backend::Postgres => Some(second_node(&app).await),
+        Backend::Sqlite => None,
+    };
+    let repo = app.git_remotes().join("octo-org").join("site");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("index.js"), "x").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "site"]);
+    app.link_installation(ACCOUNT, INSTALLATION).await;
+    let (conn, token) = app
+        .github_repo("octo-org", "site", &REPO_ID.to_string())
+        .await;
+    let mut triggers = Vec::new();
+    for worker in ["site", "docs", "blog"] {
+        triggers.push(
+            app.trigger(
+                worker,
+                &conn,
+                &token,
+                json!({"branch_includes": ["main"], "build_command": "echo built",
+                "deploy_command": ""}),
+            )
+            .await,
+        );
+    }
+    previews(&app).await;
+
+    let mut builds = push_all(&app, &head(&app)).await;
+    assert_eq!(builds.len(), 3, "{builds:?}");
+    let pr = open_pull_request(&app).await;
+    assert_eq!(pr.len(), 1, "{pr:?}");
+    builds.extend(pr.iter().cloned());
+    std::fs::write(repo.join("index.js"), "y").unwrap();
+    git(&repo, &["commit", "-q", "-am", "second"]);
+    builds.extend(push_all(&app, &head(&app)).await);
+    // Manual builds of the branch (the newest: they supersede what is still queued, and run):
+    // their commit is resolved when they run, and their check runs wait for it.
+    let mut manual = Vec::new();
+    for t in &triggers {
+        let b = app
+            .ok(
+                Method::POST,
+                &app.acct(&format!("/triggers/{t}/builds")),
+                Some(json!({"branch": "main"})),
+            )
+            .await;
+        manual.push(s(&b["build_uuid"]));
+    }
+    builds.extend(manual.iter().cloned());
+
+    wait_reported_exactly(&app, &fake, &builds).await;
+    assert_comment_follows(&app, &fake, &pr[0]).await;
+    // The manual builds ran and were reported once their commit was known (the test is not
+    // vacuous).
+    for b in &manual {
+        assert_eq!(wait_stopped(&app, b).await["build_outcome"], "success");
+        assert_eq!(runs_of(&fake, b).len(), 1, "manual build {b}");
+    }
+    if let Some((server, _dir)) = second {
+        server.stop().await.unwrap();
+    }
+    app.stop().await;
+}
+
+/// A GitHub that fails the first calls, then answers: every check run and comment update is made
+/// once (the failed calls changed nothing), in order, after retries with back-off.
+#[tokio::test]
+async fn a_github_failing_a_few_times_gets_each_update_once_and_in_order() {
+    let (app, fake, _public, _keys) = setup(0).await;
+    previews(&app).await;
+    fake.fail_next.store(5, Ordering::SeqCst);
+    let mut builds = vec![push(&app, &head(&app)).await];
+    let pr = open_pull_request(&app).await;
+    assert_eq!(pr.len(), 1, "{pr:?}");
+    builds.extend(pr.iter().cloned());
+    wait_reported_exactly(&app, &fake, &builds).await;
+    assert_comment_follows(&app, &fake, &pr[0]).await;
+    assert_eq!(fake.fail_next.load(Ordering::SeqCst), 0);
+    let calls = fake.calls.lock().unwrap().len();
+    let made = {
+        let state = fake.state.lock().unwrap();
+        state
+            .check_runs
+            .iter()
+            .map(|c| c.states.len())
+            .sum::<usize>()
+            + state.comments.iter().map(|c| c.bodies.len()).sum::<usize>()
+    };
+    assert!(
+        calls >= made + 5,
+        "the failed calls were made: {calls} for {made}"
+    );
+    app.stop().await;
+}
+
+/// A node killed while it posts a check run's creation (GitHub made the check run, its answer never
+/// came back): once the dead node's claim lapses, the restarted node makes the update again, finding
+/// the check run instead of creating a second one, then every later update, in order. Both backends,
+/// with the real binary and `kill -9`.
+#[tokio::test]
+async fn a_node_killed_while_posting_loses_no_update_and_makes_no_second_check_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let _ = key_pair(dir.path());
+    let (fake, fake_url) = start_fake().await;
+    fake.stall_after_create.store(true, Ordering::SeqCst);
+    let remotes = dir.path().join("remotes");
+    let repo = remotes.join("octo-org").join("site");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("index.js"), "x").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "site"]);
+    let sha = String::from_utf8(
+        Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(&repo)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let data = dir.path().join("data");
+    let mut options = NodeOptions::new("none");
+    options.database_url = fresh_database_url().await;
+    options.extra = [
+        "--github-app-id",
+        APP_ID,
+        "--github-app-private-key-path",
+        &dir.path().join("app.pem").display().to_string(),
+        "--github-api-url",
+        &fake_url,
+        "--github-webhook-secret",
+        WEBHOOK_SECRET,
+        "--public-url",
+        "https://kiln.example",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut node = start_kiln(&data, &remotes, &options).await;
+    let conn = node
+        .call(
+            Method::PUT,
+            "/repos/connections",
+            Some(json!({"provider_type": "github", "provider_account_id": "1",
+                "provider_account_name": "octo-org", "repo_id": REPO_ID.to_string(), "repo_name": "site"})),
+        )
+        .await;
+    let token = node
+        .call(
+            Method::POST,
+            "/tokens",
+            Some(
+                json!({"build_token_name": "t", "build_token_secret": "s3cret-token",
+                "cloudflare_token_id": "cf"}),
+            ),
+        )
+        .await;
+    node.call(
+        Method::POST,
+        "/triggers",
+        Some(json!({"external_script_id": "site", "trigger_name": "prod",
+            "repo_connection_uuid": conn["repo_connection_uuid"], "build_token_uuid": token["build_token_uuid"],
+            "branch_includes": ["main"], "build_command": "echo built", "deploy_command": ""})),
+    )
+    .await;
+    let url = database_url(&options.database_url, &data);
+    let store =
+        kiln::store::Store::connect(&url, kiln::crypto::SecretBox::load(None, &data).unwrap())
+            .await
+            .unwrap();
+    store
+        .link_installation(
+            INSTALLATION,
+            &kiln::domain::AccountId::parse(ACCOUNT).unwrap(),
+        )
+        .await
+        .unwrap();
+    let root = node.base.trim_end_matches("/client/v4").to_owned();
+    let payload = json!({"ref": "refs/heads/main", "after": sha, "deleted": false,
+        "repository": {"id": REPO_ID, "name": "site", "full_name": "octo-org/site"},
+        "head_commit": {"message": "site", "author": {"email": "mona@example.com"}},
+        "commits": [{"added": ["index.js"], "removed": [], "modified": []}],
+        "installation": {"id": INSTALLATION}});
+    let v = deliver_to(&root, "push", payload).await;
+    let build = s(&v["result"]["builds"][0]);
+
+    // GitHub made the check run; the node never hears so, and dies.
+    let deadline = tokio::time::Instant::now() + NODE_DEADLINE;
+    while runs_of(&fake, &build).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no check run created"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.child.kill().await.unwrap();
+    fake.stall_after_create.store(false, Ordering::SeqCst);
+    let node = start_kiln(&data, &remotes, &options).await;
+    node.wait(&build, "stopped", |b, _| b["status"] == "stopped")
+        .await;
+
+    let want = states_for(&events_of(&store, &build).await);
+    assert!(want.len() >= 2, "{want:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let runs = runs_of(&fake, &build);
+        if runs.len() == 1 && runs[0].states == want && pending_reports_at(&url).await == 0 {
+            break;
+        }
+        assert!(
+            runs.len() <= 1 && tokio::time::Instant::now() < deadline,
+            "want {want:?}: {runs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let runs = runs_of(&fake, &build);
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0].states, want);
+    let calls = fake.calls.lock().unwrap().clone();
+    let creations = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path.ends_with("/check-runs"))
+        .count();
+    assert_eq!(creations, 1, "{calls:#?}");
+    assert!(
+        calls.iter().any(|c| c.method == "GET"
+            && c.path == format!("/repos/octo-org/site/commits/{sha}/check-runs")),
+        "the restarted node looked for the check run: {calls:#?}"
+    );
+    store.close().await;
+    drop(node);
+}
+
+/// The claims themselves, without GitHub: report items derived from many builds' events, ingested
+/// and claimed by several claimers on two stores (two nodes, as far as the database can tell) at
+/// once. Each event becomes its item once, each item is claimed by one claimer, and the items of one
+/// build are claimed one at a time, in event order.
+#[tokio::test]
+async fn report_items_are_made_once_and_claimed_once_in_order_by_racing_nodes() {
+    use kiln::store::{ReportKind, Reported, Store};
+    use std::collections::{HashMap, HashSet};
+    let app = TestApp::spawn().await;
+    app.link_installation(ACCOUNT, INSTALLATION).await;
+    let (conn, token) = app
+        .github_repo("octo-org", "site", &REPO_ID.to_string())
+        .await;
+    for worker in ["site", "docs", "blog"] {
+        app.trigger(
+            worker,
+            &conn,
+            &token,
+            json!({"branch_includes": ["main"], "deploy_command": ""}),
+        )
+        .await;
+    }
+    // Without runners, each push's builds stay queued until the next push supersedes them (an
+    // all-zero commit would be a branch deletion).
+    let mut builds = Vec::new();
+    for i in 0..8 {
+        builds.extend(push_all(&app, &format!("{:x}", i + 1).repeat(40)).await);
+    }
+    assert_eq!(builds.len(), 24);
+    let url = database_url(&app.config.store.database_url, &app.data_dir());
+    let second = Store::connect(
+        &url,
+        kiln::crypto::SecretBox::load(None, &app.data_dir()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let stores = [app.store().clone(), second.clone()];
+    let mut ingest = tokio::task::JoinSet::new();
+    for store in &stores {
+        for _ in 0..3 {
+            let store = store.clone();
+            ingest.spawn(async move {
+                // Small batches: the claimers race for the cursor many times.
+                while store.ingest_report_events(3).await.unwrap() > 0 {}
+            });
+        }
+    }
+    while let Some(done) = ingest.join_next().await {
+        done.unwrap();
+    }
+    let mut events = 0;
+    for b in &builds {
+        events += events_of(app.store(), b).await.len();
+    }
+    assert_eq!(pending_reports_at(&url).await as usize, events);
+
+    let in_flight = Arc::new(Mutex::new(HashSet::new()));
+    let done: Arc<Mutex<HashMap<String, Vec<i64>>>> = Arc::default();
+    let mut claimers = tokio::task::JoinSet::new();
+    for (n, store) in stores.iter().enumerate() {
+        for c in 0..4 {
+            let (store, in_flight, done) = (store.clone(), in_flight.clone(), done.clone());
+            claimers.spawn(async move {
+                let owner = format!("node-{n}/claimer-{c}");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                let lease = |secs: i64| {
+                    kiln::domain::Timestamp::from_millis(
+                        kiln::domain::Timestamp::now().millis() + secs * 1000,
+                    )
+                };
+                loop {
+                    assert!(tokio::time::Instant::now() < deadline, "claims stalled");
+                    let claims = store
+                        .claim_reports(&owner, lease(60), lease(0), 2, &HashSet::new())
+                        .await
+                        .unwrap();
+                    if claims.is_empty() {
+                        if done.lock().unwrap().values().map(Vec::len).sum::<usize>() == events {
+                            return;
+                        }
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    for claim in &claims {
+                        assert_eq!(claim.kind, ReportKind::CheckRun);
+                        assert_eq!(claim.attempts, 1, "{claim:?}");
+                        let build = claim.build.to_string();
+                        assert!(
+                            in_flight.lock().unwrap().insert(build.clone()),
+                            "two items of build {build} claimed at once"
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    for claim in &claims {
+                        let build = claim.build.to_string();
+                        {
+                            let mut done = done.lock().unwrap();
+                            let seqs = done.entry(build.clone()).or_default();
+                            assert!(
+                                seqs.last().is_none_or(|last| *last < claim.seq),
+                                "build {build}: {} after {seqs:?}",
+                                claim.seq
+                            );
+                            seqs.push(claim.seq);
+                            in_flight.lock().unwrap().remove(&build);
+                        }
+                        assert!(
+                            store
+                                .report_done(claim, &owner, &Reported::Nothing)
+                                .await
+                                .unwrap()
+                        );
+                    }
+                }
+            });
+        }
+    }
+    while let Some(claimer) = claimers.join_next().await {
+        claimer.unwrap();
+    }
+    assert_eq!(pending_reports_at(&url).await, 0);
+    let done = done.lock().unwrap().clone();
+    for b in &builds {
+        let want: Vec<i64> = events_of(app.store(), b)
+            .await
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(done.get(b).cloned().unwrap_or_default(), want, "build {b}");
+    }
+    second.close().await;
+    app.stop().await;
 }

@@ -1,5 +1,5 @@
 //! A GitHub App: its JWT (RS256), installation tokens (cached until shortly before they expire) and the
-//! check-run calls Kiln makes.
+//! check run and pull request comment calls Kiln makes.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -49,6 +49,33 @@ pub struct GithubApp {
     key: SigningKey<Sha256>,
     http: reqwest::Client,
     tokens: Mutex<HashMap<i64, (String, i64)>>,
+}
+
+/// Pages of a list read at most when looking for what an earlier attempt created.
+const MAX_PAGES: usize = 10;
+
+/// A check run as GitHub lists it (the fields Kiln reads).
+#[derive(Debug, Clone, Deserialize)]
+pub struct FoundCheckRun {
+    pub id: i64,
+    pub external_id: Option<String>,
+    /// `queued`, `in_progress` or `completed`.
+    pub status: String,
+    /// Set once `completed`.
+    pub conclusion: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CheckRunList {
+    check_runs: Vec<FoundCheckRun>,
+}
+
+/// A pull request comment as GitHub lists it (the fields Kiln reads).
+#[derive(Debug, Clone, Deserialize)]
+pub struct FoundComment {
+    pub id: i64,
+    #[serde(default)]
+    pub body: String,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +198,82 @@ impl GithubApp {
         Ok(())
     }
 
+    /// The check run named `name` on commit `sha` whose `external_id` is `external_id`, if GitHub has
+    /// one (`GET /repos/{owner}/{repo}/commits/{sha}/check-runs`, at most [`MAX_PAGES`] pages of 100):
+    /// what an earlier attempt whose answer was lost created.
+    pub async fn find_check_run(
+        &self,
+        installation: i64,
+        owner: &str,
+        repo: &str,
+        sha: &str,
+        name: &str,
+        external_id: &str,
+    ) -> anyhow::Result<Option<FoundCheckRun>> {
+        let token = self.installation_token(installation).await?;
+        let base = format!(
+            "{}/repos/{owner}/{repo}/commits/{sha}/check-runs",
+            self.api_url
+        );
+        for page in 1..=MAX_PAGES {
+            let url = reqwest::Url::parse_with_params(
+                &base,
+                [
+                    ("check_name", name),
+                    ("filter", "all"),
+                    ("per_page", "100"),
+                    ("page", &page.to_string()),
+                ],
+            )
+            .context("building a check runs URL")?;
+            let listed: CheckRunList = self
+                .call(reqwest::Method::GET, url.as_str(), &token, None)
+                .await?;
+            let full = listed.check_runs.len() >= 100;
+            if let Some(found) = listed
+                .check_runs
+                .into_iter()
+                .find(|c| c.external_id.as_deref() == Some(external_id))
+            {
+                return Ok(Some(found));
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first comment on pull request `number` whose text contains `marker`, if any (`GET
+    /// /repos/{owner}/{repo}/issues/{number}/comments`, at most [`MAX_PAGES`] pages of 100): what an
+    /// earlier attempt whose answer was lost created.
+    pub async fn find_comment(
+        &self,
+        installation: i64,
+        owner: &str,
+        repo: &str,
+        number: i64,
+        marker: &str,
+    ) -> anyhow::Result<Option<FoundComment>> {
+        let token = self.installation_token(installation).await?;
+        for page in 1..=MAX_PAGES {
+            let url = format!(
+                "{}/repos/{owner}/{repo}/issues/{number}/comments?per_page=100&page={page}",
+                self.api_url
+            );
+            let listed: Vec<FoundComment> =
+                self.call(reqwest::Method::GET, &url, &token, None).await?;
+            let full = listed.len() >= 100;
+            if let Some(found) = listed.into_iter().find(|c| c.body.contains(marker)) {
+                return Ok(Some(found));
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
     /// Comments on a pull request; returns the comment's id.
     pub async fn create_comment(
         &self,
@@ -250,8 +353,28 @@ impl GithubApp {
     }
 }
 
-/// The answer's JSON body when its status is a success, else an error with GitHub's text (never the
-/// token).
+/// GitHub answered a call with an error status.
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {url}: {status}: {text}")]
+pub struct ApiError {
+    pub method: reqwest::Method,
+    pub url: String,
+    pub status: reqwest::StatusCode,
+    /// The start of GitHub's answer (at most 300 characters; never the token, which is only sent).
+    pub text: String,
+}
+
+impl ApiError {
+    /// The status GitHub answered, if `e` (anywhere in its chain) is an [`ApiError`].
+    pub fn status_of(e: &anyhow::Error) -> Option<reqwest::StatusCode> {
+        e.chain()
+            .find_map(|cause| cause.downcast_ref::<ApiError>())
+            .map(|api| api.status)
+    }
+}
+
+/// The answer's JSON body when its status is a success, else an [`ApiError`] with GitHub's text
+/// (never the token).
 async fn checked<T: serde::de::DeserializeOwned>(
     method: reqwest::Method,
     url: &str,
@@ -266,7 +389,13 @@ async fn checked<T: serde::de::DeserializeOwned>(
             .chars()
             .take(300)
             .collect();
-        anyhow::bail!("{method} {url}: {status}: {text}");
+        return Err(ApiError {
+            method,
+            url: url.to_owned(),
+            status,
+            text,
+        }
+        .into());
     }
     resp.json()
         .await

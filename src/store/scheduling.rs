@@ -248,7 +248,8 @@ impl Store {
         self.change_by_owner(id, owner, BuildChange::Run).await
     }
 
-    /// Records what the build actually checked out: the branch, the full commit, its message and author.
+    /// Records what the build actually checked out: the branch, the full commit, its message and author;
+    /// wakes the store's event bus.
     pub async fn set_build_commit(
         &self,
         id: BuildId,
@@ -279,7 +280,11 @@ impl Store {
             .execute(&mut *w.tx)
             .await
             .context("recording the build's commit")?;
-        w.commit().await
+        w.commit().await?;
+        // No status changed, but a build's commit is what its first check run waits for (a build
+        // queued without one): the reporter on this node looks now rather than at its next poll.
+        self.events.notify();
+        Ok(())
     }
 
     /// Ends a build its owner ran; false when it had already stopped (e.g. cancelled meanwhile).
