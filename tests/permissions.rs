@@ -34,10 +34,13 @@ struct Ids {
     trigger: String,
     build: String,
     hook: String,
+    /// An event subscription, and a delivery of it (a cancelled build's event).
+    subscription: String,
+    delivery: String,
 }
 
 impl Ids {
-    fn all_uuids(&self) -> [&str; 6] {
+    fn all_uuids(&self) -> [&str; 8] {
         [
             &self.connection,
             &self.spare_connection,
@@ -45,6 +48,8 @@ impl Ids {
             &self.trigger,
             &self.build,
             &self.hook,
+            &self.subscription,
+            &self.delivery,
         ]
     }
 }
@@ -92,6 +97,45 @@ async fn seed(app: &TestApp, worker: &str) -> Ids {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{config}");
+    // An event subscription with one delivery: the event of a build cancelled while queued (a build
+    // of a commit, so that it supersedes no build of `main`).
+    let subscription = app
+        .ok(
+            Method::POST,
+            &app.acct("/event_subscriptions"),
+            Some(
+                json!({"name": format!("{worker} events"), "url": "http://127.0.0.1:9/events",
+                "worker_names": [worker]}),
+            ),
+        )
+        .await;
+    let subscription = s(&subscription["id"]);
+    let cancelled = app
+        .ok(
+            Method::POST,
+            &app.acct(&format!("/triggers/{}/builds", f.trigger)),
+            Some(json!({"commit_hash": "0".repeat(40)})),
+        )
+        .await;
+    app.ok(
+        Method::PUT,
+        &app.acct(&format!("/builds/{}/cancel", s(&cancelled["build_uuid"]))),
+        None,
+    )
+    .await;
+    let deliveries = app.acct(&format!("/event_subscriptions/{subscription}/deliveries"));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let delivery = loop {
+        let list = app.ok(Method::GET, &deliveries, None).await;
+        if let Some(d) = list.as_array().and_then(|l| l.first()) {
+            break s(&d["id"]);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery of the cancelled build's event"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     Ids {
         worker: worker.to_owned(),
         config_worker,
@@ -101,6 +145,8 @@ async fn seed(app: &TestApp, worker: &str) -> Ids {
         trigger: f.trigger,
         build: s(&build["build_uuid"]),
         hook: s(&hook["deploy_hook_uuid"]),
+        subscription,
+        delivery,
     }
 }
 
@@ -170,6 +216,8 @@ fn fill(route: &Route, account: &str, ids: &Ids) -> String {
             Some("repo_connection_uuid") => &ids.connection,
             Some("deploy_hook_uuid") => &ids.hook,
             Some("environment_variable_key") => ENV_KEY,
+            Some("event_subscription_id") => &ids.subscription,
+            Some("delivery_id") => &ids.delivery,
             // The fixture connection (`TestApp::fixture`).
             Some("provider_type") => "github",
             Some("provider_account_id") => "1001",
@@ -239,6 +287,9 @@ fn body(route: &Route, ids: &Ids) -> Option<Value> {
         "createWorkerBuild" => config_body(&format!("{}-new", ids.worker), &ids.worker, &ids.token),
         "updateWorkerBuild" => json!({"production_settings": {"build_command": "npm ci"},
             "previews_enabled": true}),
+        "createEventSubscription" => json!({"name": "deploys to chat",
+            "url": "https://hooks.example.com/kiln", "event_types": ["cf.workersBuilds.worker.build.failed"]}),
+        "updateEventSubscription" => json!({"name": "renamed", "enabled": false}),
         other => panic!(
             "{} {} ({other}) takes a body; add a valid one to tests/permissions.rs body()",
             route.method, route.path
@@ -437,9 +488,10 @@ async fn assert_fixtures_intact(app: &TestApp, ids: &Ids) {
             None,
         )
         .await;
+    // The fixture's queued build, and the cancelled one whose event the subscription delivers.
     assert_eq!(
         builds.as_array().map(Vec::len),
-        Some(1),
+        Some(2),
         "no build was added or removed: {builds}"
     );
 
@@ -775,12 +827,14 @@ async fn resources_of_one_account_are_not_found_under_another() {
     let ids = seed(&app, WORKER).await;
     let baseline = snapshot(&app, &ids).await;
 
-    const RESOURCE_PARAMS: [&str; 5] = [
+    const RESOURCE_PARAMS: [&str; 7] = [
         "{trigger_uuid}",
         "{build_uuid}",
         "{build_token_uuid}",
         "{repo_connection_uuid}",
         "{deploy_hook_uuid}",
+        "{event_subscription_id}",
+        "{delivery_id}",
     ];
     let mut not_found = Vec::new();
     for route in &authenticated_routes() {
