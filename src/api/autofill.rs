@@ -111,14 +111,17 @@ fn root_directory(raw: Option<&str>) -> Result<String, ApiError> {
     Ok(parts.join("/"))
 }
 
-/// Maps the failures a client can cause to 400 answers; the rest are internal.
+/// Maps the failures a client can cause to 4xx answers; the rest are internal.
 fn git_error(err: anyhow::Error, repo: &str) -> ApiError {
     let message = match GitError::find(&err) {
         Some(GitError::UnknownBranch(b)) => {
             return ApiError::Missing(format!("branch: no branch named {b:?} in {repo}"));
         }
+        // The stored connection is unusable: a conflict with what is stored, not a bad request.
         Some(GitError::InvalidName { what, .. }) => {
-            format!("the connection's {what} cannot be used to clone {repo}")
+            return ApiError::Conflict(format!(
+                "the connection's {what} cannot be used to clone {repo}"
+            ));
         }
         Some(GitError::Fetch { .. }) => {
             // The provider does not have it, or does not show it to Kiln: unknown either way.
