@@ -12,6 +12,7 @@ pub mod health;
 mod log_stream;
 pub mod observe;
 mod openapi;
+mod overview;
 mod schema;
 mod subscriptions;
 pub mod throttle;
@@ -85,6 +86,7 @@ impl Default for Limits {
 }
 
 /// A query parameter of a route, for the OpenAPI description.
+#[derive(Clone, Copy)]
 pub struct QueryDoc {
     pub name: &'static str,
     pub required: bool,
@@ -147,6 +149,22 @@ const PAGING: &[QueryDoc] = &[
     },
 ];
 
+/// Query of `listBuildsByScript`: paging, and Kiln's filters.
+const BUILD_LIST_QUERY: &[QueryDoc] = &[
+    PAGING[0],
+    PAGING[1],
+    QueryDoc {
+        name: "branch",
+        required: false,
+        description: "Kiln extension: only builds of this branch (exact name)",
+    },
+    QueryDoc {
+        name: "outcome",
+        required: false,
+        description: "Kiln extension: only builds with this build_outcome (success, fail, skipped, cancelled, terminated)",
+    },
+];
+
 /// Every operation Kiln serves.
 pub fn routes() -> Vec<Route> {
     use crate::domain::{
@@ -154,9 +172,17 @@ pub fn routes() -> Vec<Route> {
         EnvVarMap, EventSubscription, RepoConnection, Trigger,
     };
     vec![
+        route!(GET "/accounts", "listAccounts", Caller,
+            overview::list_accounts,
+            summary: "Kiln extension: the accounts these credentials may act on, by id (every account Kiln holds anything of, for an all-accounts token)",
+            result: Vec<overview::AccountSummary>, query: PAGING, paginated: true),
+        route!(GET "/accounts/{account_id}/builds/workers", "listWorkers", Read,
+            overview::list_workers,
+            summary: "Kiln extension: the account's Workers (a live trigger or a build), by id, each with its number of triggers and newest build",
+            result: Vec<overview::WorkerView>, query: PAGING, paginated: true),
         route!(GET "/accounts/{account_id}/builds/workers/{external_script_id}/builds", "listBuildsByScript", Read,
             builds::list_builds, summary: "List a Worker's builds, newest first", result: Vec<Build>,
-            query: PAGING, paginated: true),
+            query: BUILD_LIST_QUERY, paginated: true),
         route!(GET "/accounts/{account_id}/builds/builds/latest", "getLatestBuildsByScripts", Read,
             builds::get_latest_builds, summary: "Newest build of each given Worker", result: builds::BuildsMap,
             query: &[QueryDoc { name: "external_script_ids", required: true, description: "Comma-separated Worker ids (at most 20)" }]),

@@ -16,6 +16,7 @@ mod fanout;
 mod health;
 mod installations;
 mod logs;
+mod overview;
 mod queue;
 mod reports;
 mod rows;
@@ -42,7 +43,7 @@ use crate::crypto::SecretBox;
 use crate::events::EventBus;
 
 pub use builds::BuildSecrets;
-pub use builds::{CancelOutcome, NewBuild};
+pub use builds::{BuildFilter, CancelOutcome, NewBuild};
 pub use connections::{DeleteConnection, NewConnection};
 pub use deliveries::{AttemptRecord, ClaimedDelivery};
 pub use deploy_hooks::{HookCall, HookWriteError};
@@ -52,6 +53,7 @@ pub use fanout::FanOut;
 pub use health::StoreReadiness;
 pub use installations::InstallationLink;
 pub use logs::{LogLimit, LogPage};
+pub use overview::WorkerSummary;
 pub use queue::QueueView;
 pub use reports::{
     CheckRunReport, CommentReport, PrBuild, ReportClaim, ReportKind, ReportTarget, Reported,

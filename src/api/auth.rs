@@ -22,6 +22,9 @@ pub enum Access {
     Read,
     /// Workers CI Write.
     Write,
+    /// Any valid credentials, on a route outside every account (`listAccounts`): the handler gets
+    /// the caller's [`ApiToken`] and answers only with what its scope allows.
+    Caller,
 }
 
 /// State of the auth layer of one route.
@@ -103,6 +106,10 @@ async fn check(gate: &Gate, req: Request) -> Result<Request, ApiError> {
         other => other?,
     };
     let (mut parts, body) = req.into_parts();
+    if gate.access == Access::Caller {
+        parts.extensions.insert(token);
+        return Ok(Request::from_parts(parts, body));
+    }
     let params = RawPathParams::from_request_parts(&mut parts, &())
         .await
         .map_err(|e| ApiError::BadRequest(format!("invalid path parameter: {}", e.body_text())))?;

@@ -18,7 +18,7 @@ use crate::domain::{
     SeedFile, SeedRepo, Timestamp, TriggerSource, VersionId, WorkerId, branch, commit_hash,
     encode_content, explain_queued, relative_path,
 };
-use crate::store::{CancelOutcome, LogLimit, NewBuild};
+use crate::store::{BuildFilter, CancelOutcome, LogLimit, NewBuild};
 
 /// Log lines per page at most (pages are also bounded by bytes, [`MAX_PAGE_BYTES`]).
 pub const LOG_PAGE_LINES: u32 = 1000;
@@ -304,7 +304,8 @@ pub async fn get_build(
     ok(BuildView { build, queue })
 }
 
-/// `GET /accounts/{account_id}/builds/workers/{external_script_id}/builds`
+/// `GET /accounts/{account_id}/builds/workers/{external_script_id}/builds`; the `branch` and
+/// `outcome` filters are Kiln extensions (for the dashboard and the CLI).
 pub async fn list_builds(
     State(app): State<AppState>,
     Account(account): Account,
@@ -312,14 +313,40 @@ pub async fn list_builds(
     query: QueryParams,
 ) -> ApiResult<Vec<Build>> {
     let worker = WorkerId::parse("external_script_id", path.get("external_script_id")?)?;
-    let (total, largest) = app.store.build_list_stats(&account, &worker).await?;
+    let filter = build_filter(&query)?;
+    let (total, largest) = app
+        .store
+        .build_list_stats(&account, &worker, &filter)
+        .await?;
     let paging = query.paging()?.fit(largest);
     let builds = app
         .store
-        .list_builds(&account, &worker, paging.page, paging.per_page)
+        .list_builds(&account, &worker, &filter, paging.page, paging.per_page)
         .await?;
     let info = paging.info(builds.len(), total);
     Ok(Success(builds, Some(info)))
+}
+
+/// The `branch` (a valid branch name) and `outcome` (a `build_outcome` value) query parameters.
+fn build_filter(query: &QueryParams) -> Result<BuildFilter, Invalid> {
+    let outcome = query
+        .get("outcome")
+        .map(|o| {
+            BuildOutcome::parse(o).ok_or_else(|| {
+                Invalid::field(
+                    "outcome",
+                    "must be success, fail, skipped, cancelled or terminated",
+                )
+            })
+        })
+        .transpose()?;
+    Ok(BuildFilter {
+        branch: query
+            .get("branch")
+            .map(|b| branch("branch", b))
+            .transpose()?,
+        outcome,
+    })
 }
 
 /// Builds keyed by id, collected into a map whose JSON stays under [`MAX_PAGE_BYTES`] unless it

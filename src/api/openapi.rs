@@ -81,6 +81,7 @@ pub fn document() -> Value {
                 Access::Public => "none",
                 Access::Read => "Workers CI Read or Workers CI Write",
                 Access::Write => "Workers CI Write",
+                Access::Caller => "any valid credentials",
             },
         });
         if r.access == Access::Public {
@@ -284,6 +285,7 @@ fn query_param_schema(name: &str, param: &mut Value, g: &mut SchemaGenerator) ->
                             empty or absent: the first page",
         }),
         "branch" => schema::branch(),
+        "outcome" => g.subschema_for::<crate::domain::BuildOutcome>(),
         "root_directory" => schema::autofill_root_directory(),
         "patch_existing_previews" => schemars::json_schema!({
             "type": "string", "enum": ["true", "false"],

@@ -67,7 +67,22 @@ const BUILD_FROM: &str = "builds b \
     JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
     LEFT JOIN build_tokens k ON k.uuid = t.build_token_uuid AND k.deleted_on IS NULL";
 
-fn select_builds(filter: &str) -> String {
+/// Which of a Worker's builds a list keeps (a Kiln extension of `listBuildsByScript`, for the
+/// dashboard and the CLI): every one by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildFilter {
+    /// Only builds of this branch (exact name).
+    pub branch: Option<String>,
+    /// Only builds that stopped with this outcome.
+    pub outcome: Option<BuildOutcome>,
+}
+
+/// The builds of Worker `$2` of account `$1` kept by a [`BuildFilter`] bound as `$3` (branch) and
+/// `$4` (outcome), `NULL` keeping all.
+const WORKER_BUILDS: &str = "b.account_id = $1 AND b.external_script_id = $2 \
+    AND (CAST($3 AS TEXT) IS NULL OR b.branch = $3) AND (CAST($4 AS TEXT) IS NULL OR b.outcome = $4)";
+
+pub(super) fn select_builds(filter: &str) -> String {
     format!(
         "SELECT {BUILD_COLUMNS}, {TRIGGER_COLUMNS}, {CONNECTION_COLUMNS} FROM {BUILD_FROM} WHERE {filter}"
     )
@@ -112,7 +127,7 @@ fn build_size_bound() -> String {
     )
 }
 
-fn build_from_row(row: &AnyRow) -> anyhow::Result<Build> {
+pub(super) fn build_from_row(row: &AnyRow) -> anyhow::Result<Build> {
     let outcome = opt_text(row, "b_outcome")?
         .map(|o| BuildOutcome::from_stored(&o))
         .transpose()?;
@@ -277,23 +292,26 @@ impl Store {
         row.as_ref().map(build_from_row).transpose()
     }
 
-    /// How many builds a Worker has, and a bound on the JSON size of the largest one in bytes (its
-    /// stored JSON parts as they are, its text columns as if every byte needed escaping), to size
-    /// pages of [`Store::list_builds`] by.
+    /// How many of a Worker's builds `filter` keeps, and a bound on the JSON size of the largest one
+    /// in bytes (its stored JSON parts as they are, its text columns as if every byte needed
+    /// escaping), to size pages of [`Store::list_builds`] by.
     pub async fn build_list_stats(
         &self,
         account: &AccountId,
         worker: &WorkerId,
+        filter: &BuildFilter,
     ) -> anyhow::Result<(i64, u64)> {
         let row = sqlx::query(&format!(
             "SELECT COUNT(*) AS n, CAST(COALESCE(MAX({}), 0) AS BIGINT) AS max_bytes \
              FROM builds b JOIN triggers t ON t.uuid = b.trigger_uuid \
              JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
-             WHERE b.account_id = $1 AND b.external_script_id = $2",
+             WHERE {WORKER_BUILDS}",
             build_size_bound()
         ))
         .bind(account.as_str())
         .bind(worker.as_str())
+        .bind(filter.branch.as_deref())
+        .bind(filter.outcome.map(BuildOutcome::as_str))
         .fetch_one(&self.pool)
         .await
         .context("sizing a Worker's builds")?;
@@ -301,21 +319,42 @@ impl Store {
         Ok((row.try_get("n")?, u64::try_from(max).unwrap_or(0)))
     }
 
-    /// One page of a Worker's builds, newest first: `per_page` builds after the first
-    /// `(page - 1) * per_page`.
+    /// A bound on the JSON size of the account's largest build in bytes (as
+    /// [`Store::build_list_stats`] measures it), to size pages of builds of several Workers by.
+    pub async fn largest_account_build(&self, account: &AccountId) -> anyhow::Result<u64> {
+        let row = sqlx::query(&format!(
+            "SELECT CAST(COALESCE(MAX({}), 0) AS BIGINT) AS max_bytes \
+             FROM builds b JOIN triggers t ON t.uuid = b.trigger_uuid \
+             JOIN repo_connections c ON c.uuid = t.repo_connection_uuid \
+             WHERE b.account_id = $1",
+            build_size_bound()
+        ))
+        .bind(account.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .context("sizing an account's builds")?;
+        let max: i64 = row.try_get("max_bytes")?;
+        Ok(u64::try_from(max).unwrap_or(0))
+    }
+
+    /// One page of the Worker's builds that `filter` keeps, newest first: `per_page` builds after
+    /// the first `(page - 1) * per_page`.
     pub async fn list_builds(
         &self,
         account: &AccountId,
         worker: &WorkerId,
+        filter: &BuildFilter,
         page: u32,
         per_page: u32,
     ) -> anyhow::Result<Vec<Build>> {
         let rows = sqlx::query(&format!(
-            "{} ORDER BY b.id DESC LIMIT $3 OFFSET $4",
-            select_builds("b.account_id = $1 AND b.external_script_id = $2")
+            "{} ORDER BY b.id DESC LIMIT $5 OFFSET $6",
+            select_builds(WORKER_BUILDS)
         ))
         .bind(account.as_str())
         .bind(worker.as_str())
+        .bind(filter.branch.as_deref())
+        .bind(filter.outcome.map(BuildOutcome::as_str))
         .bind(i64::from(per_page))
         .bind(i64::from(page - 1) * i64::from(per_page))
         .fetch_all(&self.pool)
