@@ -9,13 +9,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use hmac::{Hmac, Mac};
 use kiln::domain::{BuildId, BuildOutcome, Timestamp};
 use kiln::sandbox::SandboxMode;
 use kiln::store::Store;
 use reqwest::Method;
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 const OWNER: &str = "test-node/incarnation";
 /// Builds claimed here never wait for an account slot.
@@ -103,38 +101,8 @@ const INSTALLATION: i64 = 7_310_551;
 
 /// A signed GitHub push of `branch` to the Worker configuration's repository; the builds it queued.
 async fn push(app: &TestApp, branch: &str) -> Vec<String> {
-    let after = "a".repeat(40);
-    let commit = json!({"id": after, "message": "Change", "timestamp": "2026-11-23T10:00:00Z",
-        "author": {"name": "Mona", "email": "mona@example.com"},
-        "added": ["src/index.ts"], "removed": [], "modified": []});
-    let payload = json!({"ref": format!("refs/heads/{branch}"), "before": "0".repeat(40), "after": after,
-        "created": true, "deleted": false, "forced": false, "commits": [commit.clone()], "head_commit": commit,
-        "repository": {"id": REPO_ID, "name": "site", "full_name": "acme/site",
-            "owner": {"login": "acme", "id": 6811672}},
-        "installation": {"id": INSTALLATION}});
-    let body = serde_json::to_vec(&payload).expect("json");
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("hmac");
-    mac.update(&body);
-    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let resp = app
-        .client
-        .post(format!("{}/webhooks/github", app.base))
-        .header("content-type", "application/json")
-        .header("x-github-event", "push")
-        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-        .header("x-hub-signature-256", signature)
-        .body(body)
-        .send()
-        .await
-        .expect("deliver");
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.expect("json");
-    v["result"]["builds"]
-        .as_array()
-        .expect("builds")
-        .iter()
-        .map(s)
-        .collect()
+    let payload = push_payload(REPO_ID, INSTALLATION, branch, &"a".repeat(40));
+    deliver_accepted(app, "push", &payload).await
 }
 
 /// Every kind of change, one after the other, against the exact list of events it must append.

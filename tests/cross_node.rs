@@ -301,19 +301,8 @@ async fn two_nodes(repo: &str, build_command: &str, extra: &[&str]) -> (TwoNodes
     .unwrap();
     let remotes = dir.path().join("remotes");
     let repo_dir = remotes.join("octo-org").join(repo);
-    std::fs::create_dir_all(&repo_dir).unwrap();
-    std::fs::write(repo_dir.join("README.md"), "two nodes\n").unwrap();
-    git(&repo_dir, &["init", "-q", "-b", "main"]);
-    git(&repo_dir, &["add", "-A"]);
-    git(&repo_dir, &["commit", "-q", "-m", "init"]);
-    let db = match backend() {
-        Backend::Sqlite => {
-            let shared = dir.path().join("shared");
-            std::fs::create_dir_all(&shared).unwrap();
-            Some(format!("sqlite://{}/kiln.db", shared.display()))
-        }
-        Backend::Postgres => fresh_database_url().await,
-    };
+    init_repo(&repo_dir, &[("README.md", "two nodes\n")], "init");
+    let db = shared_database(dir.path()).await;
     // One secret key for both: each node reads the secrets the other sealed.
     let key = dir.path().join("secret.key");
     std::fs::write(&key, hex::encode(rand_key())).unwrap();

@@ -15,7 +15,6 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use common::*;
-use hmac::{Hmac, Mac};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -306,11 +305,7 @@ async fn setup(fail_first: usize) -> (TestApp, Fake, String, tempfile::TempDir) 
     })
     .await;
     let repo = app.git_remotes().join("octo-org").join("site");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("index.js"), "x").unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "site"]);
+    init_repo(&repo, &[("index.js", "x")], "site");
     app.link_installation(ACCOUNT, INSTALLATION).await;
     let (conn, token) = app
         .github_repo("octo-org", "site", &REPO_ID.to_string())
@@ -332,24 +327,8 @@ async fn push(app: &TestApp, sha: &str) -> String {
         "head_commit": {"message": "site", "author": {"email": "mona@example.com"}},
         "commits": [{"added": ["index.js"], "removed": [], "modified": []}],
         "installation": {"id": INSTALLATION}});
-    let body = serde_json::to_vec(&payload).unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
-    mac.update(&body);
-    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let v: Value = app
-        .client
-        .post(format!("{}/webhooks/github", app.base))
-        .header("x-github-event", "push")
-        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-        .header("x-hub-signature-256", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    s(&v["result"]["builds"][0])
+    let builds = deliver_accepted(app, "push", &payload).await;
+    builds.first().cloned().expect("a build queued")
 }
 
 fn head(app: &TestApp) -> String {
@@ -464,31 +443,13 @@ async fn a_failing_github_api_is_retried_and_never_fails_the_build() {
     app.stop().await;
 }
 
-fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 async fn deliver(app: &TestApp, event: &str, payload: Value) -> Value {
     deliver_to(&app.base, event, payload).await
 }
 
 /// Delivers a signed GitHub webhook to the server at `root` (`http://host:port`).
 async fn deliver_to(root: &str, event: &str, payload: Value) -> Value {
-    let body = serde_json::to_vec(&payload).unwrap();
-    reqwest::Client::new()
-        .post(format!("{root}/webhooks/github"))
-        .header("x-github-event", event)
-        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-        .header("x-hub-signature-256", sign(&body))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    deliver_webhook(root, event, &payload).await.1
 }
 
 #[tokio::test]
@@ -1066,11 +1027,7 @@ async fn every_change_is_reported_once_and_in_order_by_all_nodes_together() {
         Backend::Sqlite => None,
     };
     let repo = app.git_remotes().join("octo-org").join("site");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("index.js"), "x").unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "site"]);
+    init_repo(&repo, &[("index.js", "x")], "site");
     app.link_installation(ACCOUNT, INSTALLATION).await;
     let (conn, token) = app
         .github_repo("octo-org", "site", &REPO_ID.to_string())
@@ -1175,11 +1132,7 @@ async fn a_node_killed_while_posting_loses_no_update_and_makes_no_second_check_r
     fake.stall_after_create.store(true, Ordering::SeqCst);
     let remotes = dir.path().join("remotes");
     let repo = remotes.join("octo-org").join("site");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("index.js"), "x").unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "site"]);
+    init_repo(&repo, &[("index.js", "x")], "site");
     let sha = String::from_utf8(
         Command::new("git")
             .args(["rev-parse", "HEAD"])
@@ -1209,30 +1162,10 @@ async fn a_node_killed_while_posting_loses_no_update_and_makes_no_second_check_r
     .map(str::to_owned)
     .to_vec();
     let mut node = start_kiln(&data, &remotes, &options).await;
-    let conn = node
-        .call(
-            Method::PUT,
-            "/repos/connections",
-            Some(json!({"provider_type": "github", "provider_account_id": "1",
-                "provider_account_name": "octo-org", "repo_id": REPO_ID.to_string(), "repo_name": "site"})),
-        )
-        .await;
-    let token = node
-        .call(
-            Method::POST,
-            "/tokens",
-            Some(
-                json!({"build_token_name": "t", "build_token_secret": "s3cret-token",
-                "cloudflare_token_id": "cf"}),
-            ),
-        )
-        .await;
-    node.call(
-        Method::POST,
-        "/triggers",
-        Some(json!({"external_script_id": "site", "trigger_name": "prod",
-            "repo_connection_uuid": conn["repo_connection_uuid"], "build_token_uuid": token["build_token_uuid"],
-            "branch_includes": ["main"], "build_command": "echo built", "deploy_command": ""})),
+    node.trigger_with(
+        "site",
+        &REPO_ID.to_string(),
+        json!({"branch_includes": ["main"], "build_command": "echo built"}),
     )
     .await;
     let url = database_url(&options.database_url, &data);

@@ -9,12 +9,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::*;
-use hmac::{Hmac, Mac};
 use kiln::sandbox::SandboxMode;
 use prom_text_format_parser::{Scrape, Type, ValueType};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 /// A token that passes Kiln's strength check.
 const METRICS_TOKEN: &str = "metrics-0f4c2a9e7b1d3865c0e2f4a6b8d1c3e5";
@@ -303,12 +301,6 @@ async fn metrics_move_as_a_build_runs() {
         Some(bytes as f64)
     );
     app.stop().await;
-}
-
-fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("hmac");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 #[tokio::test]

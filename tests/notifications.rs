@@ -15,6 +15,9 @@ use kiln::domain::Permission;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+/// How long "nothing more arrives" is watched: longer than the dispatcher's poll interval (1 s,
+/// `src/notify/dispatch.rs`), so a repeated send would be seen.
+const DISPATCHER_QUIET: Duration = Duration::from_millis(1500);
 const SUBS: &str = "/event_subscriptions";
 const STARTED: &str = "cf.workersBuilds.worker.build.started";
 const SUCCEEDED: &str = "cf.workersBuilds.worker.build.succeeded";
@@ -550,8 +553,11 @@ async fn a_receiver_failing_three_times_gets_each_event_accepted_once_and_in_ord
         assert_eq!(d["attempts"], 4, "{d}");
         assert_eq!(d["response_code"], 204, "{d}");
     }
-    // Nothing more arrives once both are accepted (the dispatcher polls every second).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Nothing more arrives once both are accepted, for longer than the dispatcher's poll (1 s).
+    assert_stays(DISPATCHER_QUIET, "a delivered event arrived again", || {
+        receiver.received().len() == 8
+    })
+    .await;
     let got = receiver.received();
     assert_eq!(got.len(), 8, "{got:#?}");
     assert!(got.iter().all(|e| e.verified), "{got:#?}");
@@ -724,7 +730,10 @@ async fn two_nodes_on_one_database_deliver_each_event_once() {
         d.len() == 6 && d.iter().all(|d| d["status"] == "delivered")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_stays(DISPATCHER_QUIET, "an event was accepted again", || {
+        receiver.accepted().len() == 6
+    })
+    .await;
     let accepted = receiver.accepted();
     assert_eq!(accepted.len(), 6, "{accepted:#?}");
     let ids: std::collections::HashSet<_> = accepted.iter().map(|e| e.id.clone()).collect();

@@ -30,20 +30,6 @@ async fn start_node(
     start_kiln(data, remotes, &options).await
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let ok = std::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "T")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "T")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
-}
-
 #[tokio::test]
 async fn kill_9_mid_build_terminates_the_running_build_and_runs_the_queued_ones() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,43 +43,17 @@ async fn kill_9_mid_build_terminates_the_running_build_and_runs_the_queued_ones(
     let remotes = dir.path().join("remotes");
     let db = fresh_database_url().await;
     let repo = remotes.join("octo-org").join("crash-repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("README.md"), "crash test\n").unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "init"]);
+    init_repo(&repo, &[("README.md", "crash test\n")], "init");
     git(&repo, &["branch", "slow"]);
     let marker = format!("1000.{}", &uuid::Uuid::new_v4().as_u128().to_string()[..12]);
 
     let mut kiln = start(&data, db.as_deref(), &remotes).await;
     use reqwest::Method;
-    let conn = kiln
-        .call(
-            Method::PUT,
-            "/repos/connections",
-            Some(
-                json!({"provider_type": "github", "provider_account_id": "1",
-            "provider_account_name": "octo-org", "repo_id": "77", "repo_name": "crash-repo"}),
-            ),
-        )
+    let t = kiln
+        .trigger_with("crash-repo", "77", json!({"external_script_id": "crash",
+            "build_command": format!("case \"$WORKERS_CI_BRANCH\" in slow) echo slow-started; sleep {marker};; *) echo fast-done;; esac")}))
         .await;
-    let token = kiln
-        .call(
-            Method::POST,
-            "/tokens",
-            Some(
-                json!({"build_token_name": "t", "build_token_secret": "s3cret-token",
-            "cloudflare_token_id": "cf"}),
-            ),
-        )
-        .await;
-    let trigger = kiln
-        .call(Method::POST, "/triggers", Some(json!({"external_script_id": "crash", "trigger_name": "prod",
-            "repo_connection_uuid": conn["repo_connection_uuid"], "build_token_uuid": token["build_token_uuid"],
-            "build_command": format!("case \"$WORKERS_CI_BRANCH\" in slow) echo slow-started; sleep {marker};; *) echo fast-done;; esac"),
-            "deploy_command": ""})))
-        .await;
-    let t = s(&trigger["trigger_uuid"]);
+
     let slow = s(&kiln
         .call(
             Method::POST,
@@ -237,20 +197,9 @@ async fn kill_9_of_a_node_without_the_sandbox_leaves_no_process_of_its_build() {
     .unwrap();
     let remotes = dir.path().join("remotes");
     let repo = remotes.join("octo-org").join("orphan-repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("README.md"), "orphans\n").unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "init"]);
+    init_repo(&repo, &[("README.md", "orphans\n")], "init");
     // Both nodes share one database (SQLite outside either data dir, or PostgreSQL).
-    let db = match backend() {
-        Backend::Sqlite => {
-            let shared = dir.path().join("shared");
-            std::fs::create_dir_all(&shared).unwrap();
-            Some(format!("sqlite://{}/kiln.db", shared.display()))
-        }
-        Backend::Postgres => fresh_database_url().await,
-    };
+    let db = shared_database(dir.path()).await;
     // Where the build would leave its marks (writable by the build user).
     let marks = tempfile::tempdir().unwrap();
     std::fs::set_permissions(

@@ -25,12 +25,10 @@ use axum::http::{HeaderMap, Method as HttpMethod, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use common::*;
-use hmac::{Hmac, Mac};
 use kiln::domain::Permission;
 use kiln::git::{GitCache, GitError};
 use reqwest::Method;
 use serde_json::{Value, json};
-use sha2::Sha256;
 use tokio::io::AsyncWriteExt;
 
 /// Account A's installation: it covers `octo-org/site`.
@@ -307,36 +305,6 @@ fn app_key() -> String {
     String::from_utf8(out.stdout).expect("pem")
 }
 
-fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("hmac");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// A signed delivery; returns the builds it queued.
-async fn deliver(app: &TestApp, event: &str, payload: &Value) -> Vec<String> {
-    let body = serde_json::to_vec(payload).expect("json");
-    let resp = app
-        .client
-        .post(format!("{}/webhooks/github", app.base))
-        .header("content-type", "application/json")
-        .header("x-github-event", event)
-        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-        .header("x-hub-signature-256", sign(&body))
-        .body(body)
-        .send()
-        .await
-        .expect("deliver");
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.expect("json");
-    v["result"]["builds"]
-        .as_array()
-        .expect("builds")
-        .iter()
-        .map(s)
-        .collect()
-}
-
 fn push_payload(repo_id: u64, full_name: &str, sha: &str, installation: Option<i64>) -> Value {
     let mut p = json!({"ref": "refs/heads/main", "after": sha, "deleted": false,
         "repository": {"id": repo_id, "full_name": full_name, "private": true},
@@ -528,7 +496,7 @@ async fn another_accounts_private_repository_is_never_cloned_built_or_reported()
         .await;
 
     // A's push builds A's trigger only.
-    let built = deliver(
+    let built = deliver_accepted(
         &app,
         "push",
         &push_payload(
@@ -563,7 +531,7 @@ async fn another_accounts_private_repository_is_never_cloned_built_or_reported()
     );
     wait_check_run_completed(&fake, &built[0]).await;
     // A pull request of A's repository builds nothing of B's either.
-    let pr = deliver(
+    let pr = deliver_accepted(
         &app,
         "pull_request",
         &pull_request_payload(SITE_REPO_ID, "octo-org/site", &site_sha, A_INSTALLATION),
@@ -576,7 +544,7 @@ async fn another_accounts_private_repository_is_never_cloned_built_or_reported()
     assert!(b.builds_of("stolen").await.is_empty());
 
     // B's own repository works for B, with B's token.
-    let tools = deliver(
+    let tools = deliver_accepted(
         &app,
         "push",
         &push_payload(
@@ -732,7 +700,7 @@ async fn another_accounts_private_repository_is_never_cloned_built_or_reported()
             .await
             .unwrap()
     );
-    let built = deliver(
+    let built = deliver_accepted(
         &app,
         "push",
         &push_payload(
@@ -780,7 +748,7 @@ async fn without_an_app_deliveries_build_only_the_linked_accounts_and_nothing_wi
     let stolen = b.trigger("stolen", "octo-org", "site", &site_id).await;
 
     // A repository webhook (no installation): nobody's trigger builds.
-    let none = deliver(
+    let none = deliver_accepted(
         &app,
         "push",
         &push_payload(SITE_REPO_ID, "octo-org/site", &sha, None),
@@ -788,7 +756,7 @@ async fn without_an_app_deliveries_build_only_the_linked_accounts_and_nothing_wi
     .await;
     assert!(none.is_empty(), "{none:?}");
     // The App's delivery: only the account linked to its installation.
-    let built = deliver(
+    let built = deliver_accepted(
         &app,
         "push",
         &push_payload(SITE_REPO_ID, "octo-org/site", &sha, Some(A_INSTALLATION)),

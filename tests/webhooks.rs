@@ -8,20 +8,12 @@
 mod common;
 
 use common::*;
-use hmac::{Hmac, Mac};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 const REPO_ID: u64 = 186_853_002;
 /// The GitHub App installation the payloads name (linked to [`ACCOUNT`] by [`monorepo`]).
 const INSTALLATION: i64 = 2311213;
-
-fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
 
 async fn deliver(
     app: &TestApp,
@@ -48,7 +40,7 @@ async fn deliver_to(
         .header("x-github-event", event)
         .header("x-github-delivery", delivery)
         .header("user-agent", "GitHub-Hookshot/044aadd");
-    if let Some(sig) = signature.or_else(|| Some(sign(WEBHOOK_SECRET, &body))) {
+    if let Some(sig) = signature.or_else(|| Some(sign_with(WEBHOOK_SECRET, &body))) {
         req = req.header("x-hub-signature-256", sig);
     }
     let resp = req.body(body).send().await.expect("deliver");
@@ -174,9 +166,9 @@ async fn unsigned_tags_deletions_and_filtered_pushes_build_nothing() {
     let body = serde_json::to_vec(&payload).unwrap();
     for sig in [
         "".to_owned(),
-        sign("wrong-secret", &body),
+        sign_with("wrong-secret", &body),
         "sha256=00".to_owned(),
-        sign(WEBHOOK_SECRET, b"other body"),
+        sign_with(WEBHOOK_SECRET, b"other body"),
     ] {
         let (status, v) = deliver(&app, "push", "d-1", &payload, Some(sig)).await;
         assert_error(status, &v, 401, 10000);
@@ -968,7 +960,10 @@ async fn deliver_form(
         .header("content-type", "application/x-www-form-urlencoded")
         .header("x-github-event", event)
         .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", sign(WEBHOOK_SECRET, body.as_bytes()))
+        .header(
+            "x-hub-signature-256",
+            sign_with(WEBHOOK_SECRET, body.as_bytes()),
+        )
         .body(body)
         .send()
         .await
@@ -1004,7 +999,7 @@ async fn a_form_encoded_delivery_builds_like_a_json_one() {
         .header("x-github-delivery", "form-2")
         .header(
             "x-hub-signature-256",
-            sign(WEBHOOK_SECRET, payload.to_string().as_bytes()),
+            sign_with(WEBHOOK_SECRET, payload.to_string().as_bytes()),
         )
         .body(form)
         .send()

@@ -5,10 +5,8 @@
 mod common;
 
 use common::*;
-use hmac::{Hmac, Mac};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 const WORKER: &str = "site-worker";
 const REPO_ID: u64 = 482_913_377;
@@ -434,37 +432,14 @@ async fn configurations_are_scoped_validated_and_never_reveal_secrets() {
     app.stop().await;
 }
 
-fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("hmac");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 /// Delivers a signed push of `branch`; returns the builds it queued.
 async fn push(app: &TestApp, branch: &str, after: &str) -> Vec<Value> {
-    let commit = json!({"id": after, "message": "Change", "timestamp": "2026-11-23T10:00:00Z",
-        "author": {"name": "Mona", "email": "mona@example.com"},
-        "added": ["src/index.ts"], "removed": [], "modified": []});
-    let payload = json!({"ref": format!("refs/heads/{branch}"), "before": "0".repeat(40), "after": after,
-        "created": true, "deleted": false, "forced": false, "commits": [commit.clone()], "head_commit": commit,
-        "repository": {"id": REPO_ID, "name": "site", "full_name": "acme/site",
-            "owner": {"login": "acme", "id": 6811672}},
-        "installation": {"id": INSTALLATION}});
-    let body = serde_json::to_vec(&payload).expect("json");
-    let resp = app
-        .client
-        .post(format!("{}/webhooks/github", app.base))
-        .header("content-type", "application/json")
-        .header("x-github-event", "push")
-        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-        .header("x-hub-signature-256", sign(&body))
-        .body(body)
-        .send()
+    let payload = push_payload(REPO_ID, INSTALLATION, branch, after);
+    deliver_accepted(app, "push", &payload)
         .await
-        .expect("deliver");
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.expect("json");
-    v["result"]["builds"].as_array().expect("builds").clone()
+        .into_iter()
+        .map(Value::String)
+        .collect()
 }
 
 /// The trigger a build (by id) ran with, and the build.

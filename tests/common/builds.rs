@@ -31,6 +31,21 @@ pub fn git(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A new repository at `dir` (created) on branch `main` with one commit of `files`
+/// (`(path, content)`), its message `message`.
+pub fn init_repo(dir: &Path, files: &[(&str, &str)], message: &str) {
+    std::fs::create_dir_all(dir).expect("create the repository's directory");
+    git(dir, &["init", "-q", "-b", "main"]);
+    for (name, content) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().expect("a file below the repository"))
+            .expect("create a directory of the repository");
+        std::fs::write(path, content).expect("write a file of the repository");
+    }
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", message]);
+}
+
 /// Creates (or adds a commit to) the repository the fixture of `worker` connects to.
 pub fn commit_files(app: &TestApp, worker: &str, files: &[(&str, &str)], message: &str) -> PathBuf {
     let dir = app

@@ -4,12 +4,15 @@
 #![allow(dead_code)]
 
 pub mod builds;
+pub mod github;
 pub mod process;
 pub mod receiver;
 pub mod sse;
 
 #[allow(unused_imports)]
 pub use builds::*;
+#[allow(unused_imports)]
+pub use github::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]
@@ -75,6 +78,33 @@ pub async fn fresh_database_url() -> Option<String> {
                 .to_owned();
             Some(format!("{base}/{name}"))
         }
+    }
+}
+
+/// Checks that `holds` stays true for all of `window`, looking every 20 ms, and fails at the first
+/// look where it does not: for "nothing more happens" checks, whose window must span the period of
+/// whatever could still act (a poll interval, a retry delay).
+pub async fn assert_stays(window: std::time::Duration, what: &str, holds: impl Fn() -> bool) {
+    let end = tokio::time::Instant::now() + window;
+    loop {
+        assert!(holds(), "{what}");
+        if tokio::time::Instant::now() >= end {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The database URL several server processes share: a SQLite file in `dir/shared` (outside every
+/// node's data dir), or a fresh PostgreSQL database.
+pub async fn shared_database(dir: &std::path::Path) -> Option<String> {
+    match backend() {
+        Backend::Sqlite => {
+            let shared = dir.join("shared");
+            std::fs::create_dir_all(&shared).expect("create the shared directory");
+            Some(format!("sqlite://{}/kiln.db", shared.display()))
+        }
+        Backend::Postgres => fresh_database_url().await,
     }
 }
 

@@ -204,6 +204,17 @@ impl KilnProcess {
     /// A connection to `octo-org/<repo>`, a build token and a trigger running `build_command`;
     /// returns the trigger's id.
     pub async fn trigger(&self, repo: &str, repo_id: &str, build_command: &str) -> String {
+        self.trigger_with(
+            repo,
+            repo_id,
+            serde_json::json!({"build_command": build_command}),
+        )
+        .await
+    }
+
+    /// A connection to `octo-org/<repo>`, a build token and a trigger of Worker `<repo>` without
+    /// commands, `extra` fields merged into its body; returns the trigger's id.
+    pub async fn trigger_with(&self, repo: &str, repo_id: &str, extra: Value) -> String {
         use reqwest::Method;
         let conn = self
             .call(
@@ -223,18 +234,13 @@ impl KilnProcess {
                     "cloudflare_token_id": "cf"})),
             )
             .await;
-        let trigger = self
-            .call(
-                Method::POST,
-                "/triggers",
-                Some(
-                    serde_json::json!({"external_script_id": repo, "trigger_name": "prod",
-                    "repo_connection_uuid": conn["repo_connection_uuid"],
-                    "build_token_uuid": token["build_token_uuid"],
-                    "build_command": build_command, "deploy_command": ""}),
-                ),
-            )
-            .await;
+        let mut body = serde_json::json!({"external_script_id": repo, "trigger_name": "prod",
+            "repo_connection_uuid": conn["repo_connection_uuid"],
+            "build_token_uuid": token["build_token_uuid"], "build_command": "", "deploy_command": ""});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let trigger = self.call(Method::POST, "/triggers", Some(body)).await;
         s(&trigger["trigger_uuid"])
     }
 }

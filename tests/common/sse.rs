@@ -65,6 +65,31 @@ impl SseReader {
         }
     }
 
+    /// The next comment (a keep-alive); panics when an event or the end of the stream comes first,
+    /// or after [`EVENT_DEADLINE`].
+    pub async fn next_comment(&mut self) -> String {
+        let seen = self.comments.len();
+        loop {
+            if let Some(end) = find(&self.buf, b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8(block).expect("events are UTF-8");
+                if let Some(event) = self.parse(&text) {
+                    panic!("expected a comment, got {event:?}");
+                }
+                if let Some(comment) = self.comments.get(seen) {
+                    return comment.clone();
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(EVENT_DEADLINE, self.response.chunk())
+                .await
+                .expect("no comment in time")
+                .expect("read the stream")
+                .expect("the stream ended before a comment");
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
     fn parse(&mut self, block: &str) -> Option<SseEvent> {
         let mut event = None;
         let mut id = None;
