@@ -1,5 +1,7 @@
-//! The `kiln` command line: `serve`, `tokens`, `accounts`, `installations` and `toolchains`.
+//! The `kiln` command line: `serve`, `tokens`, `accounts`, `installations` and `toolchains` on the
+//! data dir, and the client commands that call a server's API ([`client`]).
 
+pub mod client;
 mod secrets;
 
 use std::path::PathBuf;
@@ -20,7 +22,7 @@ use crate::toolchain::{Tool, ToolchainStore, bundled_npm_spec};
 
 /// Kiln: a self-hosted build service speaking the Cloudflare Workers Builds API.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version)]
+#[command(name = "kiln", version, after_help = client::EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -50,6 +52,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ToolchainsCommand,
     },
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -520,8 +524,9 @@ pub struct CreateTokenArgs {
     pub store: StoreArgs,
 }
 
-/// Runs a parsed command line.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command line. A client command reports its own error and gives its exit code
+/// ([`client::EXIT_CODES`]); the others' errors are returned.
+pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     secrets::warn_about_argv_secrets(&std::env::args().collect::<Vec<_>>());
     match cli.command {
         Command::Serve(args) => serve(*args).await,
@@ -529,7 +534,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Accounts { command } => accounts(command).await,
         Command::Installations { command } => installations(command).await,
         Command::Toolchains { command } => toolchains(command).await,
+        Command::Client(command) => return Ok(client::run(command).await),
     }
+    .map(|()| std::process::ExitCode::SUCCESS)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
