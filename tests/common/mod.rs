@@ -6,6 +6,7 @@
 pub mod builds;
 pub mod github;
 pub mod process;
+pub mod proxy;
 pub mod receiver;
 pub mod sse;
 

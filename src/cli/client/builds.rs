@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -87,7 +88,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub commit: Option<String>,
     /// Follow the build's log until it ends and exit with its outcome: 0 success, 1 fail,
-    /// 3 cancelled, terminated or skipped.
+    /// 3 cancelled, terminated or skipped (with `--json`, print the finished build, not the log).
     #[arg(long)]
     pub wait: bool,
     #[command(flatten)]
@@ -158,7 +159,11 @@ pub async fn builds(command: BuildsCommand) -> anyhow::Result<u8> {
         BuildsCommand::List(args) => list(args).await,
         BuildsCommand::Show { id, common } => {
             let ctx = Ctx::connect(&common).await?;
-            let build = ctx.api.get(&ctx.path(&["builds", &id]), &[]).await?;
+            let build = ctx
+                .api
+                .get(&ctx.path(&["builds", &id]), &[])
+                .await
+                .with_context(|| format!("build {id}"))?;
             if ctx.out.json {
                 ctx.out.print_json(&build)?;
             } else {
@@ -371,6 +376,8 @@ fn show(b: &Value) -> anyhow::Result<()> {
 struct Printer {
     out: Out,
     timestamps: bool,
+    /// Print no line (`build --wait --json` prints only the finished build).
+    quiet: bool,
     /// Shown until the first line arrives.
     spinner: Option<indicatif::ProgressBar>,
     /// Updates the spinner with the queue's explanation while the build waits.
@@ -382,6 +389,7 @@ impl Printer {
         Printer {
             out,
             timestamps,
+            quiet: false,
             spinner: None,
             poller: None,
         }
@@ -428,6 +436,9 @@ impl Printer {
 
     fn print(&mut self, (at, message): &LogLine) -> anyhow::Result<()> {
         self.stop_spinner();
+        if self.quiet {
+            return Ok(());
+        }
         let mut stdout = std::io::stdout().lock();
         if self.out.json {
             serde_json::to_writer(&mut stdout, &json!([at, message]))?;
@@ -484,7 +495,8 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<u8> {
             &[],
             Some(&Value::Object(body)),
         )
-        .await?;
+        .await
+        .with_context(|| format!("starting a build of trigger {}", args.trigger))?;
     let id = text(&created, "build_uuid").to_owned();
     anyhow::ensure!(!id.is_empty(), "the server's answer has no build_uuid");
     if !args.wait {
@@ -499,6 +511,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<u8> {
         eprintln!("Queued build {id}");
     }
     let mut printer = Printer::new(ctx.out, false);
+    printer.quiet = ctx.out.json;
     printer.wait_for_start(&ctx, &id);
     let end = follow(&ctx.api, &ctx.account, &id, &mut printer).await;
     printer.stop_spinner();
@@ -524,10 +537,13 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<u8> {
 pub async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
     let ctx = Ctx::connect(&args.common).await?;
     let mut printer = Printer::new(ctx.out, args.timestamps);
-    if args.follow {
-        follow(&ctx.api, &ctx.account, &args.id, &mut printer).await?;
+    let done = if args.follow {
+        follow(&ctx.api, &ctx.account, &args.id, &mut printer)
+            .await
+            .map(drop)
     } else {
-        page_logs(&ctx.api, &ctx.account, &args.id, |line| printer.print(line)).await?;
-    }
+        page_logs(&ctx.api, &ctx.account, &args.id, |line| printer.print(line)).await
+    };
+    done.with_context(|| format!("the log of build {}", args.id))?;
     Ok(0)
 }

@@ -159,9 +159,7 @@ pub async fn follow(
         };
         failed += 1;
         if failed > MAX_FAILED_ATTEMPTS {
-            anyhow::bail!(
-                "following the log of build {build}: {why} (gave up after {MAX_FAILED_ATTEMPTS} attempts)"
-            );
+            anyhow::bail!("{why} (gave up after {MAX_FAILED_ATTEMPTS} attempts in a row)");
         }
         let backoff = BACKOFF_START
             .saturating_mul(1 << (failed - 1).min(8))
