@@ -101,8 +101,14 @@ impl Client {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(KILN);
-        cmd.args(args)
-            .env_clear()
+        cmd.args(args);
+        self.environment(&mut cmd);
+        cmd
+    }
+
+    /// The client's environment (and piped output) on `cmd`.
+    fn environment(&self, cmd: &mut Command) {
+        cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.home.path())
             .stdout(Stdio::piped())
@@ -111,7 +117,33 @@ impl Client {
         for (name, value) in &self.env {
             cmd.env(name, value);
         }
-        cmd
+    }
+
+    /// Runs `kiln <args>` with a terminal (a pseudo-terminal of `script`) as its standard input,
+    /// output and error, with `extra` variables; returns what the terminal showed, lines ending in
+    /// `\n`.
+    async fn run_on_terminal(&self, args: &[&str], extra: &[(&str, &str)]) -> Ran {
+        let line = std::iter::once(KILN)
+            .chain(args.iter().copied())
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"]);
+        self.environment(&mut cmd);
+        cmd.env("TERM", "xterm-256color").stdin(Stdio::null());
+        for (name, value) in extra {
+            cmd.env(name, value);
+        }
+        let output = tokio::time::timeout(COMMAND_DEADLINE, cmd.output())
+            .await
+            .expect("kiln on a terminal finishes in time")
+            .expect("run script");
+        Ran {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).replace("\r\n", "\n"),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
     }
 
     /// Runs `kiln <args>` with `stdin` as its standard input (else none).
@@ -271,7 +303,7 @@ async fn login_stores_a_private_profile_that_commands_use_until_logout() {
         .failed(
             2,
             "env token over the profile",
-            &["Authentication error", "10000"],
+            &["Authentication error", "10000", "refused the API token"],
         );
     client.unset("KILN_API_TOKEN");
 
@@ -872,7 +904,7 @@ async fn build_wait_exits_with_the_outcome() {
     set_commands(
         &app,
         &f.trigger,
-        "printf '\\033[31mred\\033[0m text\\n'; echo built-ok",
+        "printf '\\033[31mred\\033[0m text\\n'; printf '\\033]0;pwned\\007titled\\n'; echo built-ok",
         "",
     )
     .await;
@@ -902,6 +934,59 @@ async fn build_wait_exits_with_the_outcome() {
             .map(|l| console_strip(l))
             .collect::<Vec<_>>()
     );
+    assert!(lines.contains(&"titled"), "{ran:#?}");
+    // On a terminal the colours stay (and are reset at the line's end); other sequences never do.
+    let shown = client
+        .run_on_terminal(&["logs", &id], &[])
+        .await
+        .ok("logs on a terminal");
+    assert!(
+        shown
+            .stdout
+            .lines()
+            .any(|l| l == "\u{1b}[31mred\u{1b}[0m text\u{1b}[0m"),
+        "{shown:#?}"
+    );
+    assert!(shown.stdout.lines().any(|l| l == "titled"), "{shown:#?}");
+    assert!(
+        !shown.stdout.contains("\u{1b}]"),
+        "no OSC sequence: {shown:#?}"
+    );
+    let shown = client
+        .run_on_terminal(&["logs", &id], &[("NO_COLOR", "1")])
+        .await
+        .ok("logs on a terminal with NO_COLOR");
+    assert!(shown.stdout.lines().any(|l| l == "red text"), "{shown:#?}");
+    assert!(!shown.stdout.contains('\u{1b}'), "{shown:#?}");
+    // JSON lines: the API's [seconds, line] pairs; -t: each line after its time.
+    let ran = client.run(&["logs", &id, "--json"]).await.ok("logs --json");
+    let stored = all_logs(&app, &id).await;
+    let pairs: Vec<Value> = ran
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(pairs.len(), stored.len());
+    assert!(
+        pairs
+            .iter()
+            .zip(&stored)
+            .all(|(p, l)| p[0].is_number() && p[1] == json!(l))
+    );
+    let ran = client.run(&["logs", &id, "-t"]).await.ok("logs -t");
+    let timed: Vec<(&str, &str)> = ran
+        .stdout
+        .lines()
+        .map(|l| l.split_once(' ').expect("time and text"))
+        .collect();
+    assert_eq!(timed.len(), stored.len());
+    assert!(
+        timed.iter().any(|(_, text)| *text == "built-ok"),
+        "{ran:#?}"
+    );
+    for (time, _) in &timed {
+        assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
+    }
 
     set_commands(&app, &f.trigger, "echo about-to-fail; exit 7", "").await;
     let ran = client
@@ -953,23 +1038,12 @@ async fn build_wait_exits_with_the_outcome() {
     app.stop().await;
 }
 
-/// A log line as printed off a terminal: without escape sequences.
+/// A log line as printed off a terminal: without escape sequences and control characters.
 fn console_strip(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else if !c.is_control() || c == '\t' {
-            out.push(c);
-        }
-    }
-    out
+    console::strip_ansi_codes(line)
+        .chars()
+        .filter(|c| *c == '\t' || !c.is_control())
+        .collect()
 }
 
 #[tokio::test]

@@ -84,10 +84,10 @@ pub enum ClientCommand {
 }
 
 /// A connected command's context: the client, the account, how to print.
-pub struct Ctx {
-    pub api: Api,
-    pub account: String,
-    pub out: Out,
+struct Ctx {
+    api: Api,
+    account: String,
+    out: Out,
 }
 
 impl Ctx {
@@ -139,6 +139,17 @@ pub async fn run(command: ClientCommand) -> ExitCode {
                     .for_stderr()
                     .apply_to("error:")
             );
+            let refused = e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<http::ApiFailure>()
+                    .is_some_and(|f| f.status == reqwest::StatusCode::UNAUTHORIZED)
+            });
+            if refused {
+                eprintln!(
+                    "The server refused the API token: check {} or run `kiln login` again.",
+                    config::ENV_TOKEN
+                );
+            }
             ExitCode::from(EXIT_ERROR)
         }
     }

@@ -192,13 +192,20 @@ pub async fn builds(command: BuildsCommand) -> anyhow::Result<u8> {
     }
 }
 
-/// Order of the overview: failed builds, then builds in progress, then the rest.
-fn rank(build: &Value) -> u8 {
-    match build_state(build) {
+/// Sorts the overview's builds as the dashboard's overview does: failed (and terminated) builds
+/// first, then builds in progress, then the rest; newest first within each (RFC 3339 times in UTC
+/// compare as text).
+fn overview_order(builds: &mut [Value]) {
+    let rank = |build: &Value| match build_state(build) {
         "fail" | "terminated" => 0,
         "queued" | "initializing" | "running" => 1,
         _ => 2,
-    }
+    };
+    builds.sort_by(|a, b| {
+        rank(a)
+            .cmp(&rank(b))
+            .then_with(|| text(b, "created_on").cmp(text(a, "created_on")))
+    });
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<u8> {
@@ -240,12 +247,7 @@ async fn list(args: ListArgs) -> anyhow::Result<u8> {
                             .is_none_or(|want| b["build_outcome"].as_str() == Some(want))
                 })
                 .collect();
-            // Newest first within a rank (RFC 3339 times in UTC compare as text).
-            builds.sort_by(|a, b| {
-                rank(a)
-                    .cmp(&rank(b))
-                    .then_with(|| text(b, "created_on").cmp(text(a, "created_on")))
-            });
+            overview_order(&mut builds);
             if let Some(limit) = limit {
                 builds.truncate(limit);
             }
@@ -546,4 +548,38 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
     };
     done.with_context(|| format!("the log of build {}", args.id))?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_overview_puts_failed_then_running_builds_first_newest_first() {
+        let build = |id: &str, status: &str, outcome: Option<&str>, created: &str| {
+            json!({"build_uuid": id, "status": status, "build_outcome": outcome,
+                "created_on": format!("2026-11-30T{created}.000Z")})
+        };
+        let mut builds = vec![
+            build("ok-new", "stopped", Some("success"), "10:00:00"),
+            build("running", "running", None, "09:00:00"),
+            build("failed-old", "stopped", Some("fail"), "08:00:00"),
+            build("cancelled", "stopped", Some("cancelled"), "11:00:00"),
+            build("queued", "queued", None, "09:30:00"),
+            build("terminated", "stopped", Some("terminated"), "08:30:00"),
+        ];
+        overview_order(&mut builds);
+        let order: Vec<&str> = builds.iter().map(|b| text(b, "build_uuid")).collect();
+        assert_eq!(
+            order,
+            [
+                "terminated",
+                "failed-old",
+                "queued",
+                "running",
+                "cancelled",
+                "ok-new"
+            ]
+        );
+    }
 }

@@ -93,11 +93,6 @@ impl Api {
         })
     }
 
-    /// The server's base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     /// `<base>/client/v4/<segments…>`, each segment percent-encoded (a Worker name or an id typed
     /// by the user cannot change the path).
     pub fn url(&self, segments: &[&str]) -> anyhow::Result<url::Url> {

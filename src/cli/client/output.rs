@@ -48,6 +48,10 @@ impl Out {
             return indicatif::ProgressBar::hidden();
         }
         let bar = indicatif::ProgressBar::new_spinner();
+        // `wide_msg`: the message is cut to the terminal's width, so that the line never wraps.
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {wide_msg}") {
+            bar.set_style(style);
+        }
         bar.set_message(message.to_owned());
         bar.enable_steady_tick(std::time::Duration::from_millis(100));
         bar
