@@ -36,8 +36,8 @@ pub enum WorkersCommand {
 /// `kiln builds …`
 #[derive(Debug, Subcommand)]
 pub enum BuildsCommand {
-    /// A Worker's builds, newest first; without `--worker`, each Worker's latest build, failed and
-    /// running ones first (`--branch` and `--outcome` then filter those).
+    /// A Worker's builds, newest first; without `--worker`, each Worker's latest build, running,
+    /// then failed, then queued ones first (`--branch` and `--outcome` then filter those).
     List(ListArgs),
     /// A build: its trigger, commit, times; for a queued build, why it waits and when it should
     /// start.
@@ -192,19 +192,20 @@ pub async fn builds(command: BuildsCommand) -> anyhow::Result<u8> {
     }
 }
 
-/// Sorts the overview's builds as the dashboard's overview does: failed (and terminated) builds
-/// first, then builds in progress, then the rest; newest first within each (RFC 3339 times in UTC
-/// compare as text).
+/// Sorts the overview's builds as the dashboard's Workers overview does: running (and initializing)
+/// builds first, then failed (and terminated) ones, then queued ones, then the rest; by Worker
+/// within each.
 fn overview_order(builds: &mut [Value]) {
-    let rank = |build: &Value| match build_state(build) {
-        "fail" | "terminated" => 0,
-        "queued" | "initializing" | "running" => 1,
-        _ => 2,
+    let urgency = |build: &Value| match build_state(build) {
+        "running" | "initializing" => 0,
+        "fail" | "terminated" => 1,
+        "queued" => 2,
+        _ => 3,
     };
     builds.sort_by(|a, b| {
-        rank(a)
-            .cmp(&rank(b))
-            .then_with(|| text(b, "created_on").cmp(text(a, "created_on")))
+        urgency(a).cmp(&urgency(b)).then_with(|| {
+            text(&a["trigger"], "external_script_id").cmp(text(&b["trigger"], "external_script_id"))
+        })
     });
 }
 
@@ -555,30 +556,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_overview_puts_failed_then_running_builds_first_newest_first() {
-        let build = |id: &str, status: &str, outcome: Option<&str>, created: &str| {
-            json!({"build_uuid": id, "status": status, "build_outcome": outcome,
-                "created_on": format!("2026-11-30T{created}.000Z")})
+    fn the_overview_puts_running_then_failed_then_queued_builds_first() {
+        let build = |worker: &str, status: &str, outcome: Option<&str>| {
+            json!({"status": status, "build_outcome": outcome,
+                "trigger": {"external_script_id": worker}})
         };
         let mut builds = vec![
-            build("ok-new", "stopped", Some("success"), "10:00:00"),
-            build("running", "running", None, "09:00:00"),
-            build("failed-old", "stopped", Some("fail"), "08:00:00"),
-            build("cancelled", "stopped", Some("cancelled"), "11:00:00"),
-            build("queued", "queued", None, "09:30:00"),
-            build("terminated", "stopped", Some("terminated"), "08:30:00"),
+            build("a-ok", "stopped", Some("success")),
+            build("b-queued", "queued", None),
+            build("c-failed", "stopped", Some("fail")),
+            build("d-cancelled", "stopped", Some("cancelled")),
+            build("e-running", "running", None),
+            build("f-terminated", "stopped", Some("terminated")),
+            build("g-initializing", "initializing", None),
         ];
         overview_order(&mut builds);
-        let order: Vec<&str> = builds.iter().map(|b| text(b, "build_uuid")).collect();
+        let order: Vec<&str> = builds
+            .iter()
+            .map(|b| text(&b["trigger"], "external_script_id"))
+            .collect();
         assert_eq!(
             order,
             [
-                "terminated",
-                "failed-old",
-                "queued",
-                "running",
-                "cancelled",
-                "ok-new"
+                "e-running",
+                "g-initializing",
+                "c-failed",
+                "f-terminated",
+                "b-queued",
+                "a-ok",
+                "d-cancelled"
             ]
         );
     }
