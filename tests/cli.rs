@@ -264,31 +264,21 @@ async fn login_stores_a_private_profile_that_commands_use_until_logout() {
     let build = queue(&app, &f.trigger, json!({"branch": "main"})).await;
     let mut follower = client.spawn(&["logs", "-f", &build]);
     let pid = follower.id().expect("pid");
-    // It is running once its stream is open (a following client keeps a connection).
-    let deadline = tokio::time::Instant::now() + COMMAND_DEADLINE;
-    loop {
+    // It is running once it connected (a following client keeps its connection).
+    wait_until(COMMAND_DEADLINE, "logs -f never connected", || {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
         let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
         assert!(!String::from_utf8_lossy(&cmdline).contains(ADMIN_TOKEN));
         assert!(!String::from_utf8_lossy(&environ).contains(ADMIN_TOKEN));
-        // /proc/<pid>/fd holds a socket once the stream is open.
-        let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
             .expect("fds")
             .flatten()
-            .filter(|e| {
+            .any(|e| {
                 std::fs::read_link(e.path())
                     .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
             })
-            .count();
-        if sockets > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "logs -f never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert!(
         follower.try_wait().expect("try_wait").is_none(),
         "logs -f ended early"
@@ -1071,14 +1061,10 @@ async fn logs_follow_a_running_build_through_a_dropped_connection() {
     // The build waits at its gate: cut the connection mid-stream, then let the build go on.
     let before = proxy.connections();
     proxy.cut();
-    let deadline = tokio::time::Instant::now() + COMMAND_DEADLINE;
-    while proxy.connections() == before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "logs -f never reconnected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(COMMAND_DEADLINE, "logs -f never reconnected", || {
+        proxy.connections() > before
+    })
+    .await;
     std::fs::write(&gate, "go").unwrap();
     while let Some(line) = tokio::time::timeout(COMMAND_DEADLINE, lines.next_line())
         .await

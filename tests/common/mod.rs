@@ -96,6 +96,15 @@ pub async fn assert_stays(window: std::time::Duration, what: &str, holds: impl F
     }
 }
 
+/// Waits until `cond` holds, looking every 20 ms; fails with `what` after `within`.
+pub async fn wait_until(within: std::time::Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The database URL several server processes share: a SQLite file in `dir/shared` (outside every
 /// node's data dir), or a fresh PostgreSQL database.
 pub async fn shared_database(dir: &std::path::Path) -> Option<String> {
