@@ -8,11 +8,13 @@
 
 mod builds;
 mod config;
+mod env_vars;
+mod hooks;
 mod http;
 mod login;
 mod logs;
 mod output;
-mod settings;
+mod triggers;
 
 use std::process::ExitCode;
 
@@ -74,13 +76,13 @@ pub enum ClientCommand {
     Logs(builds::LogsArgs),
     /// A Worker's triggers: list, show, create, update, delete, purge the build cache.
     #[command(subcommand, after_help = EXIT_CODES)]
-    Triggers(Box<settings::TriggersCommand>),
+    Triggers(Box<triggers::TriggersCommand>),
     /// A trigger's environment variables (secret values are read from standard input or a prompt).
     #[command(subcommand, after_help = EXIT_CODES)]
-    Env(settings::EnvCommand),
+    Env(env_vars::EnvCommand),
     /// A Worker's deploy hooks.
     #[command(subcommand, after_help = EXIT_CODES)]
-    Hooks(settings::HooksCommand),
+    Hooks(hooks::HooksCommand),
 }
 
 /// A connected command's context: the client, the account, how to print.
@@ -107,6 +109,19 @@ impl Ctx {
         Ok(Ctx { api, account, out })
     }
 
+    /// Prints `result` as JSON with `--json`, else the text `human` makes of it.
+    fn print(
+        &self,
+        result: &serde_json::Value,
+        human: impl FnOnce(&serde_json::Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        if self.out.json {
+            self.out.print_json(result)
+        } else {
+            human(result)
+        }
+    }
+
     /// `accounts/{account}/builds/<rest…>` as path segments.
     fn path<'a>(&'a self, rest: &[&'a str]) -> Vec<&'a str> {
         let mut segments = vec!["accounts", self.account.as_str(), "builds"];
@@ -124,9 +139,9 @@ pub async fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Builds(c) => builds::builds(c).await,
         ClientCommand::Build(args) => builds::build(args).await,
         ClientCommand::Logs(args) => builds::logs(args).await,
-        ClientCommand::Triggers(c) => settings::triggers(*c).await,
-        ClientCommand::Env(c) => settings::env(c).await,
-        ClientCommand::Hooks(c) => settings::hooks(c).await,
+        ClientCommand::Triggers(c) => triggers::triggers(*c).await,
+        ClientCommand::Env(c) => env_vars::env(c).await,
+        ClientCommand::Hooks(c) => hooks::hooks(c).await,
     };
     match result {
         Ok(code) => ExitCode::from(code),

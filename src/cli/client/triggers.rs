@@ -1,16 +1,12 @@
-//! `kiln triggers`, `kiln env` and `kiln hooks`: a Worker's triggers (commands, branch filters, watch
-//! paths, root directory, build cache), a trigger's environment variables (secret values read from
-//! standard input or a prompt, never the command line) and a Worker's deploy hooks.
+//! `kiln triggers`: a Worker's triggers (commands, branch filters, watch paths, root directory,
+//! build cache).
 
-use std::io::{BufRead, IsTerminal};
-
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::output::{Table, age, local_time, or_dash, print_fields, strip_controls, text};
-use super::{Common, Ctx, read_secret};
+use super::output::{Table, local_time, or_dash, print_fields, strip_controls, text};
+use super::{Common, Ctx};
 
 /// `kiln triggers …`
 #[derive(Debug, Subcommand)]
@@ -160,79 +156,6 @@ pub struct UpdateArgs {
     pub common: Common,
 }
 
-/// `kiln env …`
-#[derive(Debug, Subcommand)]
-pub enum EnvCommand {
-    /// A trigger's variables (secret values are never shown).
-    List {
-        /// The trigger's id.
-        trigger: String,
-        #[command(flatten)]
-        common: Common,
-    },
-    /// Set variables: `NAME=VALUE` for a plain value, or `NAME` alone to read the value from
-    /// standard input (one variable: all of it; several: one line each) or from a prompt.
-    Set {
-        /// The trigger's id.
-        trigger: String,
-        /// `NAME=VALUE` or `NAME` (with `--secret`, `NAME` only: secrets never go on the command
-        /// line).
-        #[arg(required = true, value_name = "NAME[=VALUE]")]
-        vars: Vec<String>,
-        /// Store the values as secrets (never shown again, masked in build logs).
-        #[arg(long)]
-        secret: bool,
-        #[command(flatten)]
-        common: Common,
-    },
-    /// Delete variables.
-    Delete {
-        /// The trigger's id.
-        trigger: String,
-        #[arg(required = true, value_name = "NAME")]
-        names: Vec<String>,
-        #[command(flatten)]
-        common: Common,
-    },
-}
-
-/// `kiln hooks …`
-#[derive(Debug, Subcommand)]
-pub enum HooksCommand {
-    /// A Worker's deploy hooks.
-    List {
-        /// The Worker (its script name).
-        #[arg(long)]
-        worker: String,
-        #[command(flatten)]
-        common: Common,
-    },
-    /// Create a deploy hook; its URL (a secret: whoever has it can start builds) is printed.
-    Create {
-        /// The Worker (its script name); it needs a trigger.
-        #[arg(long)]
-        worker: String,
-        /// The hook's name (unique among the Worker's hooks).
-        #[arg(long)]
-        name: String,
-        /// The branch the hook builds.
-        #[arg(long)]
-        branch: String,
-        #[command(flatten)]
-        common: Common,
-    },
-    /// Delete a deploy hook.
-    Delete {
-        /// The hook's id.
-        id: String,
-        /// The hook's Worker.
-        #[arg(long)]
-        worker: String,
-        #[command(flatten)]
-        common: Common,
-    },
-}
-
 /// A list of patterns in one cell: `a, b`, or `-`.
 fn patterns(v: &Value) -> String {
     let items: Vec<String> = v
@@ -246,20 +169,6 @@ fn patterns(v: &Value) -> String {
         .unwrap_or_default();
     or_dash(&items.join(", "))
 }
-
-/// Prints `result` as JSON, or the text `human` makes of it.
-fn print(
-    ctx: &Ctx,
-    result: &Value,
-    human: impl FnOnce(&Value) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    if ctx.out.json {
-        ctx.out.print_json(result)
-    } else {
-        human(result)
-    }
-}
-
 fn show_trigger(t: &Value) -> anyhow::Result<()> {
     let conn = &t["repo_connection"];
     print_fields(&[
@@ -351,7 +260,7 @@ pub async fn triggers(command: TriggersCommand) -> anyhow::Result<u8> {
                 .api
                 .get(&ctx.path(&["workers", &worker, "triggers"]), &[])
                 .await?;
-            print(&ctx, &triggers, |ts| {
+            ctx.print(&triggers, |ts| {
                 let mut table = Table::new(&[
                     "TRIGGER",
                     "NAME",
@@ -385,7 +294,7 @@ pub async fn triggers(command: TriggersCommand) -> anyhow::Result<u8> {
         TriggersCommand::Show { id, worker, common } => {
             let ctx = Ctx::connect(&common).await?;
             let trigger = find_trigger(&ctx, &id, worker.as_deref()).await?;
-            print(&ctx, &trigger, show_trigger)?;
+            ctx.print(&trigger, show_trigger)?;
         }
         TriggersCommand::Create(args) => {
             let ctx = Ctx::connect(&args.common).await?;
@@ -404,7 +313,7 @@ pub async fn triggers(command: TriggersCommand) -> anyhow::Result<u8> {
                     Some(&Value::Object(body)),
                 )
                 .await?;
-            print(&ctx, &trigger, |t| {
+            ctx.print(&trigger, |t| {
                 println!("Created trigger {}", text(t, "trigger_uuid"));
                 show_trigger(t)
             })?;
@@ -425,7 +334,7 @@ pub async fn triggers(command: TriggersCommand) -> anyhow::Result<u8> {
                     Some(&Value::Object(body)),
                 )
                 .await?;
-            print(&ctx, &trigger, |t| {
+            ctx.print(&trigger, |t| {
                 println!("Updated trigger {}", text(t, "trigger_uuid"));
                 show_trigger(t)
             })?;
@@ -436,7 +345,7 @@ pub async fn triggers(command: TriggersCommand) -> anyhow::Result<u8> {
                 .api
                 .call(Method::DELETE, &ctx.path(&["triggers", &id]), &[], None)
                 .await?;
-            print(&ctx, &result, |_| {
+            ctx.print(&result, |_| {
                 println!("Deleted trigger {id}");
                 Ok(())
             })?;
@@ -452,229 +361,8 @@ pub async fn triggers(command: TriggersCommand) -> anyhow::Result<u8> {
                     None,
                 )
                 .await?;
-            print(&ctx, &result, |_| {
+            ctx.print(&result, |_| {
                 println!("Purged the build cache of trigger {id}");
-                Ok(())
-            })?;
-        }
-    }
-    Ok(0)
-}
-
-/// Prints a trigger's variables as a table.
-fn env_table(vars: &Value) -> anyhow::Result<()> {
-    let mut table = Table::new(&["NAME", "TYPE", "VALUE", "CREATED"]);
-    for (name, v) in vars.as_object().into_iter().flatten() {
-        let secret = v["is_secret"] == json!(true);
-        table.row(vec![
-            strip_controls(name),
-            if secret { "secret" } else { "plain" }.into(),
-            match v["value"].as_str() {
-                Some(value) => strip_controls(value),
-                None if secret => "(hidden)".into(),
-                None => "-".into(),
-            },
-            local_time(text(v, "created_on")),
-        ]);
-    }
-    table.print()
-}
-
-/// The values of `env set`'s variables: `NAME=VALUE` as given (plain only), the others read from
-/// standard input (one variable: all of it; several: a line each) or a prompt.
-fn env_values(vars: &[String], secret: bool) -> anyhow::Result<Vec<(String, String)>> {
-    let mut given = Vec::new();
-    let mut missing = Vec::new();
-    for var in vars {
-        match var.split_once('=') {
-            Some((name, _)) if secret => anyhow::bail!(
-                "{name}: secret values are read from standard input or a prompt, never from the \
-                 command line (where other local users can read them): give the name alone"
-            ),
-            Some((name, value)) => given.push((name.to_owned(), value.to_owned())),
-            None => missing.push(var.clone()),
-        }
-    }
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        for name in missing {
-            let value = if secret {
-                read_secret(&format!("Value of {name}"))?
-            } else {
-                console::Term::stderr().write_str(&format!("Value of {name}: "))?;
-                console::Term::stderr().read_line()?
-            };
-            given.push((name, value));
-        }
-    } else if let [name] = missing.as_slice() {
-        given.push((name.clone(), read_secret(&format!("the value of {name}"))?));
-    } else {
-        let mut lines = stdin.lock().lines();
-        for name in missing {
-            let line = lines
-                .next()
-                .transpose()
-                .context("reading values from standard input")?
-                .with_context(|| format!("no line for {name} on standard input"))?;
-            given.push((name, line.trim_end_matches('\r').to_owned()));
-        }
-    }
-    Ok(given)
-}
-
-/// `kiln env …`
-pub async fn env(command: EnvCommand) -> anyhow::Result<u8> {
-    match command {
-        EnvCommand::List { trigger, common } => {
-            let ctx = Ctx::connect(&common).await?;
-            let vars = ctx
-                .api
-                .get(
-                    &ctx.path(&["triggers", &trigger, "environment_variables"]),
-                    &[],
-                )
-                .await?;
-            print(&ctx, &vars, env_table)?;
-        }
-        EnvCommand::Set {
-            trigger,
-            vars,
-            secret,
-            common,
-        } => {
-            // Values first: a prompt comes before any request.
-            let values = env_values(&vars, secret)?;
-            let ctx = Ctx::connect(&common).await?;
-            let body: serde_json::Map<String, Value> = values
-                .iter()
-                .map(|(name, value)| (name.clone(), json!({"is_secret": secret, "value": value})))
-                .collect();
-            let (result, _) = ctx
-                .api
-                .call(
-                    Method::PATCH,
-                    &ctx.path(&["triggers", &trigger, "environment_variables"]),
-                    &[],
-                    Some(&Value::Object(body)),
-                )
-                .await?;
-            print(&ctx, &result, |vars| {
-                for (name, _) in &values {
-                    println!("Set {}{name}", if secret { "secret " } else { "" });
-                }
-                env_table(vars)
-            })?;
-        }
-        EnvCommand::Delete {
-            trigger,
-            names,
-            common,
-        } => {
-            let ctx = Ctx::connect(&common).await?;
-            let mut result = Value::Null;
-            for name in &names {
-                result = ctx
-                    .api
-                    .call(
-                        Method::DELETE,
-                        &ctx.path(&["triggers", &trigger, "environment_variables", name]),
-                        &[],
-                        None,
-                    )
-                    .await
-                    .with_context(|| format!("deleting {name}"))?
-                    .0;
-                if !ctx.out.json {
-                    println!("Deleted {name}");
-                }
-            }
-            if ctx.out.json {
-                ctx.out.print_json(&result)?;
-            }
-        }
-    }
-    Ok(0)
-}
-
-/// The public URL that starts a deploy hook's build.
-fn hook_url(ctx: &Ctx, id: &str) -> anyhow::Result<String> {
-    Ok(ctx
-        .api
-        .url(&["workers", "builds", "deploy_hooks", id])?
-        .to_string())
-}
-
-/// `kiln hooks …`
-pub async fn hooks(command: HooksCommand) -> anyhow::Result<u8> {
-    match command {
-        HooksCommand::List { worker, common } => {
-            let ctx = Ctx::connect(&common).await?;
-            let hooks = ctx
-                .api
-                .get(&ctx.path(&["workers", &worker, "deploy_hooks"]), &[])
-                .await?;
-            print(&ctx, &hooks, |hooks| {
-                let mut table = Table::new(&["HOOK", "NAME", "BRANCH", "LAST BUILD", "CREATED"]);
-                for h in hooks.as_array().into_iter().flatten() {
-                    table.row(vec![
-                        text(h, "deploy_hook_uuid").to_owned(),
-                        strip_controls(text(h, "deploy_hook_name")),
-                        strip_controls(text(h, "branch")),
-                        match text(&h["latest_build"], "created_on") {
-                            "" => "never".to_owned(),
-                            t => age(t),
-                        },
-                        local_time(text(h, "created_on")),
-                    ]);
-                }
-                table.print()
-            })?;
-        }
-        HooksCommand::Create {
-            worker,
-            name,
-            branch,
-            common,
-        } => {
-            let ctx = Ctx::connect(&common).await?;
-            let (hook, _) = ctx
-                .api
-                .call(
-                    Method::POST,
-                    &ctx.path(&["workers", &worker, "deploy_hooks"]),
-                    &[],
-                    Some(&json!({"deploy_hook_name": name, "branch": branch})),
-                )
-                .await?;
-            let url = hook_url(&ctx, text(&hook, "deploy_hook_uuid"))?;
-            print(&ctx, &hook, |h| {
-                println!(
-                    "Created deploy hook {:?} ({}) building branch {}",
-                    strip_controls(text(h, "deploy_hook_name")),
-                    text(h, "deploy_hook_uuid"),
-                    strip_controls(text(h, "branch"))
-                );
-                println!("POST this URL to start a build (keep it secret: it needs no token):");
-                println!("{url}");
-                Ok(())
-            })?;
-        }
-        HooksCommand::Delete { id, worker, common } => {
-            let ctx = Ctx::connect(&common).await?;
-            let (hook, _) = ctx
-                .api
-                .call(
-                    Method::DELETE,
-                    &ctx.path(&["workers", &worker, "deploy_hooks", &id]),
-                    &[],
-                    None,
-                )
-                .await?;
-            print(&ctx, &hook, |h| {
-                println!(
-                    "Deleted deploy hook {:?} ({id})",
-                    strip_controls(text(h, "deploy_hook_name"))
-                );
                 Ok(())
             })?;
         }
