@@ -10,7 +10,10 @@
 //! 3. Build cache: a pnpm project of 50 packages (tests/fixtures/projects/bench-pnpm) with
 //!    `build_caching_enabled`, built cold (cache purged) then warm, alternately; the time from
 //!    `Restoring from dependencies cache` to the build command's start (restore, toolchains, install).
-//!    Target: warm at most half of cold.
+//!    Target: warm at most half of cold. The warm span is also shown by part (restore, toolchains,
+//!    install), and the restore against a baseline: GNU `tar --zstd -x` of the same entry into the
+//!    workspaces dir right after a build's workspace was removed there, as a warm restore runs
+//!    after the previous build's (what the file system makes of that: see README "Performance").
 //! 4. Watch-path matching (in process): the worst the limits allow, 200 patterns of 8 wildcards
 //!    (100 includes, 100 excludes) whose literals nearly match everywhere (`abb` in `abab…`), against
 //!    1 MiB of changed paths (255 of ~4,000 bytes, and 2,999 of ~350 bytes), none matching; and the
@@ -20,6 +23,9 @@
 //!    build's `created_on` (taken in the queuing transaction) to its `initializing_on` (the claim
 //!    on the node that runs it), for `KILN_BENCH_BUILDS` builds. Baseline: the same builds queued on
 //!    the node that runs them (woken in process). Target: at most 100 ms.
+//!
+//! `cargo bench --bench builds -- cache` runs only the sections named (of [`SECTIONS`]); all of them
+//! when none is. The smoke run under `cargo test` runs them all, whatever its arguments.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -35,6 +41,34 @@ const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
 /// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this file too, as a quick smoke run.
 fn full_run() -> bool {
     std::env::args().any(|a| a == "--bench")
+}
+
+/// The sections a full run may be limited to, by naming them as arguments.
+const SECTIONS: &[&str] = &["watch-paths", "latency", "cross-node", "ingestion", "cache"];
+
+/// The sections named on the command line of a full run (none: all of them). An unknown name stops
+/// the run with the list of sections.
+fn named_sections() -> Vec<String> {
+    if !full_run() {
+        return Vec::new();
+    }
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    for name in &named {
+        assert!(
+            SECTIONS.contains(&name.as_str()),
+            "unknown section {name:?}: the sections are {SECTIONS:?}"
+        );
+    }
+    named
+}
+
+/// Whether this run measures `section` (one of [`SECTIONS`]).
+fn runs(section: &str) -> bool {
+    let named = named_sections();
+    named.is_empty() || named.iter().any(|n| n == section)
 }
 
 /// Builds measured: 200 (3 in a smoke run; `KILN_BENCH_BUILDS` overrides).
@@ -254,7 +288,14 @@ fn measure_watch_paths() {
 
 #[tokio::main]
 async fn main() {
-    measure_watch_paths();
+    named_sections();
+    if runs("watch-paths") {
+        measure_watch_paths();
+    }
+    // The other sections build through a server.
+    if !SECTIONS.iter().any(|s| *s != "watch-paths" && runs(s)) {
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     // Run as root, `kiln serve` checks that its build user reaches the data dir below this directory.
     std::fs::set_permissions(
@@ -369,23 +410,49 @@ async fn main() {
         println!("(smoke run under cargo test: `cargo bench --bench builds` measures for real)");
     }
     println!(
-        "kiln bench: {} builds of a 12-file repository, sandbox {sandbox}, store {}",
-        builds(),
+        "kiln bench: sandbox {sandbox}, store {}",
         if database_url.is_some() {
             "postgres"
         } else {
             "sqlite"
         }
     );
+    if runs("latency") {
+        measure_latency(&api, &trigger, dir.path(), &command).await;
+    }
+    if runs("cross-node") {
+        match &database_url {
+            Some(url) if url.starts_with("postgres") => {
+                measure_cross_node(&api, &trigger, dir.path(), url, &remotes, sandbox).await;
+            }
+            _ => println!(
+                "queue -> claim on another node: needs PostgreSQL (KILN_BENCH_DATABASE_URL); processes \
+                 on one SQLite file find each other's builds at their poll interval"
+            ),
+        }
+    }
+    if runs("ingestion") {
+        measure_ingestion(&api, &trigger, dir.path()).await;
+    }
+    if runs("cache") {
+        measure_cache(&api, dir.path(), &remotes, &token).await;
+    }
+    server.start_kill().expect("stop kiln serve");
+    server.wait().await.expect("wait for kiln serve");
+}
+
+/// Section 1: request -> first line of output, against `git clone --shared` + `sh -c`.
+async fn measure_latency(api: &Api, trigger: &str, dir: &Path, command: &str) {
+    println!("{} builds of a 12-file repository:", builds());
     for _ in 0..WARMUP {
-        let id = api.queue(&trigger).await;
+        let id = api.queue(trigger).await;
         assert_eq!(api.wait_stopped(&id).await["build_outcome"], "success");
     }
-    let mirror: PathBuf = dir.path().join("data/git/mirrors/bench-org/bench-repo.git");
+    let mirror: PathBuf = dir.join("data/git/mirrors/bench-org/bench-repo.git");
     assert!(mirror.exists(), "mirror at {}", mirror.display());
     for i in 0..WARMUP {
-        let dest = dir.path().join(format!("baseline/warmup-{i}"));
-        baseline_once(&mirror, &dest, &command).await;
+        let dest = dir.join(format!("baseline/warmup-{i}"));
+        baseline_once(&mirror, &dest, command).await;
         std::fs::remove_dir_all(&dest).ok();
     }
     // Kiln and the baseline alternate, so that both see the same state of the machine.
@@ -396,7 +463,7 @@ async fn main() {
     for i in 0..builds() {
         let requested_ms = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
         let start = Instant::now();
-        let id = api.queue(&trigger).await;
+        let id = api.queue(trigger).await;
         api.wait_line(&id, FIRST_LINE).await;
         kiln_lat.push(start.elapsed());
         api.wait_stopped(&id).await;
@@ -407,8 +474,8 @@ async fn main() {
                 None => stages.push((name, vec![ts - requested_ms])),
             }
         }
-        let dest = dir.path().join(format!("baseline/{i}"));
-        base_lat.push(baseline_once(&mirror, &dest, &command).await);
+        let dest = dir.join(format!("baseline/{i}"));
+        base_lat.push(baseline_once(&mirror, &dest, command).await);
         std::fs::remove_dir_all(&dest).ok();
     }
     kiln_lat.sort();
@@ -438,17 +505,10 @@ async fn main() {
         offsets.sort_by(f64::total_cmp);
         println!("  {:7.1} ms  {name}", offsets[offsets.len() / 2]);
     }
-    match &database_url {
-        Some(url) if url.starts_with("postgres") => {
-            measure_cross_node(&api, &trigger, dir.path(), url, &remotes, sandbox).await;
-        }
-        _ => println!(
-            "queue -> claim on another node: needs PostgreSQL (KILN_BENCH_DATABASE_URL); processes \
-             on one SQLite file find each other's builds at their poll interval"
-        ),
-    }
+}
 
-    // Ingestion.
+/// Section 2: lines per second of a build printing [`ingest_lines`] lines, against `sh -c … > file`.
+async fn measure_ingestion(api: &Api, trigger: &str, dir: &Path) {
     let ingest = ingest_lines();
     let printer = format!(
         "awk 'BEGIN {{ for (i = 0; i < {ingest}; i++) print \"log line \" i \" of the ingestion benchmark, some text\" }}'"
@@ -459,7 +519,7 @@ async fn main() {
         Some(json!({"build_command": printer})),
     )
     .await;
-    let id = api.queue(&trigger).await;
+    let id = api.queue(trigger).await;
     let b = api.wait_stopped(&id).await;
     assert_eq!(b["build_outcome"], "success");
     let logs = api.all_logs(&id).await;
@@ -480,7 +540,7 @@ async fn main() {
             .timestamp_millis() as f64;
     let span_ms = (stopped_ms - logs[exec].0).max(1.0);
     let kiln_rate = ingest as f64 / (span_ms / 1000.0);
-    let out = dir.path().join("cat-baseline.txt");
+    let out = dir.join("cat-baseline.txt");
     let start = Instant::now();
     let ok = std::process::Command::new("sh")
         .args(["-c", &format!("{printer} > '{}'", out.display())])
@@ -499,9 +559,6 @@ async fn main() {
         base_rate
     );
     println!("  ratio     {:>12.2}x", kiln_rate / base_rate);
-    measure_cache(&api, &remotes, &token).await;
-    server.start_kill().expect("stop kiln serve");
-    server.wait().await.expect("wait for kiln serve");
 }
 
 /// Milliseconds from a build's `created_on` to its `initializing_on`.
@@ -602,8 +659,101 @@ fn cache_rounds() -> usize {
     if full_run() { 5 } else { 1 }
 }
 
+/// Where the time of one cache benchmark build goes, in ms, from its log lines.
+#[derive(Debug, Clone, Copy)]
+struct CacheSpans {
+    /// `Restoring from dependencies cache` to the line that ends the restore.
+    restore: f64,
+    /// The end of the restore to `Installing project dependencies` (toolchains).
+    toolchains: f64,
+    /// `Installing project dependencies` to `Executing user build command`.
+    install: f64,
+    /// `Restoring from dependencies cache` to `Executing user build command`.
+    whole: f64,
+}
+
+impl CacheSpans {
+    fn of(logs: &[(f64, String)]) -> CacheSpans {
+        let find = |needle: &str| {
+            logs.iter()
+                .position(|(_, l)| l.starts_with(needle))
+                .unwrap_or_else(|| panic!("no line {needle:?}"))
+        };
+        let restoring = find("Restoring from dependencies cache");
+        let install = logs[find("Installing project dependencies")].0;
+        let end = logs[find("Executing user build command")].0;
+        // The next line says how the restore ended (restored, none yet, or failed).
+        let restored = logs[restoring + 1].0;
+        let restoring = logs[restoring].0;
+        CacheSpans {
+            restore: restored - restoring,
+            toolchains: install - restored,
+            install: end - install,
+            whole: end - restoring,
+        }
+    }
+}
+
+/// The median of `xs`.
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Baseline of the restore: GNU tar extracts `entry` (the trigger's dependencies entry) into a new
+/// dir in `workspaces`, as root like Kiln (owners and modes kept). Returns the time and how many
+/// paths it made, `None` when tar cannot (no zstd). The dir is kept until the bench ends: removing
+/// it would free inodes right before the next build, which makes its file creation slower on some
+/// file systems (README "Performance").
+fn tar_baseline(entry: &Path, workspaces: &Path, round: usize) -> Option<(f64, usize)> {
+    let dest = workspaces.join(format!("bench-tar-baseline-{round}"));
+    std::fs::create_dir(&dest).expect("baseline dir");
+    let start = Instant::now();
+    let ok = std::process::Command::new("tar")
+        .arg("--zstd")
+        .arg("-xf")
+        .arg(entry)
+        .arg("-C")
+        .arg(&dest)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let took = ms(start.elapsed());
+    ok.then(|| (took, count_paths(&dest)))
+}
+
+/// Files, dirs and links below `dir` (links not followed).
+fn count_paths(dir: &Path) -> usize {
+    let mut count = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let entry = entry.expect("entry");
+            count += 1;
+            if entry.file_type().expect("file type").is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    count
+}
+
+/// The trigger's dependencies entry (the one the warm build restored and saved again).
+fn dependencies_entry(data: &Path, trigger: &str) -> PathBuf {
+    let dir = data.join("cache").join(trigger);
+    std::fs::read_dir(&dir)
+        .expect("the trigger's cache dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("deps-") && n.ends_with(".tar.zst"))
+        })
+        .expect("a dependencies entry")
+}
+
 /// Section 3: the dependency install cold against warm (restored from the build cache).
-async fn measure_cache(api: &Api, remotes: &Path, token: &Value) {
+async fn measure_cache(api: &Api, dir: &Path, remotes: &Path, token: &Value) {
     let repo = remotes.join("bench-org").join("bench-pnpm");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/projects/bench-pnpm");
     std::fs::create_dir_all(&repo).expect("mkdir");
@@ -627,23 +777,9 @@ async fn measure_cache(api: &Api, remotes: &Path, token: &Value) {
         .as_str()
         .expect("trigger")
         .to_owned();
-    // (the install step alone, restore + toolchains + install): from the install line, and from the
-    // restore line, to the build command's start.
-    let spans = |logs: &[(f64, String)]| {
-        let at = |needle: &str| {
-            logs.iter()
-                .find(|(_, l)| l.starts_with(needle))
-                .map(|(t, _)| *t)
-                .unwrap_or_else(|| panic!("no line {needle:?}"))
-        };
-        let end = at("Executing user build command");
-        (
-            end - at("Installing project dependencies"),
-            end - at("Restoring from dependencies cache"),
-        )
-    };
-    let (mut cold, mut warm) = (Vec::new(), Vec::new());
-    for _ in 0..cache_rounds() {
+    let data = dir.join("data");
+    let (mut cold, mut warm, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..cache_rounds() {
         api.call(
             reqwest::Method::POST,
             &format!("/triggers/{trigger}/purge_build_cache"),
@@ -655,27 +791,44 @@ async fn measure_cache(api: &Api, remotes: &Path, token: &Value) {
             let b = api.wait_stopped(&id).await;
             let logs = api.all_logs(&id).await;
             assert_eq!(b["build_outcome"], "success", "{logs:?}");
-            sample.push(spans(&logs));
+            sample.push(CacheSpans::of(&logs));
         }
+        // The warm build's workspace was removed before it stopped: the same state the warm
+        // restore met after the cold build.
+        let entry = dependencies_entry(&data, &trigger);
+        baseline.extend(tar_baseline(&entry, &data.join("workspaces"), round));
     }
-    let median = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
-        let mut xs: Vec<f64> = v.iter().map(pick).collect();
-        xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
-    };
     println!(
         "dependencies of a 50-package pnpm project, cold (cache purged) and warm (pnpm store restored), median:"
     );
-    let install: fn(&(f64, f64)) -> f64 = |s| s.0;
-    let whole: fn(&(f64, f64)) -> f64 = |s| s.1;
+    let install: fn(&CacheSpans) -> f64 = |s| s.install;
+    let whole: fn(&CacheSpans) -> f64 = |s| s.whole;
     for (what, pick) in [
         ("install step", install),
         ("restore + toolchains + install", whole),
     ] {
-        let (c, w) = (median(&cold, pick), median(&warm, pick));
+        let c = median(cold.iter().map(pick).collect());
+        let w = median(warm.iter().map(pick).collect());
         println!(
             "  {what:<32} cold {c:>7.0} ms  warm {w:>7.0} ms  ratio {:.2}x (target: at most 0.50)",
             w / c
+        );
+    }
+    let part = |pick: fn(&CacheSpans) -> f64| median(warm.iter().map(pick).collect());
+    println!(
+        "  warm, by part                    restore {:.0} ms, toolchains {:.0} ms, install {:.0} ms",
+        part(|s| s.restore),
+        part(|s| s.toolchains),
+        part(|s| s.install),
+    );
+    if baseline.is_empty() {
+        println!("  restore baseline                 n/a (needs GNU tar with zstd)");
+    } else {
+        let paths = baseline[0].1;
+        println!(
+            "  restore baseline                 {:.0} ms: tar --zstd -x of the same entry ({paths} paths) \
+             into the workspaces dir, right after a build's workspace was removed there",
+            median(baseline.iter().map(|b| b.0).collect()),
         );
     }
 }
