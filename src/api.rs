@@ -2,14 +2,14 @@
 
 mod auth;
 mod autofill;
-mod builds;
+pub(crate) mod builds;
 mod connections;
 mod deploy_hooks;
 mod env_vars;
 pub mod error;
 mod extract;
 pub mod health;
-mod log_stream;
+pub(crate) mod log_stream;
 pub mod observe;
 mod openapi;
 mod overview;
@@ -31,9 +31,9 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use schemars::{Schema, SchemaGenerator};
 use tower_http::catch_panic::CatchPanicLayer;
 
-pub use auth::{Access, authenticate};
+pub use auth::{Access, authenticate, token_by_secret};
 use error::ApiError;
-pub use extract::{BodyLimit, MAX_BODY_BYTES, MAX_PAGE_BYTES};
+pub use extract::{BodyLimit, MAX_BODY_BYTES, MAX_PAGE_BYTES, read_body};
 pub use log_stream::{LogStreamConfig, LogStreams};
 
 use crate::store::Store;
@@ -68,6 +68,8 @@ pub struct AppState {
     /// Concurrent builds per account unless set otherwise (the scheduler's; the queue explanation
     /// applies it).
     pub default_concurrency: i64,
+    /// How the dashboard's sessions behave.
+    pub dashboard: crate::dashboard::DashboardConfig,
 }
 
 /// Account-level limits reported by `account/limits`.
@@ -339,7 +341,8 @@ pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .nest(BASE, api.with_state(state.clone()))
         .merge(webhooks)
-        .merge(health::router(state))
+        .merge(health::router(state.clone()))
+        .merge(crate::dashboard::router(state))
         .fallback(no_route)
         .layer(axum::Extension(BodyLimit(MAX_BODY_BYTES)))
         // A panicking handler still answers the envelope (500, code 10001), and the connection lives.
@@ -349,8 +352,12 @@ pub fn router(state: AppState) -> Router {
     observe::instrument(router, metrics)
 }
 
-async fn no_route() -> ApiError {
-    ApiError::NoRoute
+/// Unknown paths: the API's envelope, or the dashboard's 404 page for a browser outside the API.
+async fn no_route(req: axum::extract::Request) -> axum::response::Response {
+    if crate::dashboard::wants_html(&req) {
+        return crate::dashboard::not_found();
+    }
+    ApiError::NoRoute.into_response()
 }
 
 async fn method_not_allowed() -> ApiError {

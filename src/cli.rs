@@ -246,6 +246,16 @@ pub struct ServeArgs {
     /// Live log streams (`…/logs/stream`) open at once on this node; more are refused with 429.
     #[arg(long, env = "KILN_MAX_LOG_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_log_streams: u32,
+    /// Mark the dashboard's cookies `Secure` on every response (by default: when the request came
+    /// over https, as `X-Forwarded-Proto` says, or `--public-url` is https).
+    #[arg(long, env = "KILN_DASHBOARD_SECURE_COOKIES")]
+    pub dashboard_secure_cookies: bool,
+    /// A dashboard session ends this long after its last use.
+    #[arg(long, env = "KILN_DASHBOARD_SESSION_IDLE", default_value = "2h", value_parser = parse_duration)]
+    pub dashboard_session_idle: Duration,
+    /// A dashboard session ends this long after sign-in, however it is used.
+    #[arg(long, env = "KILN_DASHBOARD_SESSION_LIFETIME", default_value = "12h", value_parser = parse_duration)]
+    pub dashboard_session_lifetime: Duration,
     /// Concurrent builds per account (unless `kiln accounts set` says otherwise).
     #[arg(long, env = "KILN_DEFAULT_CONCURRENCY", default_value_t = 2)]
     pub default_concurrency: u32,
@@ -635,6 +645,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         log_streams: crate::api::LogStreamConfig {
             max_streams: args.max_log_streams as usize,
             ..Default::default()
+        },
+        dashboard: crate::dashboard::DashboardConfig {
+            secure_cookies: args.dashboard_secure_cookies,
+            session_idle: args.dashboard_session_idle,
+            session_lifetime: args.dashboard_session_lifetime,
         },
     };
     let mut server = Server::start(&config).await?;

@@ -11,6 +11,7 @@ mod queue;
 mod records;
 mod notifications;
 mod seed;
+mod steps;
 mod time;
 mod validate;
 
@@ -43,6 +44,10 @@ pub use queue::{
 };
 pub use records::*;
 pub use seed::{MAX_SEED_FILES, SeedFile, SeedRepo, encode_content, relative_path};
+pub use steps::{
+    BUILD_PREFIX, CLONE_LINE, DEPLOY_PREFIX, INIT_LINE, INSTALL_PREFIX, Step, StepKind, StepLines,
+    StepState, command_line, install_line, restore_cache_line, save_cache_line,
+};
 pub use time::Timestamp;
 pub use validate::*;
 

@@ -4,6 +4,7 @@ pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod crypto;
+pub mod dashboard;
 pub mod disk;
 pub mod domain;
 pub mod events;

@@ -505,7 +505,7 @@ impl Run<'_> {
     async fn execute(&mut self) -> Result<BuildOutcome, Interrupted> {
         let id = self.build.id;
         let meta = &self.build.metadata;
-        self.system("Initializing build environment...").await;
+        self.system(crate::domain::INIT_LINE).await;
         if let Err(e) = prepare_workspace(self.workspace, self.build_user).await {
             tracing::error!(error = format!("{e:#}"), "preparing the workspace failed");
             self.system("Failed: could not prepare the build environment")
@@ -574,7 +574,7 @@ impl Run<'_> {
             Err(e) => tracing::error!(error = format!("{e:#}"), "marking the build running failed"),
         }
 
-        self.system("Cloning repository...").await;
+        self.system(crate::domain::CLONE_LINE).await;
         // Before anything is fetched or pushed: whether this account may reach the repository at all.
         let credentials = match early_token {
             Some(token) => Ok(token),
@@ -824,8 +824,7 @@ impl Run<'_> {
             .filter(|_| !env::skip_install(&env))
             .zip(plan.install_dir.as_deref());
         if let Some((install, dir)) = install {
-            self.system(&format!("Installing project dependencies: {install}"))
-                .await;
+            self.system(&crate::domain::install_line(&install)).await;
             let mut step = spec(&install);
             if dir != root {
                 // A workspace installs at its root; build and deploy still run in the root directory.
@@ -855,7 +854,7 @@ impl Run<'_> {
             if command.trim().is_empty() {
                 continue;
             }
-            self.system(&format!("Executing user {kind} command: {command}"))
+            self.system(&crate::domain::command_line(kind == "deploy", command))
                 .await;
             if self.run_step(spec(command), held.take()).await? != Some(0) {
                 self.system(&format!(
@@ -890,7 +889,7 @@ impl Run<'_> {
         dirs: &[CacheDir],
     ) -> Result<(), Interrupted> {
         let label = caching::label(kind);
-        self.system(&format!("Restoring from {label} cache")).await;
+        self.system(&crate::domain::restore_cache_line(label)).await;
         let owner = self.build_user.map(|u| (u.uid, u.gid));
         let trigger = self.build.trigger.to_string();
         let cache = self.ctx.cache.clone();
@@ -937,8 +936,7 @@ impl Run<'_> {
         dirs: &[CacheDir],
     ) -> Result<(), Interrupted> {
         let label = caching::label(kind);
-        self.system(&format!("Saving {label} to the build cache"))
-            .await;
+        self.system(&crate::domain::save_cache_line(label)).await;
         let trigger = self.build.trigger.to_string();
         let cache = self.ctx.cache.clone();
         let saved = self.guard(cache.save(&trigger, kind, key, dirs)).await?;

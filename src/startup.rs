@@ -60,6 +60,8 @@ pub struct ServeConfig {
     pub notifications: crate::notify::NotifyConfig,
     /// The live log streams of this node.
     pub log_streams: crate::api::LogStreamConfig,
+    /// The dashboard's sessions.
+    pub dashboard: crate::dashboard::DashboardConfig,
 }
 
 /// Opens (creating if needed) the data dir and the store, running migrations.
@@ -665,6 +667,15 @@ impl Server {
             notifier,
             log_streams: log_streams.clone(),
             default_concurrency: config.scheduler.default_concurrency,
+            dashboard: crate::dashboard::DashboardConfig {
+                // Cookies sent to a server users reach over https are never sent in the clear.
+                secure_cookies: config.dashboard.secure_cookies
+                    || config
+                        .public_url
+                        .as_deref()
+                        .is_some_and(|u| u.starts_with("https://")),
+                ..config.dashboard
+            },
         });
         let (tx, rx) = oneshot::channel::<()>();
         let http = config.http.clone();

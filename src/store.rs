@@ -21,6 +21,7 @@ mod queue;
 mod reports;
 mod rows;
 mod scheduling;
+mod sessions;
 mod stats;
 mod subscriptions;
 mod tail;
@@ -59,6 +60,7 @@ pub use reports::{
     CheckRunReport, CommentReport, PrBuild, ReportClaim, ReportKind, ReportTarget, Reported,
 };
 pub use scheduling::{ClaimedBuild, LostBuild};
+pub use sessions::DashboardSession;
 pub use stats::BuildCount;
 pub use subscriptions::{NewSubscription, SubscriptionPatch, SubscriptionWriteError};
 pub use timing::StoreTimings;

@@ -43,6 +43,19 @@ fn presents_credentials(headers: &HeaderMap) -> bool {
         || headers.contains_key("x-auth-email") && headers.contains_key("x-auth-key")
 }
 
+/// The live API token whose secret is `secret` (surrounding blanks ignored), as a Bearer token is
+/// looked up; `Unauthenticated` when there is none. The dashboard's sign-in checks tokens with it.
+pub async fn token_by_secret(store: &Store, secret: &str) -> Result<ApiToken, ApiError> {
+    let secret = secret.trim();
+    if secret.is_empty() {
+        return Err(ApiError::Unauthenticated);
+    }
+    store
+        .get_api_token_by_hash(CredentialKind::Token, &hash_credential(secret))
+        .await?
+        .ok_or(ApiError::Unauthenticated)
+}
+
 /// Looks up the caller's credentials; `Unauthenticated` when absent or unknown.
 pub async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<ApiToken, ApiError> {
     let header = |name: &str| {
@@ -56,10 +69,7 @@ pub async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<ApiToken
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
             return Err(ApiError::Unauthenticated);
         }
-        return store
-            .get_api_token_by_hash(CredentialKind::Token, &hash_credential(token.trim()))
-            .await?
-            .ok_or(ApiError::Unauthenticated);
+        return token_by_secret(store, token).await;
     }
     if let (Some(email), Some(key)) = (header("x-auth-email"), header("x-auth-key")) {
         let found = store

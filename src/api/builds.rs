@@ -226,16 +226,27 @@ pub async fn create_manual_build(
         seed,
         watch_paths: None,
     };
+    ok(queue_manual_build(&app, &account, &new).await?)
+}
+
+/// Queues a manual build of `new.trigger` (the API's `createManualBuild` and the dashboard's Retry):
+/// 404 for a trigger not in the account (or deleted), 429 when the account's build minutes are used
+/// up.
+pub(crate) async fn queue_manual_build(
+    app: &AppState,
+    account: &AccountId,
+    new: &NewBuild,
+) -> Result<InsertedBuild, ApiError> {
     // An unknown trigger is a 404 even for an account out of build minutes.
-    let trigger_exists = app.store.get_trigger(&account, trigger).await?.is_some();
+    let trigger_exists = app.store.get_trigger(account, new.trigger).await?.is_some();
     if !trigger_exists {
         return Err(ApiError::NotFound);
     }
-    refuse_over_build_minutes(&app, &account).await?;
-    let Some((build_uuid, created_on)) = app.store.insert_build(&account, &new).await? else {
+    refuse_over_build_minutes(app, account).await?;
+    let Some((build_uuid, created_on)) = app.store.insert_build(account, new).await? else {
         return Err(ApiError::NotFound);
     };
-    ok(InsertedBuild {
+    Ok(InsertedBuild {
         build_uuid,
         created_on,
     })
@@ -288,20 +299,30 @@ pub async fn get_build(
     path: PathParams,
 ) -> ApiResult<BuildView> {
     let id = build_id(&path)?;
+    ok(build_view(&app, &account, id).await?)
+}
+
+/// A build of the account with, when it is queued, why it waits (`getBuildByUuid` and the
+/// dashboard's build page); 404 when the account has no such build.
+pub(crate) async fn build_view(
+    app: &AppState,
+    account: &AccountId,
+    id: BuildId,
+) -> Result<BuildView, ApiError> {
     let build = app
         .store
-        .get_build(&account, id)
+        .get_build(account, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let queue = match build.status {
         BuildStatus::Queued => app
             .store
-            .queue_view(&account, id, app.default_concurrency)
+            .queue_view(account, id, app.default_concurrency)
             .await?
             .map(|view| explain_queued(&view.snapshot, &view.target, view.older)),
         _ => None,
     };
-    ok(BuildView { build, queue })
+    Ok(BuildView { build, queue })
 }
 
 /// `GET /accounts/{account_id}/builds/workers/{external_script_id}/builds`; the `branch` and
@@ -433,10 +454,20 @@ pub async fn cancel_build(
     _: NoBody,
 ) -> ApiResult<CancelledBuild> {
     let id = build_id(&path)?;
-    match app.store.cancel_build(&account, id).await? {
+    ok(cancel(&app, &account, id).await?)
+}
+
+/// Cancels a queued or running build of the account and tells this node's runners at once
+/// (`cancelBuildByUuid` and the dashboard's Cancel): 409 for a stopped build, 404 for none.
+pub(crate) async fn cancel(
+    app: &AppState,
+    account: &AccountId,
+    id: BuildId,
+) -> Result<CancelledBuild, ApiError> {
+    match app.store.cancel_build(account, id).await? {
         CancelOutcome::Cancelled { stopped_on } => {
             app.scheduler.cancel(id);
-            ok(CancelledBuild {
+            Ok(CancelledBuild {
                 build_outcome: BuildOutcome::Cancelled,
                 build_uuid: id,
                 stopped_on,

@@ -182,7 +182,7 @@ impl From<Invalid> for ApiError {
 impl ApiError {
     /// An internal error whose cause is a [`StoreCondition`] becomes the variant for it: a full
     /// disk or an unreachable database is a state of the server, not a bug, and says so.
-    fn classified(self) -> ApiError {
+    pub(crate) fn classified(self) -> ApiError {
         match &self {
             ApiError::Internal(e) => match store_condition(e) {
                 Some(StoreCondition::Full) => {

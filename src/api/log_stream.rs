@@ -143,6 +143,30 @@ pub async fn stream_build_logs(
 ) -> Result<Response, ApiError> {
     let id = build_id(&path)?;
     let from = start_line(&query, &headers)?;
+    let rx = follow_build(&app, account, id, from, false).await?;
+    let events = futures_util::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await? {
+                TailEvent::Status(_) => continue,
+                event => return Some((sse_event(id, event), rx)),
+            }
+        }
+    });
+    Ok(sse_response(&app, events))
+}
+
+/// Starts following the log of build `id` of `account` from line `from` (with status changes when
+/// `status_changes`, see [`TailConfig::status_changes`]) in a task holding one of the node's stream
+/// slots; the events come through the returned channel. The API's stream and the dashboard's live
+/// log are both this. Errors: 404 for a build not in the account, 429 when the node has all the
+/// streams it may open.
+pub(crate) async fn follow_build(
+    app: &AppState,
+    account: crate::domain::AccountId,
+    id: BuildId,
+    from: i64,
+    status_changes: bool,
+) -> Result<mpsc::Receiver<TailEvent>, ApiError> {
     if app.store.build_tail_state(&account, id).await?.is_none() {
         return Err(ApiError::NotFound);
     }
@@ -165,6 +189,7 @@ pub async fn stream_build_logs(
             bytes: MAX_PAGE_BYTES / 4,
         },
         cancel_grace: streams.cancel_grace,
+        status_changes,
     };
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     let closing = streams.closing.subscribe();
@@ -189,19 +214,23 @@ pub async fn stream_build_logs(
         }
         .instrument(span),
     );
-    let events = futures_util::stream::unfold(rx, move |mut rx| async move {
-        let event = rx.recv().await?;
-        Some((sse_event(id, event), rx))
-    });
+    Ok(rx)
+}
+
+/// The `text/event-stream` response of a stream of events, with the node's keep-alive comments.
+pub(crate) fn sse_response<S>(app: &AppState, events: S) -> Response
+where
+    S: futures_util::Stream<Item = Result<Event, axum::Error>> + Send + 'static,
+{
     let keep_alive = KeepAlive::new()
-        .interval(streams.config.keep_alive)
+        .interval(app.log_streams.config.keep_alive)
         .text("keep-alive");
     let mut response = Sse::new(events).keep_alive(keep_alive).into_response();
     // Proxies that buffer responses (nginx) would hold the events back.
     response
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 /// The SSE form of an event.
@@ -214,6 +243,8 @@ fn sse_event(build: BuildId, event: TailEvent) -> Result<Event, axum::Error> {
                 timestamp: at.millis() / 1000,
             }))
             .json_data((at.epoch_seconds(), text)),
+        // Not asked for by this stream.
+        TailEvent::Status(_) => Ok(Event::default().comment("status")),
         TailEvent::End(state) => Event::default().event("end").json_data(EndEvent {
             build_uuid: build,
             status: state.status,

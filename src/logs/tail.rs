@@ -143,6 +143,9 @@ pub enum TailEvent {
         at: Timestamp,
         text: String,
     },
+    /// The build's status as first read, and each change of it after (only when
+    /// [`TailConfig::status_changes`] asks for them).
+    Status(TailState),
     /// The build has stopped and every line is sent.
     End(TailState),
 }
@@ -173,6 +176,9 @@ pub struct TailConfig {
     pub page: LogLimit,
     /// The runners' cancel grace (see [`TailState::settles_at`]).
     pub cancel_grace: Duration,
+    /// Send [`TailEvent::Status`] events (the dashboard's build page shows the status as it
+    /// changes; the API's stream has only the `end` event).
+    pub status_changes: bool,
 }
 
 /// Sends `build`'s log lines from line number `from` to `tx`, then new ones as they are stored, then
@@ -190,6 +196,7 @@ pub async fn follow(
     // Subscribed before the first read: nothing stored after it can be missed.
     let mut waiter = store.watch_logs(build);
     let mut next = from;
+    let mut status_sent: Option<BuildStatus> = None;
     loop {
         if *closing.borrow() {
             return Ok(TailEnd::Closing);
@@ -199,6 +206,13 @@ pub async fn follow(
         let Some(state) = store.build_tail_state(account, build).await? else {
             return Ok(TailEnd::NotFound);
         };
+        if config.status_changes && status_sent != Some(state.status) {
+            status_sent = Some(state.status);
+            if let Some(end) = send(tx, TailEvent::Status(state.clone()), config.send_timeout).await
+            {
+                return Ok(end);
+            }
+        }
         let settles_at = state.settles_at(config.cancel_grace);
         let complete = settles_at.is_some_and(|at| at <= Timestamp::now());
         let Some(page) = store

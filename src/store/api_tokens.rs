@@ -87,6 +87,19 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
+    /// The live (not revoked) credential with this id (a dashboard session reads its token again on
+    /// every request through it).
+    pub async fn get_api_token(&self, id: &str) -> anyhow::Result<Option<ApiToken>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_tokens WHERE id = $1 AND revoked_on IS NULL"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading an API token")?;
+        row.as_ref().map(from_row).transpose()
+    }
+
     /// Every credential, oldest first, revoked ones included.
     pub async fn list_api_tokens(&self) -> anyhow::Result<Vec<ApiToken>> {
         let rows = sqlx::query(&format!(

@@ -3,6 +3,7 @@
 //! `KILN_TEST_POSTGRES_URL` pointing at a server; `scripts/test` sets both).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod builds;
 pub mod github;
 pub mod process;
@@ -159,6 +160,7 @@ pub async fn test_config(dir: &std::path::Path) -> ServeConfig {
         metrics_token: None,
         notifications: Default::default(),
         log_streams: Default::default(),
+        dashboard: Default::default(),
     }
 }
 
