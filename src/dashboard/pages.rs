@@ -9,36 +9,14 @@ use super::session::Viewer;
 use super::view::{self, Layout};
 use crate::api::AppState;
 use crate::api::error::ApiError;
-use crate::domain::{AccountId, AccountScope, Permission};
+use crate::domain::{AccountId, Permission};
 
 /// Accounts per page of the accounts list.
 const ACCOUNTS_PER_PAGE: u32 = 50;
 
-/// One page of the accounts `scope` may act on, sorted by id, and how many there are in all.
-pub async fn accounts_page(
-    _app: &AppState,
-    scope: &AccountScope,
-    page: u32,
-    per_page: u32,
-) -> anyhow::Result<(Vec<AccountId>, i64)> {
-    // Until the store lists every account an all-accounts token sees, such a token lists none here.
-    let mut ids = match scope {
-        AccountScope::Only(ids) => ids.clone(),
-        AccountScope::All => Vec::new(),
-    };
-    ids.sort();
-    ids.dedup();
-    let total = ids.len() as i64;
-    let skip = (page.saturating_sub(1) as usize).saturating_mul(per_page as usize);
-    Ok((
-        ids.into_iter().skip(skip).take(per_page as usize).collect(),
-        total,
-    ))
-}
-
 /// `GET /`: the account's Workers when the token has one account, else the accounts list.
 pub async fn home(State(app): State<AppState>, viewer: Viewer) -> PageResult<Response> {
-    let (accounts, total) = accounts_page(&app, &viewer.token.scope, 1, 2).await?;
+    let (accounts, total) = app.store.list_accounts(&viewer.token.scope, 1, 2).await?;
     Ok(match (accounts.as_slice(), total) {
         ([only], 1) => Redirect::to(&format!("/accounts/{only}/workers")).into_response(),
         _ => Redirect::to("/accounts").into_response(),
@@ -88,8 +66,10 @@ pub async fn list_accounts(
     Query(query): Query<PageQuery>,
 ) -> PageResult<Response> {
     let page = query.page.unwrap_or(1).max(1);
-    let (accounts, total) =
-        accounts_page(&app, &viewer.token.scope, page, ACCOUNTS_PER_PAGE).await?;
+    let (accounts, total) = app
+        .store
+        .list_accounts(&viewer.token.scope, page, ACCOUNTS_PER_PAGE)
+        .await?;
     let layout = Layout::new(&app, &viewer, "Accounts", None).await?;
     let shown_until = i64::from(page - 1) * i64::from(ACCOUNTS_PER_PAGE) + accounts.len() as i64;
     let tpl = AccountsPage {

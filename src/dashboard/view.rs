@@ -56,8 +56,10 @@ impl Layout {
         title: impl Into<String>,
         current: Option<&AccountId>,
     ) -> anyhow::Result<Layout> {
-        let (mut accounts, _) =
-            super::pages::accounts_page(app, &viewer.token.scope, 1, SWITCHER_ACCOUNTS).await?;
+        let (mut accounts, _) = app
+            .store
+            .list_accounts(&viewer.token.scope, 1, SWITCHER_ACCOUNTS)
+            .await?;
         if let Some(c) = current
             && !accounts.contains(c)
         {
