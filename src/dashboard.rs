@@ -55,6 +55,14 @@ pub fn router(state: AppState) -> Router {
         .route("/switch", page(get(pages::switch_account)))
         .route("/accounts", page(get(pages::list_accounts)))
         .route(
+            "/accounts/{account_id}/workers",
+            page(get(pages::workers_overview)),
+        )
+        .route(
+            "/accounts/{account_id}/workers/{worker}/builds",
+            page(get(pages::worker_builds)),
+        )
+        .route(
             "/accounts/{account_id}/builds/{build_uuid}",
             page(get(build_page::show_build)),
         )

@@ -133,17 +133,6 @@ impl BuildPage {
     }
 }
 
-/// The page's name for a trigger source.
-fn source_label(source: TriggerSource) -> &'static str {
-    match source {
-        TriggerSource::Push => "push",
-        TriggerSource::PullRequest => "pull request",
-        TriggerSource::Manual => "manual",
-        TriggerSource::DeployHook => "deploy hook",
-        TriggerSource::Api => "API",
-    }
-}
-
 /// The page of a build.
 fn build_path(account: &AccountId, id: BuildId) -> String {
     format!("/accounts/{account}/builds/{id}")
@@ -291,7 +280,7 @@ pub async fn show_build(
         account: account.clone(),
         worker: build.trigger.external_script_id.as_str().to_owned(),
         state: view::build_state(build.status, build.build_outcome),
-        source: source_label(build.build_trigger_metadata.build_trigger_source),
+        source: view::source_label(build.build_trigger_metadata.build_trigger_source),
         created: view::when(build.created_on),
         created_age: view::age(build.created_on, now),
         started: build.initializing_on.map(view::when),

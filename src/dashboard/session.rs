@@ -432,6 +432,8 @@ fn sign_in_page(
     let csrf = new_credential("");
     let mut layout = Layout::bare("Sign in");
     layout.csrf = csrf.clone();
+    // "Signed out", after sign-out.
+    layout.flash = flash(headers);
     let page = SignInPage {
         layout,
         next: next.to_owned(),
@@ -442,6 +444,9 @@ fn sign_in_page(
         header::SET_COOKIE,
         set_cookie(SIGN_IN_COOKIE, &csrf, None, secure(app, headers)),
     );
+    if page.layout.flash.is_some() {
+        clear_flash_cookie(resp.headers_mut());
+    }
     resp
 }
 

@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use super::assets;
 use super::session::Viewer;
 use crate::api::AppState;
-use crate::domain::{AccountId, Build, BuildOutcome, BuildStatus, Permission, Timestamp};
+use crate::domain::{
+    AccountId, Build, BuildOutcome, BuildStatus, Permission, Timestamp, TriggerSource,
+};
 
 /// Accounts listed in the header's switcher at most (the accounts page lists them all, paged).
 const SWITCHER_ACCOUNTS: u32 = 100;
@@ -198,7 +200,18 @@ pub fn build_duration(build: &Build, now: Timestamp) -> Option<i64> {
     Some(build.stopped_on.unwrap_or(now).millis() - start.millis())
 }
 
-/// The first `n` characters of a commit hash.
+/// The page's name for what started a build.
+pub fn source_label(source: TriggerSource) -> &'static str {
+    match source {
+        TriggerSource::Push => "push",
+        TriggerSource::PullRequest => "pull request",
+        TriggerSource::Manual => "manual",
+        TriggerSource::DeployHook => "deploy hook",
+        TriggerSource::Api => "API",
+    }
+}
+
+/// The first 7 characters of a commit hash.
 pub fn short_commit(hash: &str) -> &str {
     match hash.char_indices().nth(7) {
         Some((i, _)) => &hash[..i],
