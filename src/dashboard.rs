@@ -27,7 +27,10 @@ use axum::middleware::from_fn_with_state;
 use axum::response::Response;
 use axum::routing::{MethodRouter, get, post};
 
-pub use session::{AccountAccess, DashboardConfig, Form, Viewer, WriteAccess, redirect_with_flash};
+pub use session::{
+    AccountAccess, DashboardConfig, Form, PagePath, PageQuery, Viewer, WriteAccess,
+    redirect_with_flash,
+};
 
 use crate::api::AppState;
 

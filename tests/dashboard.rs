@@ -151,6 +151,8 @@ async fn the_overview_builds_list_and_a_finished_build() {
     );
     assert!(source.contains("id=\"L1\""), "line anchors");
     browser.screenshot("build-finished").await;
+    browser.scroll_to("#steps-heading").await;
+    browser.screenshot("build-finished-log").await;
 
     // Search without JavaScript: the matching lines only, linked to their place.
     browser
@@ -252,6 +254,8 @@ async fn a_running_build_streams_live_and_is_cancelled_from_its_page() {
         .wait_text("#live-note", "Following the log live")
         .await;
     browser.screenshot("build-running").await;
+    browser.scroll_to("#log-heading").await;
+    browser.screenshot("build-running-log").await;
 
     browser
         .find("#cancel-form button")
@@ -566,6 +570,50 @@ async fn signing_out_or_revoking_the_token_ends_the_session() {
         r.headers()
     );
 
+    // Malformed addresses get HTML error pages, not a bare 500 or axum's plain text.
+    for (path, status) in [
+        (
+            format!("/accounts/{ACCOUNT}/builds/not-a-uuid"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/accounts/{ACCOUNT}/builds/%FF"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/accounts/{ACCOUNT}/builds/182bd5e5-6e1a-4fe4-a799-aa6d9a6ab26e"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/accounts/{ACCOUNT}/workers/site/builds?page=x"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/accounts/no.pe/workers".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/no/such/page".to_owned(), StatusCode::NOT_FOUND),
+    ] {
+        let admin_cookie = {
+            browser.sign_in(ADMIN_TOKEN).await;
+            browser.cookie("kiln_session").await.expect("cookie")
+        };
+        let r = client
+            .get(format!("{}{path}", app.base))
+            .header("cookie", format!("kiln_session={admin_cookie}"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), status, "{path}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .is_ok_and(|t| t.starts_with("text/html")),
+            "{path}"
+        );
+    }
+
     // A token revoked while signed in: the next page signs out.
     let reader = app.mint_token(Some(&[ACCOUNT]), Permission::Read).await;
     browser.sign_in(&reader).await;
@@ -580,4 +628,35 @@ async fn signing_out_or_revoking_the_token_ends_the_session() {
     browser.goto(&format!("/accounts/{ACCOUNT}/workers")).await;
     assert!(browser.path().await.starts_with("/sign-in"));
     browser.close().await;
+
+    // The sign-in form is throttled as the API is: 10 wrong tokens (the one typed above included),
+    // then 429.
+    let form = client
+        .get(format!("{}/sign-in", app.base))
+        .send()
+        .await
+        .expect("sign-in page");
+    let cookie = form
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("kiln_sign_in="))
+        .and_then(|v| v.split(';').next())
+        .expect("sign-in cookie")
+        .to_owned();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let r = client
+            .post(format!("{}/sign-in", app.base))
+            .header("cookie", format!("kiln_sign_in={cookie}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={cookie}&token=kiln_wrong"))
+            .send()
+            .await
+            .expect("post");
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses[..9], [401; 9]);
+    assert_eq!(statuses[9], 429);
 }

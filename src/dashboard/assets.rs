@@ -5,11 +5,12 @@
 
 use std::sync::LazyLock;
 
-use axum::extract::{Path, Query};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use super::session::{PagePath, PageQuery};
 
 /// One file served under `/static/`.
 struct Asset {
@@ -74,7 +75,10 @@ pub struct VersionQuery {
 }
 
 /// `GET /static/{name}`
-pub async fn get_asset(Path(name): Path<String>, Query(query): Query<VersionQuery>) -> Response {
+pub async fn get_asset(
+    PagePath(name): PagePath<String>,
+    PageQuery(query): PageQuery<VersionQuery>,
+) -> Response {
     let Some(asset) = ASSETS.iter().find(|a| a.name == name) else {
         return super::error::error_page(StatusCode::NOT_FOUND, "Not found", "No such file".into());
     };

@@ -1,14 +1,14 @@
 //! A build's page: its metadata, why it waits (queued), its steps and their durations, its log
 //! (colours, line numbers, a link per line, search), live while it runs; Cancel and Retry.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
 
 use super::ansi::{self, RenderedLine};
 use super::assets;
 use super::error::{PageError, PageResult};
-use super::session::{AccountAccess, Form, WriteAccess, redirect_with_flash};
+use super::session::{AccountAccess, Form, PagePath, PageQuery, WriteAccess, redirect_with_flash};
 use super::view::{self, BuildState, Layout};
 use crate::api::AppState;
 use crate::api::builds::{build_view, cancel, queue_manual_build};
@@ -219,8 +219,8 @@ async fn scan_log(
 pub async fn show_build(
     State(app): State<AppState>,
     access: AccountAccess,
-    Path((_, raw_id)): Path<(String, String)>,
-    Query(params): Query<BuildQuery>,
+    PagePath((_, raw_id)): PagePath<(String, String)>,
+    PageQuery(params): PageQuery<BuildQuery>,
 ) -> PageResult<Response> {
     let id = BuildId::parse("build_uuid", &raw_id)?;
     let account = &access.account;
@@ -329,7 +329,7 @@ pub struct EmptyForm {}
 pub async fn cancel_build(
     State(app): State<AppState>,
     WriteAccess(access): WriteAccess,
-    Path((_, raw_id)): Path<(String, String)>,
+    PagePath((_, raw_id)): PagePath<(String, String)>,
     Form(_): Form<EmptyForm>,
 ) -> PageResult<Response> {
     let id = BuildId::parse("build_uuid", &raw_id)?;
@@ -346,7 +346,7 @@ pub async fn cancel_build(
 pub async fn retry_build(
     State(app): State<AppState>,
     WriteAccess(access): WriteAccess,
-    Path((_, raw_id)): Path<(String, String)>,
+    PagePath((_, raw_id)): PagePath<(String, String)>,
     Form(_): Form<EmptyForm>,
 ) -> PageResult<Response> {
     let id = BuildId::parse("build_uuid", &raw_id)?;

@@ -11,7 +11,7 @@
 //! * `event: end` with the same fields once the build has stopped and every line was sent; then the
 //!   stream closes.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::response::sse::Event;
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::build_page::line_html;
 use super::error::PageResult;
-use super::session::AccountAccess;
+use super::session::{AccountAccess, PagePath, PageQuery};
 use super::view;
 use crate::api::AppState;
 use crate::api::error::ApiError;
@@ -84,8 +84,8 @@ fn event(e: TailEvent) -> Result<Event, axum::Error> {
 pub async fn stream_live_log(
     State(app): State<AppState>,
     access: AccountAccess,
-    Path((_, raw_id)): Path<(String, String)>,
-    Query(query): Query<LiveQuery>,
+    PagePath((_, raw_id)): PagePath<(String, String)>,
+    PageQuery(query): PageQuery<LiveQuery>,
     headers: HeaderMap,
 ) -> PageResult<Response> {
     let id = BuildId::parse("build_uuid", &raw_id)?;

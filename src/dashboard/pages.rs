@@ -1,12 +1,12 @@
 //! The read pages: the home redirect, the account switcher, the accounts list, an account's
 //! Workers overview and a Worker's builds.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::error::PageResult;
-use super::session::{AccountAccess, Viewer};
+use super::session::{AccountAccess, PagePath, PageQuery, Viewer};
 use super::view::{self, Layout};
 use crate::api::AppState;
 use crate::api::error::ApiError;
@@ -37,7 +37,7 @@ pub struct SwitchQuery {
 /// without JavaScript).
 pub async fn switch_account(
     viewer: Viewer,
-    Query(query): Query<SwitchQuery>,
+    PageQuery(query): PageQuery<SwitchQuery>,
 ) -> PageResult<Response> {
     let account = AccountId::parse(&query.account)?;
     if !viewer.permits(&account, Permission::Read) {
@@ -48,7 +48,7 @@ pub async fn switch_account(
 
 /// `?page=` of a paged list.
 #[derive(Deserialize)]
-pub struct PageQuery {
+pub struct PageNumber {
     page: Option<u32>,
 }
 
@@ -67,7 +67,7 @@ struct AccountsPage {
 pub async fn list_accounts(
     State(app): State<AppState>,
     viewer: Viewer,
-    Query(query): Query<PageQuery>,
+    PageQuery(query): PageQuery<PageNumber>,
 ) -> PageResult<Response> {
     let page = query.page.unwrap_or(1).max(1);
     let (accounts, total) = app
@@ -234,8 +234,8 @@ struct BuildsPage {
 pub async fn worker_builds(
     State(app): State<AppState>,
     access: AccountAccess,
-    Path((_, raw_worker)): Path<(String, String)>,
-    Query(query): Query<BuildsQuery>,
+    PagePath((_, raw_worker)): PagePath<(String, String)>,
+    PageQuery(query): PageQuery<BuildsQuery>,
 ) -> PageResult<Response> {
     let account = &access.account;
     let worker = WorkerId::parse("external_script_id", &raw_worker)?;

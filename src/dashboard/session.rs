@@ -300,6 +300,37 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Form<T> {
     }
 }
 
+/// Path parameters read into `T` (a tuple of the route's parameters, or a struct), as axum's
+/// `Path` reads them but refused with the HTML 400 page.
+pub struct PagePath<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for PagePath<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> PageResult<PagePath<T>> {
+        axum::extract::Path::<T>::from_request_parts(parts, app)
+            .await
+            .map(|p| PagePath(p.0))
+            .map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())).into())
+    }
+}
+
+/// Query parameters read into `T`, as axum's `Query` reads them but refused with the HTML 400 page.
+pub struct PageQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for PageQuery<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> PageResult<PageQuery<T>> {
+        axum::extract::Query::<T>::from_request_parts(parts, app)
+            .await
+            .map(|q| PageQuery(q.0))
+            .map_err(|e| {
+                ApiError::BadRequest(format!("invalid query string: {}", e.body_text())).into()
+            })
+    }
+}
+
 /// Whether `value` (an `Origin`, or a `Referer` URL) names this server, as the `Host` header does.
 fn same_origin(value: &str, host: &str) -> bool {
     let Ok(url) = url::Url::parse(value) else {
@@ -454,7 +485,7 @@ fn sign_in_page(
 pub async fn show_sign_in(
     State(app): State<AppState>,
     headers: HeaderMap,
-    axum::extract::Query(query): axum::extract::Query<NextQuery>,
+    PageQuery(query): PageQuery<NextQuery>,
 ) -> Response {
     let next = local_path(query.next.as_deref());
     sign_in_page(&app, &headers, &next, StatusCode::OK, None)

@@ -231,6 +231,16 @@ impl Browser {
         .await
     }
 
+    /// Scrolls the element `css` selects to the top of the viewport (for a screenshot of it).
+    pub async fn scroll_to(&self, css: &str) {
+        let element = self.find(css).await;
+        let arg = serde_json::to_value(&element).expect("element as an argument");
+        self.client
+            .execute("arguments[0].scrollIntoView(true);", vec![arg])
+            .await
+            .expect("scroll");
+    }
+
     /// The page's HTML as the server sent it and scripts changed it.
     pub async fn source(&self) -> String {
         self.client.source().await.expect("page source")
