@@ -48,6 +48,11 @@
     log.insertAdjacentHTML('beforeend', e.data);
     var empty = document.getElementById('log-empty');
     if (empty) { empty.remove(); }
+    var shown = document.getElementById('log-count');
+    if (shown) {
+      var first = Number(shown.getAttribute('data-first')) || 1;
+      shown.textContent = 'Lines ' + first + '–' + (first + log.children.length - 1) + ' so far.';
+    }
     if (search && search.value) { highlight(); }
     if (nearBottom) { window.scrollTo(0, document.body.scrollHeight); }
   });
