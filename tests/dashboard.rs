@@ -496,7 +496,11 @@ fn urlencode(text: &str) -> String {
 /// longer works); revoking the token ends its sessions too.
 #[tokio::test]
 async fn signing_out_or_revoking_the_token_ends_the_session() {
-    let app = TestApp::spawn().await;
+    // A failed sign-in is forgiven only after an hour: the throttle's count below is exact.
+    let app = TestApp::spawn_with(|c| {
+        c.auth_throttle.refill = std::time::Duration::from_secs(3600);
+    })
+    .await;
     app.fixture("site").await;
     let browser = Browser::open(&app.base).await;
     browser.goto("/sign-in").await;
