@@ -11,7 +11,7 @@ use super::view::{self, Layout};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::domain::{
-    AccountId, Build, BuildOutcome, BuildStatus, Invalid, Permission, Timestamp, WorkerId, branch,
+    AccountId, Build, BuildOutcome, BuildState, Invalid, Permission, Timestamp, WorkerId, branch,
 };
 use crate::store::BuildFilter;
 
@@ -131,14 +131,11 @@ pub struct WorkerRow {
     pub latest: Option<BuildRow>,
 }
 
-/// Where a Worker goes in the overview: running, then red, then queued, then the rest.
+/// Where a Worker goes in the overview ([`BuildState::attention`]; one without builds last).
 fn urgency(build: Option<&Build>) -> u8 {
-    match build.map(|b| (b.status, b.build_outcome)) {
-        Some((BuildStatus::Running | BuildStatus::Initializing, _)) => 0,
-        Some((_, Some(BuildOutcome::Fail | BuildOutcome::Terminated))) => 1,
-        Some((BuildStatus::Queued, _)) => 2,
-        _ => 3,
-    }
+    build
+        .and_then(|b| BuildState::from_parts(b.status, b.build_outcome).ok())
+        .map_or(4, BuildState::attention)
 }
 
 #[derive(askama::Template)]

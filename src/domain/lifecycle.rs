@@ -72,6 +72,17 @@ impl BuildState {
     pub fn in_progress(self) -> bool {
         matches!(self, BuildState::Initializing | BuildState::Running)
     }
+
+    /// Where a Worker whose newest build is in this state goes in an overview (the dashboard's and
+    /// `kiln builds list`'s), lowest first: 0 in progress, 1 failed or terminated, 2 queued, 3 the rest.
+    pub fn attention(self) -> u8 {
+        match self {
+            BuildState::Initializing | BuildState::Running => 0,
+            BuildState::Stopped(BuildOutcome::Fail | BuildOutcome::Terminated) => 1,
+            BuildState::Queued => 2,
+            BuildState::Stopped(_) => 3,
+        }
+    }
 }
 
 /// Why a build's status changes. Each change has one target state and the states it may start from.

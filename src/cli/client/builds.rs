@@ -15,6 +15,7 @@ use super::output::{
     or_dash, print_fields, short_commit, strip_controls, styled_state, text,
 };
 use super::{Common, Ctx, outcome_code};
+use crate::domain::{BuildOutcome, BuildState, BuildStatus};
 
 /// Rows `builds list --worker` shows unless `--limit` says otherwise.
 const DEFAULT_LIMIT: usize = 20;
@@ -196,11 +197,14 @@ pub async fn builds(command: BuildsCommand) -> anyhow::Result<u8> {
 /// builds first, then failed (and terminated) ones, then queued ones, then the rest; by Worker
 /// within each.
 fn overview_order(builds: &mut [Value]) {
-    let urgency = |build: &Value| match build_state(build) {
-        "running" | "initializing" => 0,
-        "fail" | "terminated" => 1,
-        "queued" => 2,
-        _ => 3,
+    let urgency = |build: &Value| {
+        let status = BuildStatus::parse(text(build, "status"));
+        let outcome = build["build_outcome"]
+            .as_str()
+            .and_then(BuildOutcome::parse);
+        status
+            .and_then(|s| BuildState::from_parts(s, outcome).ok())
+            .map_or(4, BuildState::attention)
     };
     builds.sort_by(|a, b| {
         urgency(a).cmp(&urgency(b)).then_with(|| {
