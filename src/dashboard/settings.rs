@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -26,7 +26,9 @@ use serde::Deserialize;
 use super::assets;
 use super::error::{PageError, PageResult};
 use super::page;
-use super::session::{AccountAccess, Form, Viewer, WriteAccess, redirect_with_flash};
+use super::session::{
+    AccountAccess, Form, PagePath, PageQuery, Viewer, WriteAccess, redirect_with_flash,
+};
 use super::view::{self, Layout};
 use crate::api::env_vars::EnvVarInput;
 use crate::api::error::ApiError;
@@ -177,7 +179,7 @@ async fn worker_trigger(
 
 /// `?page=` of a paged list.
 #[derive(Deserialize)]
-pub struct PageQuery {
+pub struct PageNumber {
     page: Option<u32>,
 }
 
@@ -347,7 +349,7 @@ async fn settings_page(
 pub async fn show_settings(
     State(app): State<AppState>,
     access: AccountAccess,
-    Path((_, raw_worker)): Path<(String, String)>,
+    PagePath((_, raw_worker)): PagePath<(String, String)>,
 ) -> PageResult {
     let worker = worker_id(&raw_worker)?;
     let page = settings_page(&app, &access, &worker, None).await?;
@@ -359,7 +361,7 @@ pub async fn show_settings(
 pub async fn update_trigger(
     State(app): State<AppState>,
     WriteAccess(access): WriteAccess,
-    Path((_, raw_worker, raw_trigger)): Path<(String, String, String)>,
+    PagePath((_, raw_worker, raw_trigger)): PagePath<(String, String, String)>,
     Form(form): Form<TriggerForm>,
 ) -> PageResult {
     let worker = worker_id(&raw_worker)?;
@@ -384,7 +386,7 @@ pub async fn update_trigger(
 pub async fn purge_cache(
     State(app): State<AppState>,
     WriteAccess(access): WriteAccess,
-    Path((_, raw_worker, raw_trigger)): Path<(String, String, String)>,
+    PagePath((_, raw_worker, raw_trigger)): PagePath<(String, String, String)>,
     Form(_): Form<EmptyForm>,
 ) -> PageResult {
     let worker = worker_id(&raw_worker)?;
@@ -508,7 +510,7 @@ async fn env_page(
 pub async fn show_env(
     State(app): State<AppState>,
     access: AccountAccess,
-    Path((_, raw_worker, raw_trigger)): Path<(String, String, String)>,
+    PagePath((_, raw_worker, raw_trigger)): PagePath<(String, String, String)>,
 ) -> PageResult {
     let worker = worker_id(&raw_worker)?;
     let trigger = worker_trigger(&app, &access.account, &worker, &raw_trigger).await?;
@@ -523,7 +525,7 @@ pub async fn show_env(
 pub async fn save_env(
     State(app): State<AppState>,
     WriteAccess(access): WriteAccess,
-    Path((_, raw_worker, raw_trigger)): Path<(String, String, String)>,
+    PagePath((_, raw_worker, raw_trigger)): PagePath<(String, String, String)>,
     Form(form): Form<EnvForm>,
 ) -> PageResult {
     let worker = worker_id(&raw_worker)?;
@@ -560,7 +562,7 @@ pub async fn save_env(
 pub async fn delete_env(
     State(app): State<AppState>,
     WriteAccess(access): WriteAccess,
-    Path((_, raw_worker, raw_trigger, key)): Path<(String, String, String, String)>,
+    PagePath((_, raw_worker, raw_trigger, key)): PagePath<(String, String, String, String)>,
     Form(_): Form<EmptyForm>,
 ) -> PageResult {
     let worker = worker_id(&raw_worker)?;
@@ -683,7 +685,7 @@ async fn hooks_page(
 pub async fn show_hooks(
     State(app): State<AppState>,
     access: AccountAccess,
-    Path((_, raw_worker)): Path<(String, String)>,
+    PagePath((_, raw_worker)): PagePath<(String, String)>,
 ) -> PageResult {
     let worker = worker_id(&raw_worker)?;
     let page = hooks_page(&app, &access, &worker, None, None).await?;
@@ -717,7 +719,7 @@ fn hook_url(origin: &str, id: DeployHookId) -> String {
 pub async fn create_hook(
     State(app): State<AppState>,
     WriteAccess(access): WriteAccess,
-    Path((_, raw_worker)): Path<(String, String)>,
+    PagePath((_, raw_worker)): PagePath<(String, String)>,
     headers: HeaderMap,
     Form(form): Form<HookForm>,
 ) -> PageResult {
@@ -758,7 +760,7 @@ pub async fn create_hook(
 pub async fn delete_hook(
     State(app): State<AppState>,
     WriteAccess(access): WriteAccess,
-    Path((_, raw_worker)): Path<(String, String)>,
+    PagePath((_, raw_worker)): PagePath<(String, String)>,
     Form(form): Form<HookDeleteForm>,
 ) -> PageResult {
     let worker = worker_id(&raw_worker)?;
@@ -944,7 +946,7 @@ async fn subscriptions_page(
 pub async fn show_subscriptions(
     State(app): State<AppState>,
     access: AccountAccess,
-    Query(query): Query<PageQuery>,
+    PageQuery(query): PageQuery<PageNumber>,
 ) -> PageResult {
     let page = query.page.unwrap_or(1).max(1);
     let tpl = subscriptions_page(&app, &access, page, None, None).await?;
@@ -1039,8 +1041,8 @@ async fn subscription(
 pub async fn show_subscription(
     State(app): State<AppState>,
     access: AccountAccess,
-    Path((_, raw)): Path<(String, String)>,
-    Query(query): Query<PageQuery>,
+    PagePath((_, raw)): PagePath<(String, String)>,
+    PageQuery(query): PageQuery<PageNumber>,
 ) -> PageResult {
     let account = &access.account;
     let sub = subscription(&app, account, &raw).await?;
@@ -1087,7 +1089,7 @@ pub struct EnabledForm {
 pub async fn set_subscription_enabled(
     State(app): State<AppState>,
     WriteAccess(access): WriteAccess,
-    Path((_, raw)): Path<(String, String)>,
+    PagePath((_, raw)): PagePath<(String, String)>,
     Form(form): Form<EnabledForm>,
 ) -> PageResult {
     let account = &access.account;
@@ -1120,7 +1122,7 @@ pub async fn set_subscription_enabled(
 pub async fn delete_subscription(
     State(app): State<AppState>,
     WriteAccess(access): WriteAccess,
-    Path((_, raw)): Path<(String, String)>,
+    PagePath((_, raw)): PagePath<(String, String)>,
     Form(_): Form<EmptyForm>,
 ) -> PageResult {
     let account = &access.account;
@@ -1137,7 +1139,7 @@ pub async fn delete_subscription(
 pub async fn redeliver(
     State(app): State<AppState>,
     WriteAccess(access): WriteAccess,
-    Path((_, raw, raw_delivery)): Path<(String, String, String)>,
+    PagePath((_, raw, raw_delivery)): PagePath<(String, String, String)>,
     Form(_): Form<EmptyForm>,
 ) -> PageResult {
     let account = &access.account;
