@@ -18,6 +18,7 @@ pub mod error;
 mod live;
 mod pages;
 pub mod session;
+mod settings;
 pub mod view;
 
 use axum::Router;
@@ -82,6 +83,7 @@ pub fn router(state: AppState) -> Router {
             page(post(build_page::retry_build)),
         )
         .route("/static/{name}", page(get(assets::get_asset)))
+        .merge(settings::routes())
         .layer(from_fn_with_state(state.clone(), session::guard_forms))
         .with_state(state)
 }

@@ -9,7 +9,7 @@ use super::error::{ApiError, ApiResult, ok};
 use super::extract::{Account, ApiJson, Client, NoBody, PathParams};
 use super::schema;
 use crate::domain::{
-    BuildId, BuildStatus, DeployHook, DeployHookId, DetailedDeployHook, Invalid,
+    AccountId, BuildId, BuildStatus, DeployHook, DeployHookId, DetailedDeployHook, Invalid,
     MAX_DEPLOY_HOOKS_PER_WORKER, MAX_HOOK_NAME_LEN, Timestamp, WorkerId, bounded_text, branch,
 };
 use crate::store::{HookCall, HookWriteError};
@@ -72,13 +72,23 @@ pub async fn create_deploy_hook(
     path: PathParams,
     ApiJson(body): ApiJson<DeployHookRequest>,
 ) -> ApiResult<DeployHook> {
-    let worker = worker(&path)?;
+    ok(create(&app, &account, &worker(&path)?, &body).await?)
+}
+
+/// What `createDeployHook` does (the dashboard's hook form does the same): validates `body` (400)
+/// and adds the hook to `worker` of `account`; 404 when the Worker has no trigger, 409 for a name
+/// the Worker already has or one hook too many.
+pub(crate) async fn create(
+    app: &AppState,
+    account: &AccountId,
+    worker: &WorkerId,
+    body: &DeployHookRequest,
+) -> Result<DeployHook, ApiError> {
     let (name, branch) = body.validate()?;
-    ok(app
-        .store
-        .insert_deploy_hook(&account, &worker, &name, &branch)
+    app.store
+        .insert_deploy_hook(account, worker, &name, &branch)
         .await?
-        .map_err(write_error)?)
+        .map_err(write_error)
 }
 
 /// `GET /accounts/{account_id}/builds/workers/{script_name}/deploy_hooks`
@@ -128,10 +138,22 @@ pub async fn delete_deploy_hook(
     path: PathParams,
 ) -> ApiResult<DeployHook> {
     let (worker, id) = (worker(&path)?, hook_id(&path)?);
+    ok(delete(&app, &account, &worker, id).await?)
+}
+
+/// What `deleteDeployHook` does (the dashboard's Delete button does the same): deletes the live
+/// hook `id` of `worker` of `account` (its URL stops working at once) and returns it; 404 when
+/// there is no such hook.
+pub(crate) async fn delete(
+    app: &AppState,
+    account: &AccountId,
+    worker: &WorkerId,
+    id: DeployHookId,
+) -> Result<DeployHook, ApiError> {
     app.store
-        .delete_deploy_hook(&account, &worker, id)
+        .delete_deploy_hook(account, worker, id)
         .await?
-        .map_or(Err(ApiError::NotFound), ok)
+        .ok_or(ApiError::NotFound)
 }
 
 /// Result of `triggerDeployHook`.

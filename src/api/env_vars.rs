@@ -169,14 +169,10 @@ impl EnvVarsRequest {
     }
 }
 
-async fn live_trigger(
-    app: &AppState,
-    account: &AccountId,
-    path: &PathParams,
-) -> Result<TriggerId, ApiError> {
-    let id = trigger_id(path)?;
+/// 404 unless `account` has the live trigger `id`.
+async fn check_live(app: &AppState, account: &AccountId, id: TriggerId) -> Result<(), ApiError> {
     match app.store.get_trigger(account, id).await? {
-        Some(_) => Ok(id),
+        Some(_) => Ok(()),
         None => Err(ApiError::NotFound),
     }
 }
@@ -194,8 +190,18 @@ pub async fn list_env_vars(
     Account(account): Account,
     path: PathParams,
 ) -> ApiResult<EnvVarMap> {
-    let id = live_trigger(&app, &account, &path).await?;
-    ok(view(app.store.list_env_vars(id).await?))
+    ok(list(&app, &account, trigger_id(&path)?).await?)
+}
+
+/// The variables of the live trigger `id` of `account`, secret values hidden (404 when there is no
+/// such trigger): what `GET …/environment_variables` answers and the dashboard shows.
+pub(crate) async fn list(
+    app: &AppState,
+    account: &AccountId,
+    id: TriggerId,
+) -> Result<EnvVarMap, ApiError> {
+    check_live(app, account, id).await?;
+    Ok(view(app.store.list_env_vars(id).await?))
 }
 
 /// `PATCH /accounts/{account_id}/builds/triggers/{trigger_uuid}/environment_variables` — returns the full
@@ -206,7 +212,20 @@ pub async fn upsert_env_vars(
     path: PathParams,
     ApiJson(body): ApiJson<EnvVarsRequest>,
 ) -> ApiResult<EnvVarMap> {
-    let id = live_trigger(&app, &account, &path).await?;
+    let id = trigger_id(&path)?;
+    ok(upsert(&app, &account, id, body).await?)
+}
+
+/// What `PATCH …/environment_variables` does (the dashboard's variable form does the same): checks
+/// the live trigger `id` of `account` (404), validates `body` (400) and applies it (409 when the
+/// stored variables refuse it); returns the full map after the change, secret values hidden.
+pub(crate) async fn upsert(
+    app: &AppState,
+    account: &AccountId,
+    id: TriggerId,
+    body: EnvVarsRequest,
+) -> Result<EnvVarMap, ApiError> {
+    check_live(app, account, id).await?;
     let edits = body.validate()?;
     if let Some(key) = edits.remove.first() {
         // Deleting by `null` is the Worker configuration's form; here DELETE …/{key} does it.
@@ -225,7 +244,7 @@ pub async fn upsert_env_vars(
         .upsert_env_vars(id, &edits.set, &edits.remove)
         .await?
         .map_err(|e| ApiError::Conflict(e.0))?;
-    ok(view(vars))
+    Ok(view(vars))
 }
 
 /// `DELETE /accounts/{account_id}/builds/triggers/{trigger_uuid}/environment_variables/{environment_variable_key}`
@@ -234,10 +253,24 @@ pub async fn delete_env_var(
     Account(account): Account,
     path: PathParams,
 ) -> ApiResult<()> {
-    let id = live_trigger(&app, &account, &path).await?;
-    let key = EnvVarKey::parse(path.get("environment_variable_key")?)?;
+    let key = path.get("environment_variable_key")?;
+    delete(&app, &account, trigger_id(&path)?, key).await?;
+    ok_empty()
+}
+
+/// What `DELETE …/environment_variables/{key}` does (the dashboard's Delete button does the same):
+/// deletes the variable `key` of the live trigger `id` of `account`; 404 when there is no such
+/// trigger or variable, 400 for a malformed name.
+pub(crate) async fn delete(
+    app: &AppState,
+    account: &AccountId,
+    id: TriggerId,
+    key: &str,
+) -> Result<(), ApiError> {
+    check_live(app, account, id).await?;
+    let key = EnvVarKey::parse(key)?;
     if app.store.delete_env_var(id, key.as_str()).await? {
-        ok_empty()
+        Ok(())
     } else {
         Err(ApiError::NotFound)
     }

@@ -11,9 +11,10 @@ use super::error::{ApiError, ApiResult, Success, ok, ok_empty};
 use super::extract::{Account, ApiJson, NoBody, PathParams, QueryParams};
 use super::schema;
 use crate::domain::{
-    CreatedSubscription, Delivery, DeliveryId, EventSubscription, EventType, Invalid, MAX_NAME_LEN,
-    MAX_SUBSCRIPTION_WORKERS, MAX_SUBSCRIPTIONS_PER_ACCOUNT, MAX_URL_LEN, SubscriptionId,
-    Timestamp, WebhookSecret, WorkerId, bounded_text, destination_url, truncate_for_message,
+    AccountId, CreatedSubscription, Delivery, DeliveryId, EventSubscription, EventType, Invalid,
+    MAX_NAME_LEN, MAX_SUBSCRIPTION_WORKERS, MAX_SUBSCRIPTIONS_PER_ACCOUNT, MAX_URL_LEN,
+    SubscriptionId, Timestamp, WebhookSecret, WorkerId, bounded_text, destination_url,
+    truncate_for_message,
 };
 use crate::store::{NewSubscription, SubscriptionPatch, SubscriptionWriteError};
 
@@ -181,9 +182,20 @@ pub async fn create_subscription(
     Account(account): Account,
     ApiJson(body): ApiJson<CreateSubscriptionRequest>,
 ) -> ApiResult<CreatedSubscription> {
+    ok(create(&app, &account, body).await?)
+}
+
+/// What `createEventSubscription` does (the dashboard's subscription form does the same):
+/// validates `body` (400) and adds the subscription to `account` (409 past the account's limit);
+/// the answer carries the signing secret, to be shown this once.
+pub(crate) async fn create(
+    app: &AppState,
+    account: &AccountId,
+    body: CreateSubscriptionRequest,
+) -> Result<CreatedSubscription, ApiError> {
     let new = body.validate()?;
-    match app.store.insert_subscription(&account, &new).await? {
-        Ok(subscription) => ok(CreatedSubscription {
+    match app.store.insert_subscription(account, &new).await? {
+        Ok(subscription) => Ok(CreatedSubscription {
             subscription,
             secret: new.secret.expose().to_owned(),
         }),
@@ -229,11 +241,22 @@ pub async fn update_subscription(
     ApiJson(body): ApiJson<UpdateSubscriptionRequest>,
 ) -> ApiResult<EventSubscription> {
     let id = subscription_id(&path)?;
+    ok(update(&app, &account, id, body).await?)
+}
+
+/// What `updateEventSubscription` does (the dashboard's Enable and Disable buttons do the same):
+/// validates `body` (400) and applies it to subscription `id` of `account` (404 when there is none).
+pub(crate) async fn update(
+    app: &AppState,
+    account: &AccountId,
+    id: SubscriptionId,
+    body: UpdateSubscriptionRequest,
+) -> Result<EventSubscription, ApiError> {
     let patch = body.validate()?;
-    let updated = app.store.update_subscription(&account, id, &patch).await?;
+    let updated = app.store.update_subscription(account, id, &patch).await?;
     // Enabling a subscription makes its waiting deliveries due.
     app.notifier.wake();
-    updated.map_or(Err(ApiError::NotFound), ok)
+    updated.ok_or(ApiError::NotFound)
 }
 
 /// `DELETE /accounts/{account_id}/builds/event_subscriptions/{event_subscription_id}` — its
@@ -243,9 +266,19 @@ pub async fn delete_subscription(
     Account(account): Account,
     path: PathParams,
 ) -> ApiResult<()> {
-    let id = subscription_id(&path)?;
-    if app.store.delete_subscription(&account, id).await? {
-        ok_empty()
+    delete(&app, &account, subscription_id(&path)?).await?;
+    ok_empty()
+}
+
+/// What `deleteEventSubscription` does (the dashboard's Delete button does the same): deletes
+/// subscription `id` of `account` and its deliveries; 404 when there is none.
+pub(crate) async fn delete(
+    app: &AppState,
+    account: &AccountId,
+    id: SubscriptionId,
+) -> Result<(), ApiError> {
+    if app.store.delete_subscription(account, id).await? {
+        Ok(())
     } else {
         Err(ApiError::NotFound)
     }
@@ -281,15 +314,27 @@ pub async fn redeliver(
 ) -> ApiResult<Delivery> {
     let id = subscription_id(&path)?;
     let delivery = DeliveryId::parse("delivery_id", path.get("delivery_id")?)?;
+    ok(redeliver_one(&app, &account, id, delivery).await?)
+}
+
+/// What `redeliver` does (the dashboard's Redeliver button does the same): makes `delivery` of
+/// subscription `id` of `account` pending again and wakes the dispatcher; 404 when there is no
+/// such subscription or delivery.
+pub(crate) async fn redeliver_one(
+    app: &AppState,
+    account: &AccountId,
+    id: SubscriptionId,
+    delivery: DeliveryId,
+) -> Result<Delivery, ApiError> {
     let now = Timestamp::now();
     let until = app.notifier.retry_until(now);
     let shown = app
         .store
-        .redeliver(&account, id, delivery, now, until)
+        .redeliver(account, id, delivery, now, until)
         .await?
         .ok_or(ApiError::NotFound)?;
     app.notifier.wake();
-    ok(shown)
+    Ok(shown)
 }
 
 #[cfg(test)]

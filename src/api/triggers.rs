@@ -9,9 +9,9 @@ use super::error::{ApiError, ApiResult, ok, ok_empty};
 use super::extract::{Account, ApiJson, NoBody, PathParams};
 use super::schema;
 use crate::domain::{
-    BuildTokenId, DEFAULT_DEPLOY_COMMAND, DEFAULT_PREVIEW_DEPLOY_COMMAND, Invalid, MAX_NAME_LEN,
-    MAX_TRIGGERS_PER_WORKER, RepoConnectionId, Trigger, TriggerId, WorkerId, bounded_text, command,
-    is_preview_trigger, patterns, root_directory,
+    AccountId, BuildTokenId, DEFAULT_DEPLOY_COMMAND, DEFAULT_PREVIEW_DEPLOY_COMMAND, Invalid,
+    MAX_NAME_LEN, MAX_TRIGGERS_PER_WORKER, RepoConnectionId, Trigger, TriggerId, WorkerId,
+    bounded_text, command, is_preview_trigger, patterns, root_directory,
 };
 use crate::store::{NewTrigger, TriggerPatch, TriggerWriteError};
 
@@ -227,12 +227,23 @@ pub async fn update_trigger(
     ApiJson(body): ApiJson<UpdateTriggerRequest>,
 ) -> ApiResult<Trigger> {
     let id = trigger_id(&path)?;
+    ok(update(&app, &account, id, body).await?)
+}
+
+/// What `updateTrigger` does (the dashboard's trigger form does the same): validates `body` and
+/// applies it to the live trigger `id` of `account`. 400 for an invalid field, 404 for no such
+/// trigger (or build token), 409 for a conflict with what is stored.
+pub(crate) async fn update(
+    app: &AppState,
+    account: &AccountId,
+    id: TriggerId,
+    body: UpdateTriggerRequest,
+) -> Result<Trigger, ApiError> {
     let patch = body.validate()?;
-    ok(app
-        .store
-        .update_trigger(&account, id, &patch)
+    app.store
+        .update_trigger(account, id, &patch)
         .await?
-        .map_err(write_error)?)
+        .map_err(write_error)
 }
 
 /// `DELETE /accounts/{account_id}/builds/triggers/{trigger_uuid}`
@@ -259,12 +270,21 @@ pub async fn purge_build_cache(
     _: NoBody,
 ) -> ApiResult<()> {
     let id = trigger_id(&path)?;
-    match app.store.get_trigger(&account, id).await? {
-        Some(_) => {
-            let purged = app.cache.purge(&id.to_string()).await?;
-            tracing::info!(trigger = %id, entries = purged, "build cache purged");
-            ok_empty()
-        }
-        None => Err(ApiError::NotFound),
+    purge_cache(&app, &account, id).await?;
+    ok_empty()
+}
+
+/// What `purge_build_cache` does (the dashboard's Purge button does the same): deletes every build
+/// cache entry of the live trigger `id` of `account`; 404 when there is no such trigger.
+pub(crate) async fn purge_cache(
+    app: &AppState,
+    account: &AccountId,
+    id: TriggerId,
+) -> Result<(), ApiError> {
+    if app.store.get_trigger(account, id).await?.is_none() {
+        return Err(ApiError::NotFound);
     }
+    let purged = app.cache.purge(&id.to_string()).await?;
+    tracing::info!(trigger = %id, entries = purged, "build cache purged");
+    Ok(())
 }

@@ -36,6 +36,11 @@ static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
             "text/javascript; charset=utf-8",
             include_str!("static/build.js"),
         ),
+        (
+            "settings.js",
+            "text/javascript; charset=utf-8",
+            include_str!("static/settings.js"),
+        ),
     ]
     .into_iter()
     .map(|(name, content_type, body)| {
@@ -66,6 +71,11 @@ pub fn css_url() -> &'static str {
 /// URL of the build page's script (the live log, search highlighting).
 pub fn build_js_url() -> &'static str {
     url_of("build.js")
+}
+
+/// URL of the settings pages' script (copy buttons, the secret field of the variable form).
+pub fn settings_js_url() -> &'static str {
+    url_of("settings.js")
 }
 
 /// `?v=` of an asset URL.

@@ -57,7 +57,7 @@ impl Received {
 
 #[derive(Clone)]
 struct Shared {
-    secret: String,
+    secret: Arc<Mutex<String>>,
     behaviour: Arc<Mutex<Behaviour>>,
     log: Arc<Mutex<Vec<Received>>>,
     attempts: Arc<Mutex<HashMap<String, usize>>>,
@@ -75,7 +75,7 @@ impl Receiver {
     /// Starts a receiver verifying with `secret` (`whsec_…`).
     pub async fn start(secret: &str, behaviour: Behaviour) -> Receiver {
         let shared = Shared {
-            secret: secret.to_owned(),
+            secret: Arc::new(Mutex::new(secret.to_owned())),
             behaviour: Arc::new(Mutex::new(behaviour)),
             log: Arc::default(),
             attempts: Arc::default(),
@@ -91,6 +91,12 @@ impl Receiver {
             axum::serve(listener, app).await.ok();
         });
         Receiver { url, shared, task }
+    }
+
+    /// Verifies later requests with `secret` (a secret the server generated, known only once the
+    /// subscription, which needs this receiver's URL, was created).
+    pub fn set_secret(&self, secret: &str) {
+        *self.shared.secret.lock().unwrap() = secret.to_owned();
     }
 
     /// Changes how later requests are answered.
@@ -148,7 +154,8 @@ async fn receive(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> St
             .unwrap_or_default()
             .to_owned()
     };
-    let verified = standardwebhooks::Webhook::new(&s.secret)
+    let secret = s.secret.lock().unwrap().clone();
+    let verified = standardwebhooks::Webhook::new(&secret)
         .and_then(|w| w.verify(&body, &headers))
         .is_ok();
     let id = header("webhook-id");
